@@ -1,0 +1,54 @@
+// The agent process: keeps `links` links to the relay(s), registers its services on each, and
+// for every stream the relay opens connects to the service's private target and splices.
+#ifndef RDV_AGENT_AGENT_H_
+#define RDV_AGENT_AGENT_H_
+
+#include <uv.h>
+
+#include <memory>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/statusor.h"
+#include "agent/agent_config.h"
+#include "common/stream_splice.h"
+#include "common/tls.h"
+
+namespace rdv {
+
+class RelayLink;
+
+class Agent {
+ public:
+  static absl::StatusOr<std::unique_ptr<Agent>> Create(AgentConfig config, uv_loop_t* loop);
+  ~Agent();
+
+  void Start();
+  // Sends GoAway on every link, closes everything; the loop then ends.
+  void Shutdown();
+
+  const AgentConfig& config() const { return config_; }
+  uv_loop_t* loop() const { return loop_; }
+  LoopTasks& tasks() { return tasks_; }
+  SSL_CTX* tls_context() const { return tls_context_.get(); }
+  bool shutting_down() const { return shutting_down_; }
+
+  // Owns a splice until it is done.
+  void Adopt(std::unique_ptr<StreamSplice> splice);
+  void Finish(StreamSplice& splice);
+
+ private:
+  Agent(AgentConfig config, uv_loop_t* loop);
+
+  AgentConfig config_;
+  uv_loop_t* loop_;
+  LoopTasks tasks_;
+  SslCtxPtr tls_context_;
+  std::vector<std::unique_ptr<RelayLink>> links_;
+  absl::flat_hash_map<StreamSplice*, std::unique_ptr<StreamSplice>> splices_;
+  bool shutting_down_ = false;
+};
+
+}  // namespace rdv
+
+#endif  // RDV_AGENT_AGENT_H_

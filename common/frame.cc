@@ -1,0 +1,90 @@
+#include "common/frame.h"
+
+#include "absl/status/status.h"
+#include "absl/strings/str_format.h"
+
+namespace rdv {
+
+uint32_t ReadBigEndian32(const char* p) {
+  auto b = reinterpret_cast<const unsigned char*>(p);
+  return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3];
+}
+
+void AppendBigEndian32(std::string& out, uint32_t value) {
+  char b[4] = {static_cast<char>(value >> 24), static_cast<char>(value >> 16),
+               static_cast<char>(value >> 8), static_cast<char>(value)};
+  out.append(b, 4);
+}
+
+void AppendFrameHeader(std::string& out, FrameType type, uint8_t flags, uint32_t stream_id,
+                       size_t payload_length) {
+  AppendBigEndian32(out, static_cast<uint32_t>(payload_length));
+  out.push_back(static_cast<char>(type));
+  out.push_back(static_cast<char>(flags));
+  AppendBigEndian32(out, stream_id);
+}
+
+void AppendFrame(std::string& out, FrameType type, uint8_t flags, uint32_t stream_id,
+                 std::string_view payload) {
+  AppendFrameHeader(out, type, flags, stream_id, payload.size());
+  out.append(payload);
+}
+
+void FrameDecoder::Append(std::string_view bytes) {
+  // Compact lazily: only when the consumed prefix dominates, so steady streaming does not
+  // memmove on every read.
+  if (consumed_ > 0 && consumed_ >= buffer_.size() / 2) {
+    buffer_.erase(0, consumed_);
+    consumed_ = 0;
+  }
+  buffer_.append(bytes);
+}
+
+absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
+  size_t available = buffer_.size() - consumed_;
+  if (available < kFrameHeaderSize) return false;
+  const char* p = buffer_.data() + consumed_;
+  FrameHeader header;
+  header.length = ReadBigEndian32(p);
+  uint8_t type = static_cast<uint8_t>(p[4]);
+  header.flags = static_cast<uint8_t>(p[5]);
+  header.stream_id = ReadBigEndian32(p + 6);
+  if (type >= kFrameTypeCount) {
+    return absl::InvalidArgumentError(absl::StrFormat("unknown frame type %d", type));
+  }
+  header.type = static_cast<FrameType>(type);
+  if (header.length > kMaxFramePayload) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("frame length %u exceeds the limit of %u", header.length,
+                        static_cast<uint32_t>(kMaxFramePayload)));
+  }
+  if (header.flags & ~kFlagFin || (header.flags && header.type != FrameType::kData)) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("invalid flags 0x%02x on frame type %d", header.flags, type));
+  }
+  bool needs_stream = header.type == FrameType::kData || header.type == FrameType::kReset;
+  if (needs_stream && header.stream_id == 0) {
+    return absl::InvalidArgumentError(absl::StrFormat("frame type %d on stream 0", type));
+  }
+  bool link_only = header.type == FrameType::kControl || header.type == FrameType::kPing ||
+                   header.type == FrameType::kPong;
+  if (link_only && header.stream_id != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("frame type %d on stream %u (must be 0)", type, header.stream_id));
+  }
+  if (header.type == FrameType::kWindow && header.length != 4) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("window frame with %u payload bytes (must be 4)", header.length));
+  }
+  if ((header.type == FrameType::kPing || header.type == FrameType::kPong) && header.length != 8) {
+    return absl::InvalidArgumentError(
+        absl::StrFormat("ping/pong frame with %u payload bytes (must be 8)", header.length));
+  }
+  if (available < kFrameHeaderSize + header.length) return false;
+  frame.header = header;
+  frame.payload = std::string_view(p + kFrameHeaderSize, header.length);
+  consumed_ += kFrameHeaderSize + header.length;
+  return true;
+}
+
+}  // namespace rdv

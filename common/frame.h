@@ -1,0 +1,78 @@
+// Frame layer of the link protocol (docs/protocol.md, "Frames").
+//
+//   0                   4        5        6                  10
+//   +-------------------+--------+--------+------------------+-------------...
+//   | payload length    | type   | flags  | stream id        | payload
+//   | u32 big-endian    | u8     | u8     | u32 big-endian   | (length bytes)
+//
+// The decoder is incremental: it takes whatever the transport delivered and yields complete
+// frames; a frame that violates the format is an error that ends the link.
+#ifndef RDV_COMMON_FRAME_H_
+#define RDV_COMMON_FRAME_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/status/statusor.h"
+
+namespace rdv {
+
+enum class FrameType : uint8_t {
+  kControl = 0,   // protobuf rdv.link.Control, stream id 0
+  kData = 1,      // raw bytes of a stream; flag kFin = sender half-closed
+  kWindow = 2,    // u32 credit increment; stream id 0 = the link's window
+  kReset = 3,     // abort a stream; payload = UTF-8 reason
+  kPing = 4,      // 8 opaque bytes, echoed in kPong
+  kPong = 5,
+};
+inline constexpr uint8_t kFrameTypeCount = 6;
+
+inline constexpr uint8_t kFlagFin = 0x01;
+
+inline constexpr size_t kFrameHeaderSize = 10;
+// Largest payload a receiver accepts. Senders cut DATA at kMaxDataPayload.
+inline constexpr size_t kMaxFramePayload = 1 << 20;
+inline constexpr size_t kMaxDataPayload = 64 * 1024;
+
+struct FrameHeader {
+  uint32_t length = 0;
+  FrameType type = FrameType::kControl;
+  uint8_t flags = 0;
+  uint32_t stream_id = 0;
+};
+
+// Appends a header for a frame of `payload_length` bytes to `out`.
+void AppendFrameHeader(std::string& out, FrameType type, uint8_t flags, uint32_t stream_id,
+                       size_t payload_length);
+// Appends a whole frame.
+void AppendFrame(std::string& out, FrameType type, uint8_t flags, uint32_t stream_id,
+                 std::string_view payload);
+
+class FrameDecoder {
+ public:
+  struct Frame {
+    FrameHeader header;
+    std::string_view payload;  // valid until the next call to Next()
+  };
+
+  // Adds bytes received from the transport.
+  void Append(std::string_view bytes);
+  // Returns the next complete frame, std::nullopt-like empty result via `has_frame`, or an error
+  // describing the violation (unknown type, oversized length, bad flags). Call until it yields
+  // no frame.
+  absl::StatusOr<bool> Next(Frame& frame);
+  size_t buffered() const { return buffer_.size() - consumed_; }
+
+ private:
+  std::string buffer_;
+  size_t consumed_ = 0;
+};
+
+uint32_t ReadBigEndian32(const char* p);
+void AppendBigEndian32(std::string& out, uint32_t value);
+
+}  // namespace rdv
+
+#endif  // RDV_COMMON_FRAME_H_

@@ -1,0 +1,477 @@
+#include "common/link.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/str_cat.h"
+#include "absl/strings/str_format.h"
+#include "common/metrics.h"
+
+namespace rdv {
+namespace {
+
+Counter& FrameErrors(std::string_view reason) {
+  return CounterOf("rdv_frame_errors_total", "Links closed for a malformed or illegal frame",
+                   StrCat("reason=\"", reason, "\""));
+}
+
+Counter& LateFrames() {
+  return CounterOf("rdv_frames_for_closed_streams_total",
+                   "Frames that arrived for a stream already closed on this side");
+}
+
+}  // namespace
+
+// ---- Stream ----
+
+void Stream::Accept(StreamHandler& handler) {
+  Link::Busy busy(link_);
+  if (state_ != State::kAwaitingAccept) return;
+  state_ = State::kOpen;
+  handler_ = &handler;
+  link::Control control;
+  auto* result = control.mutable_open_result();
+  result->set_stream_id(id_);
+  result->set_ok(true);
+  link_.SendControl(control);
+  // Deliver what arrived before the accept.
+  if (!early_data_.empty()) {
+    std::string data = std::move(early_data_);
+    early_data_.clear();
+    handler_->OnStreamData(*this, data);
+  }
+  if (state_ == State::kOpen && early_fin_) {
+    fin_received_ = true;
+    handler_->OnStreamEnd(*this);
+    link_.MaybeFinish(*this);
+  }
+}
+
+void Stream::Refuse(std::string_view reason) {
+  Link::Busy busy(link_);
+  if (state_ != State::kAwaitingAccept) return;
+  link::Control control;
+  auto* result = control.mutable_open_result();
+  result->set_stream_id(id_);
+  result->set_ok(false);
+  result->set_reason(std::string(reason));
+  link_.SendControl(control);
+  link_.Remove(*this, absl::OkStatus(), /*notify=*/false);
+}
+
+bool Stream::Write(std::string_view data) {
+  Link::Busy busy(link_);
+  if (state_ == State::kClosed || end_requested_) return false;
+  pending_.append(data);
+  link_.ScheduleSend(*this);
+  if (pending_bytes() >= link_.options_.stream_high_watermark) {
+    blocked_by_watermark_ = true;
+    return false;
+  }
+  return true;
+}
+
+void Stream::End() {
+  Link::Busy busy(link_);
+  if (state_ == State::kClosed || end_requested_) return;
+  end_requested_ = true;
+  link_.ScheduleSend(*this);
+}
+
+void Stream::Reset(std::string_view reason) {
+  Link::Busy busy(link_);
+  if (state_ == State::kClosed) return;
+  link_.SendFrame(FrameType::kReset, 0, id_, reason);
+  link_.Remove(*this, absl::OkStatus(), /*notify=*/false);
+}
+
+void Stream::Consumed(size_t bytes) {
+  Link::Busy busy(link_);
+  if (state_ == State::kClosed || fin_received_) return;
+  unacked_consumed_ += bytes;
+  // Batch credit: one WINDOW per quarter window keeps frame overhead low without starving.
+  if (unacked_consumed_ >= link_.options_.stream_window / 4) {
+    std::string payload;
+    AppendBigEndian32(payload, static_cast<uint32_t>(unacked_consumed_));
+    recv_window_ += static_cast<int64_t>(unacked_consumed_);
+    unacked_consumed_ = 0;
+    link_.SendFrame(FrameType::kWindow, 0, id_, payload);
+  }
+}
+
+// ---- Link ----
+
+Link::Link(LinkTransport& transport, LinkHandler& handler, LinkOptions options)
+    : transport_(transport),
+      handler_(handler),
+      options_(options),
+      next_stream_id_(options.is_relay_side ? 2 : 1),
+      peer_stream_window_(options.stream_window),
+      link_send_window_(options.link_window) {}
+
+Link::~Link() {
+  // Streams are owned here; their handlers were told by Close() if the owner called it.
+}
+
+void Link::OnBytes(std::string_view bytes) {
+  if (failed_) return;
+  Busy busy(*this);
+  decoder_.Append(bytes);
+  while (!failed_) {
+    FrameDecoder::Frame frame;
+    absl::StatusOr<bool> next = decoder_.Next(frame);
+    if (!next.ok()) {
+      FrameErrors("malformed").Inc();
+      Fail(next.status());
+      break;
+    }
+    if (!*next) break;
+    HandleFrame(frame);
+  }
+}
+
+void Link::HandleFrame(const FrameDecoder::Frame& frame) {
+  const FrameHeader& h = frame.header;
+  switch (h.type) {
+    case FrameType::kControl:
+      HandleControl(frame.payload);
+      return;
+    case FrameType::kData:
+      HandleData(Find(h.stream_id), h.stream_id, h.flags, frame.payload);
+      return;
+    case FrameType::kWindow:
+      HandleWindow(h.stream_id, ReadBigEndian32(frame.payload.data()));
+      return;
+    case FrameType::kReset:
+      HandleReset(h.stream_id, frame.payload);
+      return;
+    case FrameType::kPing:
+      SendFrame(FrameType::kPong, 0, 0, frame.payload);
+      return;
+    case FrameType::kPong: {
+      uint64_t value = (uint64_t{ReadBigEndian32(frame.payload.data())} << 32) |
+                       ReadBigEndian32(frame.payload.data() + 4);
+      handler_.OnPong(*this, value);
+      return;
+    }
+  }
+}
+
+void Link::HandleControl(std::string_view payload) {
+  link::Control control;
+  if (!control.ParseFromArray(payload.data(), static_cast<int>(payload.size()))) {
+    FrameErrors("bad_control").Inc();
+    Fail(absl::InvalidArgumentError("control frame is not a valid Control message"));
+    return;
+  }
+  switch (control.body_case()) {
+    case link::Control::kOpen: {
+      const link::Open& open = control.open();
+      uint32_t id = open.stream_id();
+      bool peer_parity = options_.is_relay_side ? (id % 2 == 1) : (id % 2 == 0 && id != 0);
+      if (!peer_parity || streams_.contains(id)) {
+        FrameErrors("bad_stream_id").Inc();
+        Fail(absl::InvalidArgumentError(absl::StrFormat("Open with invalid stream id %u", id)));
+        return;
+      }
+      auto stream = std::unique_ptr<Stream>(new Stream(*this, id, open,
+                                                       Stream::State::kAwaitingAccept,
+                                                       peer_stream_window_,
+                                                       options_.stream_window));
+      Stream& ref = *stream;
+      streams_.emplace(id, std::move(stream));
+      if (going_away_ || streams_.size() > options_.max_streams) {
+        ref.Refuse(going_away_ ? "link is going away" : "too many streams on this link");
+        return;
+      }
+      handler_.OnStreamOpen(*this, ref, open);
+      return;
+    }
+    case link::Control::kOpenResult: {
+      const link::OpenResult& result = control.open_result();
+      Stream* stream = Find(result.stream_id());
+      if (stream == nullptr) {
+        LateFrames().Inc();
+        return;
+      }
+      if (stream->state_ != Stream::State::kOpening) {
+        FrameErrors("unexpected_open_result").Inc();
+        Fail(absl::InvalidArgumentError(
+            absl::StrFormat("OpenResult for stream %u that is not opening", result.stream_id())));
+        return;
+      }
+      if (!result.ok()) {
+        Remove(*stream, absl::UnavailableError(result.reason()), /*notify=*/true);
+        return;
+      }
+      stream->state_ = Stream::State::kOpen;
+      stream->handler_->OnStreamAccepted(*stream);
+      return;
+    }
+    case link::Control::kGoAway:
+      peer_going_away_ = true;
+      handler_.OnControl(*this, control);
+      return;
+    case link::Control::BODY_NOT_SET:
+      FrameErrors("bad_control").Inc();
+      Fail(absl::InvalidArgumentError("empty control message"));
+      return;
+    default:
+      handler_.OnControl(*this, control);
+      return;
+  }
+}
+
+void Link::HandleData(Stream* stream, uint32_t stream_id, uint8_t flags,
+                      std::string_view payload) {
+  // Link credit returns on receipt (see the header): the stream window bounds buffering.
+  ReturnLinkCredit(payload.size());
+  if (stream == nullptr) {
+    LateFrames().Inc();
+    return;
+  }
+  if (stream->fin_received_ || (stream->state_ == Stream::State::kAwaitingAccept &&
+                                stream->early_fin_)) {
+    FrameErrors("data_after_fin").Inc();
+    Fail(absl::InvalidArgumentError(absl::StrFormat("DATA after FIN on stream %u", stream_id)));
+    return;
+  }
+  if (static_cast<int64_t>(payload.size()) > stream->recv_window_) {
+    FrameErrors("flow_control").Inc();
+    Fail(absl::InvalidArgumentError(absl::StrFormat(
+        "stream %u sent %zu bytes with only %lld of window", stream_id, payload.size(),
+        static_cast<long long>(stream->recv_window_))));
+    return;
+  }
+  stream->recv_window_ -= static_cast<int64_t>(payload.size());
+  bool fin = flags & kFlagFin;
+  if (stream->state_ == Stream::State::kAwaitingAccept) {
+    stream->early_data_.append(payload);
+    stream->early_fin_ = fin;
+    return;
+  }
+  if (!payload.empty()) stream->handler_->OnStreamData(*stream, payload);
+  if (fin && stream->state_ != Stream::State::kClosed) {
+    stream->fin_received_ = true;
+    stream->handler_->OnStreamEnd(*stream);
+    MaybeFinish(*stream);
+  }
+}
+
+void Link::HandleWindow(uint32_t stream_id, uint32_t increment) {
+  if (increment == 0) {
+    FrameErrors("zero_window").Inc();
+    Fail(absl::InvalidArgumentError("WINDOW with zero increment"));
+    return;
+  }
+  if (stream_id == 0) {
+    link_send_window_ += increment;
+    PumpReady();
+    return;
+  }
+  Stream* stream = Find(stream_id);
+  if (stream == nullptr) return;  // closed meanwhile
+  stream->send_window_ += increment;
+  if (stream->send_window_ > (int64_t{1} << 31)) {
+    FrameErrors("window_overflow").Inc();
+    Fail(absl::InvalidArgumentError(absl::StrFormat("stream %u window overflow", stream_id)));
+    return;
+  }
+  ScheduleSend(*stream);
+}
+
+void Link::HandleReset(uint32_t stream_id, std::string_view reason) {
+  Stream* stream = Find(stream_id);
+  if (stream == nullptr) return;
+  Remove(*stream,
+         absl::AbortedError(reason.empty() ? "reset by peer" : StrCat("reset: ", reason)),
+         /*notify=*/stream->handler_ != nullptr);
+}
+
+void Link::SendControl(const link::Control& control) {
+  if (failed_) return;
+  std::string payload;
+  control.SerializeToString(&payload);
+  SendFrame(FrameType::kControl, 0, 0, payload);
+}
+
+Stream* Link::OpenStream(link::Open open, StreamHandler& handler) {
+  Busy busy(*this);
+  if (failed_ || going_away_ || peer_going_away_ || streams_.size() >= options_.max_streams) {
+    return nullptr;
+  }
+  uint32_t id = next_stream_id_;
+  next_stream_id_ += 2;
+  open.set_stream_id(id);
+  auto stream = std::unique_ptr<Stream>(new Stream(*this, id, open, Stream::State::kOpening,
+                                                   peer_stream_window_, options_.stream_window));
+  stream->handler_ = &handler;
+  Stream* raw = stream.get();
+  streams_.emplace(id, std::move(stream));
+  link::Control control;
+  *control.mutable_open() = std::move(open);
+  SendControl(control);
+  return raw;
+}
+
+void Link::SendPing(uint64_t payload) {
+  std::string bytes;
+  AppendBigEndian32(bytes, static_cast<uint32_t>(payload >> 32));
+  AppendBigEndian32(bytes, static_cast<uint32_t>(payload));
+  SendFrame(FrameType::kPing, 0, 0, bytes);
+}
+
+void Link::SendGoAway(std::string_view reason) {
+  Busy busy(*this);
+  if (going_away_) return;
+  going_away_ = true;
+  link::Control control;
+  control.mutable_go_away()->set_reason(std::string(reason));
+  SendControl(control);
+}
+
+void Link::Close(const absl::Status& status) {
+  Busy busy(*this);
+  Fail(status);
+}
+
+void Link::Fail(absl::Status status) {
+  if (failed_) return;
+  failed_ = true;
+  std::vector<Stream*> open;
+  open.reserve(streams_.size());
+  for (auto& [id, stream] : streams_) open.push_back(stream.get());
+  for (Stream* stream : open) {
+    Remove(*stream, absl::UnavailableError(StrCat("link lost: ", status.message())),
+           /*notify=*/stream->handler_ != nullptr);
+  }
+  ready_.clear();
+  handler_.OnLinkFailed(*this, status);
+}
+
+Stream* Link::Find(uint32_t id) {
+  auto it = streams_.find(id);
+  return it == streams_.end() ? nullptr : it->second.get();
+}
+
+void Link::SendFrame(FrameType type, uint8_t flags, uint32_t stream_id,
+                     std::string_view payload) {
+  if (failed_) return;
+  std::string header;
+  header.reserve(kFrameHeaderSize);
+  AppendFrameHeader(header, type, flags, stream_id, payload.size());
+  transport_.Send(header);
+  if (!payload.empty()) transport_.Send(payload);
+}
+
+void Link::ScheduleSend(Stream& stream) {
+  if (failed_ || stream.state_ == Stream::State::kClosed) return;
+  if (!ready_.empty() || !SendPending(stream)) {
+    if (!stream.in_ready_queue_ && HasSendableWork(stream)) {
+      stream.in_ready_queue_ = true;
+      ready_.push_back(stream.id_);
+    }
+  }
+}
+
+void Link::OnTransportDrained() {
+  Busy busy(*this);
+  PumpReady();
+}
+
+bool Link::HasSendableWork(const Stream& stream) {
+  if (stream.state_ == Stream::State::kClosed) return false;
+  if (stream.pending_bytes() > 0) return stream.send_window_ > 0;
+  return stream.end_requested_ && !stream.fin_sent_;
+}
+
+void Link::PumpReady() {
+  // Round-robin: each ready stream sends what it can; one blocked by the link or transport
+  // goes back to the front and pumping stops.
+  size_t rounds = ready_.size();
+  while (!ready_.empty() && rounds-- > 0 && !failed_) {
+    uint32_t id = ready_.front();
+    ready_.pop_front();
+    Stream* stream = Find(id);
+    if (stream == nullptr) continue;
+    stream->in_ready_queue_ = false;
+    if (!SendPending(*stream)) {
+      if (HasSendableWork(*stream)) {
+        stream->in_ready_queue_ = true;
+        ready_.push_front(id);
+      }
+      break;
+    }
+  }
+}
+
+bool Link::SendPending(Stream& stream) {
+  while (stream.pending_bytes() > 0) {
+    if (link_send_window_ <= 0 || transport_.QueuedBytes() >= options_.transport_high_watermark) {
+      return false;
+    }
+    if (stream.send_window_ <= 0) return true;  // waits for its own WINDOW, not the link
+    size_t n = std::min<size_t>({stream.pending_bytes(), kMaxDataPayload,
+                                 static_cast<size_t>(stream.send_window_),
+                                 static_cast<size_t>(link_send_window_)});
+    bool last = stream.end_requested_ && n == stream.pending_bytes();
+    SendFrame(FrameType::kData, last ? kFlagFin : 0, stream.id_,
+              std::string_view(stream.pending_).substr(stream.pending_offset_, n));
+    if (last) stream.fin_sent_ = true;
+    stream.pending_offset_ += n;
+    stream.send_window_ -= static_cast<int64_t>(n);
+    link_send_window_ -= static_cast<int64_t>(n);
+    if (stream.pending_offset_ == stream.pending_.size()) {
+      stream.pending_.clear();
+      stream.pending_offset_ = 0;
+    } else if (stream.pending_offset_ > (256 << 10)) {
+      stream.pending_.erase(0, stream.pending_offset_);
+      stream.pending_offset_ = 0;
+    }
+  }
+  if (stream.end_requested_ && !stream.fin_sent_) {
+    SendFrame(FrameType::kData, kFlagFin, stream.id_, {});
+    stream.fin_sent_ = true;
+  }
+  if (stream.blocked_by_watermark_ &&
+      stream.pending_bytes() < options_.stream_high_watermark / 2 && stream.handler_) {
+    stream.blocked_by_watermark_ = false;
+    stream.handler_->OnStreamWritable(stream);
+  }
+  MaybeFinish(stream);
+  return true;
+}
+
+void Link::MaybeFinish(Stream& stream) {
+  if (stream.state_ == Stream::State::kClosed) return;
+  if (stream.fin_sent_ && stream.fin_received_ && stream.pending_bytes() == 0) {
+    Remove(stream, absl::OkStatus(), /*notify=*/true);
+  }
+}
+
+void Link::Remove(Stream& stream, const absl::Status& status, bool notify) {
+  if (stream.state_ == Stream::State::kClosed) return;
+  stream.state_ = Stream::State::kClosed;
+  // A refused or reset stream's unconsumed receive window is the peer's to forget; the link
+  // credit for it was already returned on receipt.
+  auto it = streams_.find(stream.id_);
+  std::unique_ptr<Stream> owned = std::move(it->second);
+  streams_.erase(it);
+  StreamHandler* handler = stream.handler_;
+  stream.handler_ = nullptr;
+  graveyard_.push_back(std::move(owned));
+  if (notify && handler) handler->OnStreamClosed(stream, status);
+}
+
+void Link::ReturnLinkCredit(size_t bytes) {
+  link_unacked_ += bytes;
+  if (link_unacked_ >= options_.link_window / 4) {
+    std::string payload;
+    AppendBigEndian32(payload, static_cast<uint32_t>(link_unacked_));
+    link_unacked_ = 0;
+    SendFrame(FrameType::kWindow, 0, 0, payload);
+  }
+}
+
+
+}  // namespace rdv

@@ -1,0 +1,276 @@
+#include "common/tcp_connection.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include <cassert>
+#include <cstring>
+
+#include "common/str_cat.h"
+
+namespace rdv {
+namespace {
+
+// One read buffer per loop thread: every read is consumed synchronously by its handler, so
+// connections need not hold a buffer of their own while idle.
+constexpr size_t kReadBufferSize = 256 * 1024;
+thread_local char read_buffer[kReadBufferSize];
+
+struct WriteRequest {
+  uv_write_t req;
+  std::string data;
+};
+
+void FreeHandle(uv_handle_t* handle) { delete reinterpret_cast<uv_tcp_t*>(handle); }
+
+}  // namespace
+
+std::string UvError(int code) { return StrCat(uv_err_name(code), ": ", uv_strerror(code)); }
+
+std::string FormatSockaddr(const sockaddr* address) {
+  char host[INET6_ADDRSTRLEN] = {0};
+  if (address->sa_family == AF_INET) {
+    auto* in = reinterpret_cast<const sockaddr_in*>(address);
+    inet_ntop(AF_INET, &in->sin_addr, host, sizeof(host));
+    return StrCat(host, ":", ntohs(in->sin_port));
+  }
+  if (address->sa_family == AF_INET6) {
+    auto* in6 = reinterpret_cast<const sockaddr_in6*>(address);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+    return StrCat("[", host, "]:", ntohs(in6->sin6_port));
+  }
+  return "unknown";
+}
+
+absl::StatusOr<sockaddr_storage> ResolveNumeric(std::string_view host, uint16_t port) {
+  sockaddr_storage storage{};
+  std::string h(host);
+  if (h == "localhost") h = "127.0.0.1";
+  if (uv_ip4_addr(h.c_str(), port, reinterpret_cast<sockaddr_in*>(&storage)) == 0) {
+    return storage;
+  }
+  if (uv_ip6_addr(h.c_str(), port, reinterpret_cast<sockaddr_in6*>(&storage)) == 0) {
+    return storage;
+  }
+  return absl::InvalidArgumentError(StrCat("'", host, "' is not a numeric IP address"));
+}
+
+TcpConnection::TcpConnection(uv_loop_t* loop) : loop_(loop), handle_(new uv_tcp_t) {
+  uv_tcp_init(loop, handle_);
+  handle_->data = this;
+}
+
+TcpConnection::~TcpConnection() {
+  // STYLE 6: a live socket must have been closed by its owner.
+  assert(handle_ == nullptr && "TcpConnection destroyed without Close()");
+  if (handle_ != nullptr) Close();
+}
+
+absl::Status TcpConnection::InitPeer() {
+  int len = sizeof(peer_storage_);
+  int rc = uv_tcp_getpeername(handle_, reinterpret_cast<sockaddr*>(&peer_storage_), &len);
+  if (rc != 0) return absl::UnavailableError(StrCat("getpeername: ", UvError(rc)));
+  peer_ = FormatSockaddr(reinterpret_cast<sockaddr*>(&peer_storage_));
+  uv_tcp_nodelay(handle_, 1);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::unique_ptr<TcpConnection>> TcpConnection::Accept(uv_stream_t* server) {
+  std::unique_ptr<TcpConnection> conn(new TcpConnection(server->loop));
+  int rc = uv_accept(server, reinterpret_cast<uv_stream_t*>(conn->handle_));
+  if (rc != 0) {
+    conn->Close();
+    return absl::UnavailableError(StrCat("accept: ", UvError(rc)));
+  }
+  if (absl::Status s = conn->InitPeer(); !s.ok()) {
+    conn->Close();
+    return s;
+  }
+  return conn;
+}
+
+absl::StatusOr<std::unique_ptr<TcpConnection>> TcpConnection::Adopt(uv_loop_t* loop, int fd) {
+  std::unique_ptr<TcpConnection> conn(new TcpConnection(loop));
+  int rc = uv_tcp_open(conn->handle_, fd);
+  if (rc != 0) {
+    ::close(fd);
+    conn->Close();
+    return absl::UnavailableError(StrCat("adopt socket: ", UvError(rc)));
+  }
+  if (absl::Status s = conn->InitPeer(); !s.ok()) {
+    conn->Close();
+    return s;
+  }
+  return conn;
+}
+
+namespace {
+struct ConnectRequest {
+  uv_connect_t req;
+  std::unique_ptr<TcpConnection> conn;
+  TcpConnection::ConnectCallback done;
+};
+}  // namespace
+
+void TcpConnection::Connect(uv_loop_t* loop, const sockaddr* address, ConnectCallback done) {
+  auto* request = new ConnectRequest;
+  request->conn.reset(new TcpConnection(loop));
+  request->done = std::move(done);
+  int rc = uv_tcp_connect(&request->req, request->conn->handle_, address,
+                          [](uv_connect_t* req, int status) {
+                            std::unique_ptr<ConnectRequest> request(
+                                reinterpret_cast<ConnectRequest*>(req));
+                            if (status == 0) status = 0;
+                            absl::Status result = absl::OkStatus();
+                            if (status != 0) {
+                              result = absl::UnavailableError(UvError(status));
+                            } else {
+                              result = request->conn->InitPeer();
+                            }
+                            if (!result.ok()) {
+                              request->conn->Close();
+                              request->done(result);
+                              return;
+                            }
+                            request->done(std::move(request->conn));
+                          });
+  if (rc != 0) {
+    request->conn->Close();
+    auto done_cb = std::move(request->done);
+    delete request;
+    done_cb(absl::UnavailableError(UvError(rc)));
+  }
+}
+
+void TcpConnection::Start(Handler& handler) {
+  handler_ = &handler;
+  ResumeReading();
+}
+
+void TcpConnection::PauseReading() {
+  if (handle_ == nullptr || !reading_) return;
+  uv_read_stop(reinterpret_cast<uv_stream_t*>(handle_));
+  reading_ = false;
+}
+
+void TcpConnection::ResumeReading() {
+  if (handle_ == nullptr || reading_ || handler_ == nullptr) return;
+  if (uv_read_start(reinterpret_cast<uv_stream_t*>(handle_), OnAlloc, OnReadCb) == 0) {
+    reading_ = true;
+  }
+}
+
+void TcpConnection::OnAlloc(uv_handle_t*, size_t, uv_buf_t* buf) {
+  buf->base = read_buffer;
+  buf->len = kReadBufferSize;
+}
+
+void TcpConnection::OnReadCb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf) {
+  auto* self = static_cast<TcpConnection*>(stream->data);
+  if (self == nullptr || self->handler_ == nullptr) return;
+  if (nread > 0) {
+    self->handler_->OnRead(std::string_view(buf->base, static_cast<size_t>(nread)));
+  } else if (nread == UV_EOF) {
+    self->PauseReading();
+    self->handler_->OnEof();
+  } else if (nread < 0) {
+    self->PauseReading();
+    self->handler_->OnError(absl::UnavailableError(UvError(static_cast<int>(nread))));
+  }
+}
+
+void TcpConnection::Write(std::string_view data) {
+  if (handle_ == nullptr || shutdown_requested_ || data.empty()) return;
+  out_.append(data);
+  queued_bytes_ += data.size();
+  if (!write_in_flight_) StartWrite();
+}
+
+void TcpConnection::StartWrite() {
+  if (out_.empty()) {
+    if (shutdown_requested_ && !shutdown_sent_) {
+      shutdown_sent_ = true;
+      auto* req = new uv_shutdown_t;
+      if (uv_shutdown(req, reinterpret_cast<uv_stream_t*>(handle_), OnShutdownCb) != 0) {
+        delete req;
+      }
+    }
+    return;
+  }
+  // Try the kernel first: most writes complete at once and need no request.
+  uv_buf_t buf = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
+  int written = uv_try_write(reinterpret_cast<uv_stream_t*>(handle_), &buf, 1);
+  if (written > 0) {
+    queued_bytes_ -= static_cast<size_t>(written);
+    out_.erase(0, static_cast<size_t>(written));
+    if (out_.empty()) {
+      StartWrite();  // shutdown, if pending
+      return;
+    }
+  } else if (written < 0 && written != UV_EAGAIN) {
+    if (handler_) handler_->OnError(absl::UnavailableError(UvError(written)));
+    return;
+  }
+  auto* request = new WriteRequest;
+  request->data = std::move(out_);
+  out_.clear();
+  buf = uv_buf_init(request->data.data(), static_cast<unsigned>(request->data.size()));
+  write_in_flight_ = true;
+  int rc = uv_write(&request->req, reinterpret_cast<uv_stream_t*>(handle_), &buf, 1, OnWriteCb);
+  if (rc != 0) {
+    write_in_flight_ = false;
+    delete request;
+    if (handler_) handler_->OnError(absl::UnavailableError(UvError(rc)));
+  }
+}
+
+void TcpConnection::OnWriteCb(uv_write_t* req, int status) {
+  std::unique_ptr<WriteRequest> request(reinterpret_cast<WriteRequest*>(req));
+  auto* self = static_cast<TcpConnection*>(req->handle->data);
+  if (self == nullptr) return;
+  self->write_in_flight_ = false;
+  self->queued_bytes_ -= request->data.size();
+  if (status != 0) {
+    if (status != UV_ECANCELED && self->handler_) {
+      self->handler_->OnError(absl::UnavailableError(UvError(status)));
+    }
+    return;
+  }
+  self->StartWrite();
+  if (self->handle_ != nullptr && self->queued_bytes_ == 0 && self->handler_) {
+    self->handler_->OnDrained();
+  }
+}
+
+void TcpConnection::OnShutdownCb(uv_shutdown_t* req, int) { delete req; }
+
+void TcpConnection::Shutdown() {
+  if (handle_ == nullptr || shutdown_requested_) return;
+  shutdown_requested_ = true;
+  if (!write_in_flight_) StartWrite();
+}
+
+void TcpConnection::Close() {
+  if (handle_ == nullptr) return;
+  handle_->data = nullptr;
+  if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(handle_))) {
+    uv_close(reinterpret_cast<uv_handle_t*>(handle_), FreeHandle);
+  }
+  handle_ = nullptr;
+  handler_ = nullptr;
+}
+
+absl::StatusOr<int> TcpConnection::DetachFd() {
+  if (handle_ == nullptr) return absl::FailedPreconditionError("connection closed");
+  uv_os_fd_t fd;
+  int rc = uv_fileno(reinterpret_cast<uv_handle_t*>(handle_), &fd);
+  if (rc != 0) return absl::UnavailableError(UvError(rc));
+  int copy = ::dup(fd);
+  if (copy < 0) return absl::UnavailableError(StrCat("dup: ", std::strerror(errno)));
+  Close();
+  return copy;
+}
+
+}  // namespace rdv

@@ -1,0 +1,96 @@
+// A TCP connection on a libuv loop: reads delivered to a handler, writes coalesced, one writer
+// in flight at a time, read pause/resume for backpressure.
+//
+// Ownership: the TcpConnection owns its uv_tcp_t. Close() starts uv_close; the handle's memory is
+// freed in the close callback, independently of this object, so the object may be destroyed
+// right after Close() (never from inside its own callback: defer that). The destructor asserts
+// that Close() ran (STYLE 6).
+#ifndef RDV_COMMON_TCP_CONNECTION_H_
+#define RDV_COMMON_TCP_CONNECTION_H_
+
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+
+namespace rdv {
+
+class TcpConnection {
+ public:
+  class Handler {
+   public:
+    virtual ~Handler() = default;
+    virtual void OnRead(std::string_view data) = 0;
+    virtual void OnEof() = 0;
+    // A read or write error; the connection should be closed.
+    virtual void OnError(const absl::Status& status) = 0;
+    // Queued bytes fell to zero after having been above zero.
+    virtual void OnDrained() {}
+  };
+
+  // Takes an accepted connection from `server`.
+  static absl::StatusOr<std::unique_ptr<TcpConnection>> Accept(uv_stream_t* server);
+  // Adopts a connected socket fd (moved in from another loop).
+  static absl::StatusOr<std::unique_ptr<TcpConnection>> Adopt(uv_loop_t* loop, int fd);
+  // Connects; `done` runs once with the connection or an error. The callback owns the result.
+  using ConnectCallback = std::function<void(absl::StatusOr<std::unique_ptr<TcpConnection>>)>;
+  static void Connect(uv_loop_t* loop, const sockaddr* address, ConnectCallback done);
+
+  ~TcpConnection();
+  TcpConnection(const TcpConnection&) = delete;
+  TcpConnection& operator=(const TcpConnection&) = delete;
+
+  // Sets the handler and starts reading.
+  void Start(Handler& handler);
+  void PauseReading();
+  void ResumeReading();
+  // Queues bytes (copied).
+  void Write(std::string_view data);
+  // Half-closes the write side once everything queued is written.
+  void Shutdown();
+  void Close();
+
+  size_t queued_bytes() const { return queued_bytes_; }
+  bool closed() const { return handle_ == nullptr; }
+  const std::string& peer_address() const { return peer_; }  // "ip:port"
+  const sockaddr_storage& peer_sockaddr() const { return peer_storage_; }
+  uv_loop_t* loop() const { return loop_; }
+  // Detaches the socket for handing to another loop: returns a dup of the fd and closes this.
+  absl::StatusOr<int> DetachFd();
+
+ private:
+  explicit TcpConnection(uv_loop_t* loop);
+  absl::Status InitPeer();
+  void StartWrite();
+  static void OnAlloc(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
+  static void OnReadCb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
+  static void OnWriteCb(uv_write_t* req, int status);
+  static void OnShutdownCb(uv_shutdown_t* req, int status);
+
+  uv_loop_t* loop_;
+  uv_tcp_t* handle_ = nullptr;
+  Handler* handler_ = nullptr;
+  std::string out_;                // bytes waiting for the in-flight write to finish
+  bool write_in_flight_ = false;
+  bool shutdown_requested_ = false;
+  bool shutdown_sent_ = false;
+  bool reading_ = false;
+  size_t queued_bytes_ = 0;
+  std::string peer_;
+  sockaddr_storage peer_storage_{};
+};
+
+// Formats an address as "1.2.3.4:80" or "[::1]:80".
+std::string FormatSockaddr(const sockaddr* address);
+// Resolves a numeric "host:port"/"[v6]:port" (or "localhost:port") to a sockaddr.
+absl::StatusOr<sockaddr_storage> ResolveNumeric(std::string_view host, uint16_t port);
+std::string UvError(int code);
+
+}  // namespace rdv
+
+#endif  // RDV_COMMON_TCP_CONNECTION_H_

@@ -1,0 +1,55 @@
+#include "common/tcp_listener.h"
+
+#include "common/str_cat.h"
+#include "common/tcp_connection.h"
+
+namespace rdv {
+
+absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(uv_loop_t* loop,
+                                                                 const std::string& host,
+                                                                 uint16_t port,
+                                                                 AcceptCallback on_accept) {
+  absl::StatusOr<sockaddr_storage> address = ResolveNumeric(host, port);
+  if (!address.ok()) return address.status();
+  std::unique_ptr<TcpListener> listener(new TcpListener);
+  listener->on_accept_ = std::move(on_accept);
+  listener->handle_ = new uv_tcp_t;
+  uv_tcp_init(loop, listener->handle_);
+  listener->handle_->data = listener.get();
+  auto* sa = reinterpret_cast<const sockaddr*>(&*address);
+  unsigned flags = sa->sa_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+  std::string where = FormatSockaddr(sa);
+  int rc = uv_tcp_bind(listener->handle_, sa, flags);
+  if (rc == 0) {
+    rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener->handle_), 1024,
+                   [](uv_stream_t* server, int status) {
+                     auto* self = static_cast<TcpListener*>(server->data);
+                     if (self == nullptr || status != 0) return;
+                     self->on_accept_(server);
+                   });
+  }
+  if (rc != 0) {
+    listener->Close();
+    return absl::UnavailableError(StrCat("cannot listen on ", where, ": ", UvError(rc)));
+  }
+  sockaddr_storage bound{};
+  int len = sizeof(bound);
+  uv_tcp_getsockname(listener->handle_, reinterpret_cast<sockaddr*>(&bound), &len);
+  listener->address_ = FormatSockaddr(reinterpret_cast<sockaddr*>(&bound));
+  listener->port_ = bound.ss_family == AF_INET
+                        ? ntohs(reinterpret_cast<sockaddr_in*>(&bound)->sin_port)
+                        : ntohs(reinterpret_cast<sockaddr_in6*>(&bound)->sin6_port);
+  return listener;
+}
+
+TcpListener::~TcpListener() { Close(); }
+
+void TcpListener::Close() {
+  if (handle_ == nullptr) return;
+  handle_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(handle_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_tcp_t*>(h); });
+  handle_ = nullptr;
+}
+
+}  // namespace rdv

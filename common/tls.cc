@@ -1,0 +1,391 @@
+#include "common/tls.h"
+
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <filesystem>
+
+#include "absl/strings/escaping.h"
+#include "common/str_cat.h"
+#include "common/metrics.h"
+
+namespace rdv {
+namespace {
+
+constexpr size_t kMaxRecordPlaintext = 16 * 1024;
+thread_local char tls_read_buffer[64 * 1024];
+
+int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
+               unsigned int inlen, void*) {
+  static const unsigned char kWire[] = {5, 'r', 'd', 'v', '/', '1'};
+  unsigned char* selected = nullptr;
+  if (SSL_select_next_proto(&selected, outlen, kWire, sizeof(kWire), in, inlen) !=
+      OPENSSL_NPN_NEGOTIATED) {
+    return SSL_TLSEXT_ERR_ALERT_FATAL;
+  }
+  *out = selected;
+  return SSL_TLSEXT_ERR_OK;
+}
+
+absl::Status GenerateSelfSigned(const std::string& cert_path, const std::string& key_path,
+                                const std::string& common_name) {
+  EVP_PKEY* key = EVP_EC_gen("P-256");
+  if (key == nullptr) return absl::InternalError("EC key generation failed: " + OpenSslErrors());
+  X509* cert = X509_new();
+  X509_set_version(cert, 2);
+  unsigned char serial[16];
+  RAND_bytes(serial, sizeof(serial));
+  serial[0] &= 0x7f;
+  BIGNUM* bn = BN_bin2bn(serial, sizeof(serial), nullptr);
+  BN_to_ASN1_INTEGER(bn, X509_get_serialNumber(cert));
+  BN_free(bn);
+  X509_gmtime_adj(X509_getm_notBefore(cert), -3600);
+  X509_gmtime_adj(X509_getm_notAfter(cert), 10L * 365 * 24 * 3600);
+  X509_set_pubkey(cert, key);
+  X509_NAME* name = X509_get_subject_name(cert);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_UTF8,
+                             reinterpret_cast<const unsigned char*>(common_name.c_str()), -1, -1,
+                             0);
+  X509_set_issuer_name(cert, name);
+  absl::Status status = absl::OkStatus();
+  if (X509_sign(cert, key, EVP_sha256()) == 0) {
+    status = absl::InternalError("signing the certificate failed: " + OpenSslErrors());
+  }
+  if (status.ok()) {
+    mode_t old_mask = umask(077);
+    FILE* kf = std::fopen(key_path.c_str(), "w");
+    FILE* cf = std::fopen(cert_path.c_str(), "w");
+    umask(old_mask);
+    if (kf == nullptr || cf == nullptr ||
+        PEM_write_PrivateKey(kf, key, nullptr, nullptr, 0, nullptr, nullptr) != 1 ||
+        PEM_write_X509(cf, cert) != 1) {
+      status = absl::InternalError(StrCat("cannot write ", cert_path, " / ", key_path));
+    }
+    if (kf) std::fclose(kf);
+    if (cf) std::fclose(cf);
+  }
+  X509_free(cert);
+  EVP_PKEY_free(key);
+  return status;
+}
+
+}  // namespace
+
+std::string OpenSslErrors() {
+  std::string out;
+  unsigned long code;
+  while ((code = ERR_get_error()) != 0) {
+    char buf[256];
+    ERR_error_string_n(code, buf, sizeof(buf));
+    if (!out.empty()) out += "; ";
+    out += buf;
+  }
+  return out.empty() ? "unknown TLS error" : out;
+}
+
+std::string CertificateFingerprint(X509* cert) {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  X509_digest(cert, EVP_sha256(), md, &len);
+  return absl::BytesToHexString(absl::string_view(reinterpret_cast<char*>(md), len));
+}
+
+absl::StatusOr<ServerTlsIdentity> CreateLinkServerContext(const std::string& cert_file,
+                                                          const std::string& key_file,
+                                                          const std::string& state_dir,
+                                                          const std::string& common_name) {
+  ServerTlsIdentity identity;
+  std::string cert_path = cert_file;
+  std::string key_path = key_file;
+  if (cert_path.empty()) {
+    std::error_code ec;
+    std::filesystem::create_directories(state_dir, ec);
+    if (ec) {
+      return absl::FailedPreconditionError(
+          StrCat("cannot create state_dir ", state_dir, ": ", ec.message()));
+    }
+    cert_path = state_dir + "/relay-cert.pem";
+    key_path = state_dir + "/relay-key.pem";
+    if (!std::filesystem::exists(cert_path) || !std::filesystem::exists(key_path)) {
+      if (absl::Status s = GenerateSelfSigned(cert_path, key_path, common_name); !s.ok()) return s;
+      identity.generated = true;
+    }
+  }
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  identity.ctx.reset(ctx);
+  SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set_num_tickets(ctx, 0);
+  SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+  SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
+  if (SSL_CTX_use_certificate_chain_file(ctx, cert_path.c_str()) != 1) {
+    return absl::InvalidArgumentError(
+        StrCat("cannot load certificate ", cert_path, ": ", OpenSslErrors()));
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, key_path.c_str(), SSL_FILETYPE_PEM) != 1 ||
+      SSL_CTX_check_private_key(ctx) != 1) {
+    return absl::InvalidArgumentError(
+        StrCat("cannot load private key ", key_path, ": ", OpenSslErrors()));
+  }
+  identity.fingerprint_hex = CertificateFingerprint(SSL_CTX_get0_certificate(ctx));
+  return identity;
+}
+
+absl::StatusOr<SslCtxPtr> CreateLinkClientContext(const std::string& ca_file) {
+  SslCtxPtr ctx(SSL_CTX_new(TLS_client_method()));
+  SSL_CTX_set_min_proto_version(ctx.get(), TLS1_3_VERSION);
+  SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS);
+  static const unsigned char kWire[] = {5, 'r', 'd', 'v', '/', '1'};
+  SSL_CTX_set_alpn_protos(ctx.get(), kWire, sizeof(kWire));
+  if (!ca_file.empty()) {
+    if (SSL_CTX_load_verify_locations(ctx.get(), ca_file.c_str(), nullptr) != 1) {
+      return absl::InvalidArgumentError(
+          StrCat("cannot load relay CA ", ca_file, ": ", OpenSslErrors()));
+    }
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_PEER, nullptr);
+  } else {
+    // Pinned fingerprint: checked by TlsSession after the handshake.
+    SSL_CTX_set_verify(ctx.get(), SSL_VERIFY_NONE, nullptr);
+  }
+  return ctx;
+}
+
+// ---- LoopTasks ----
+
+LoopTasks::LoopTasks(uv_loop_t* loop) : loop_(loop), check_(new uv_check_t), idle_(new uv_idle_t) {
+  uv_check_init(loop, check_);
+  check_->data = this;
+  uv_idle_init(loop, idle_);
+}
+
+LoopTasks::~LoopTasks() { Close(); }
+
+void LoopTasks::Close() {
+  if (check_ == nullptr) return;
+  std::vector<std::function<void()>> deferred;
+  deferred.swap(deferred_);
+  for (auto& task : deferred) task();
+  check_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(check_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_check_t*>(h); });
+  uv_close(reinterpret_cast<uv_handle_t*>(idle_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_idle_t*>(h); });
+  check_ = nullptr;
+  idle_ = nullptr;
+}
+
+void LoopTasks::Arm() {
+  if (check_ == nullptr) return;
+  uv_check_start(check_, OnCheck);
+  // An active idle handle makes the next poll non-blocking, so the check phase comes round.
+  uv_idle_start(idle_, [](uv_idle_t*) {});
+}
+
+void LoopTasks::Schedule(Client* client) {
+  dirty_.push_back(client);
+  Arm();
+}
+
+void LoopTasks::Cancel(Client* client) {
+  for (auto& entry : dirty_) {
+    if (entry == client) entry = nullptr;
+  }
+}
+
+void LoopTasks::Defer(std::function<void()> task) {
+  deferred_.push_back(std::move(task));
+  Arm();
+}
+
+void LoopTasks::OnCheck(uv_check_t* check) {
+  auto* self = static_cast<LoopTasks*>(check->data);
+  if (self == nullptr) return;
+  std::vector<Client*> dirty;
+  dirty.swap(self->dirty_);
+  for (Client* client : dirty) {
+    if (client != nullptr) client->FlushNow();
+  }
+  std::vector<std::function<void()>> deferred;
+  deferred.swap(self->deferred_);
+  for (auto& task : deferred) task();
+  if (self->dirty_.empty() && self->deferred_.empty() && self->check_ != nullptr) {
+    uv_check_stop(self->check_);
+    uv_idle_stop(self->idle_);
+  }
+}
+
+// ---- TlsSession ----
+
+std::unique_ptr<TlsSession> TlsSession::Create(std::unique_ptr<TcpConnection> tcp, SSL_CTX* ctx,
+                                               bool is_server, LoopTasks& tasks,
+                                               std::string server_name,
+                                               std::string expected_fingerprint) {
+  SSL* ssl = SSL_new(ctx);
+  if (is_server) {
+    SSL_set_accept_state(ssl);
+  } else {
+    SSL_set_connect_state(ssl);
+    if (!server_name.empty()) {
+      SSL_set_tlsext_host_name(ssl, server_name.c_str());
+      if (expected_fingerprint.empty()) SSL_set1_host(ssl, server_name.c_str());
+    }
+  }
+  return std::unique_ptr<TlsSession>(
+      new TlsSession(std::move(tcp), ssl, tasks, std::move(expected_fingerprint)));
+}
+
+TlsSession::TlsSession(std::unique_ptr<TcpConnection> tcp, SSL* ssl, LoopTasks& tasks,
+                       std::string expected_fingerprint)
+    : tcp_(std::move(tcp)),
+      ssl_(ssl),
+      rbio_(BIO_new(BIO_s_mem())),
+      wbio_(BIO_new(BIO_s_mem())),
+      tasks_(tasks),
+      expected_fingerprint_(std::move(expected_fingerprint)) {
+  BIO_set_mem_eof_return(rbio_, -1);
+  SSL_set_bio(ssl_, rbio_, wbio_);
+}
+
+TlsSession::~TlsSession() {
+  Close();
+  SSL_free(ssl_);
+}
+
+void TlsSession::Start(Handler& handler) {
+  handler_ = &handler;
+  tcp_->Start(*this);
+  DriveHandshake();
+}
+
+void TlsSession::Close() {
+  if (scheduled_) tasks_.Cancel(this);
+  scheduled_ = false;
+  closed_ = true;
+  handler_ = nullptr;
+  tcp_->Close();
+}
+
+void TlsSession::Fail(const absl::Status& status) {
+  if (closed_) return;
+  Handler* handler = handler_;
+  Close();
+  if (handler) handler->OnTlsClosed(status);
+}
+
+void TlsSession::DriveHandshake() {
+  int rc = SSL_do_handshake(ssl_);
+  DrainCiphertext();
+  if (closed_) return;
+  if (rc == 1) {
+    handshake_done_ = true;
+    if (!expected_fingerprint_.empty() && peer_fingerprint() != expected_fingerprint_) {
+      Fail(absl::PermissionDeniedError(
+          StrCat("relay certificate fingerprint ", peer_fingerprint(),
+                       " does not match the pinned ", expected_fingerprint_)));
+      return;
+    }
+    const unsigned char* alpn = nullptr;
+    unsigned int alpn_len = 0;
+    SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
+    if (std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != kLinkAlpn) {
+      Fail(absl::PermissionDeniedError("peer did not negotiate ALPN rdv/1"));
+      return;
+    }
+    if (handler_) handler_->OnTlsReady();
+    return;
+  }
+  int err = SSL_get_error(ssl_, rc);
+  if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) return;
+  Fail(absl::UnavailableError(StrCat("TLS handshake failed: ", OpenSslErrors())));
+}
+
+void TlsSession::OnRead(std::string_view data) {
+  if (closed_) return;
+  BIO_write(rbio_, data.data(), static_cast<int>(data.size()));
+  if (!handshake_done_) {
+    DriveHandshake();
+    if (closed_ || !handshake_done_) return;
+  }
+  while (!closed_) {
+    int n = SSL_read(ssl_, tls_read_buffer, sizeof(tls_read_buffer));
+    if (n > 0) {
+      if (handler_) handler_->OnTlsData(std::string_view(tls_read_buffer, static_cast<size_t>(n)));
+      continue;
+    }
+    int err = SSL_get_error(ssl_, n);
+    if (err == SSL_ERROR_WANT_READ) break;
+    if (err == SSL_ERROR_ZERO_RETURN) {
+      Fail(absl::CancelledError("peer closed the TLS session"));
+      return;
+    }
+    Fail(absl::DataLossError(StrCat("TLS error: ", OpenSslErrors())));
+    return;
+  }
+  DrainCiphertext();  // post-handshake messages, alerts
+}
+
+void TlsSession::OnEof() {
+  Fail(handshake_done_ ? absl::CancelledError("connection closed by peer")
+                       : absl::UnavailableError("connection closed during the TLS handshake"));
+}
+
+void TlsSession::OnError(const absl::Status& status) { Fail(status); }
+
+void TlsSession::OnDrained() {
+  if (!closed_ && handler_ && plain_out_.empty()) handler_->OnTlsDrained();
+}
+
+void TlsSession::Send(std::string_view plaintext) {
+  if (closed_) return;
+  plain_out_.append(plaintext);
+  if (!scheduled_) {
+    scheduled_ = true;
+    tasks_.Schedule(this);
+  }
+}
+
+void TlsSession::FlushNow() {
+  scheduled_ = false;
+  if (closed_ || !handshake_done_) return;
+  size_t offset = 0;
+  while (offset < plain_out_.size()) {
+    size_t n = std::min(kMaxRecordPlaintext, plain_out_.size() - offset);
+    int rc = SSL_write(ssl_, plain_out_.data() + offset, static_cast<int>(n));
+    if (rc <= 0) {
+      Fail(absl::DataLossError(StrCat("TLS write failed: ", OpenSslErrors())));
+      return;
+    }
+    offset += static_cast<size_t>(rc);
+  }
+  plain_out_.clear();
+  DrainCiphertext();
+}
+
+void TlsSession::DrainCiphertext() {
+  char* data = nullptr;
+  long pending = BIO_get_mem_data(wbio_, &data);
+  if (pending <= 0) return;
+  tcp_->Write(std::string_view(data, static_cast<size_t>(pending)));
+  (void)BIO_reset(wbio_);
+}
+
+std::string TlsSession::ExportKeyingMaterial(std::string_view label) const {
+  unsigned char out[32];
+  if (SSL_export_keying_material(ssl_, out, sizeof(out), label.data(), label.size(), nullptr, 0,
+                                 0) != 1) {
+    return "";
+  }
+  return std::string(reinterpret_cast<char*>(out), sizeof(out));
+}
+
+std::string TlsSession::peer_fingerprint() const {
+  X509* cert = SSL_get0_peer_certificate(ssl_);
+  return cert ? CertificateFingerprint(cert) : "";
+}
+
+}  // namespace rdv

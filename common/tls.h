@@ -1,0 +1,141 @@
+// TLS 1.3 for links: contexts for both ends, certificate generation and pinning, and a TLS
+// session layered on a TcpConnection through memory BIOs.
+//
+// Write path: Send() appends plaintext; once per loop iteration (uv_check) the session encrypts
+// everything pending in records of up to 16 KiB and hands the ciphertext to the socket in one
+// write. That coalesces the many small frames a link produces without adding a hop.
+#ifndef RDV_COMMON_TLS_H_
+#define RDV_COMMON_TLS_H_
+
+#include <openssl/ssl.h>
+#include <uv.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "common/tcp_connection.h"
+
+namespace rdv {
+
+inline constexpr std::string_view kLinkAlpn = "rdv/1";
+
+struct SslCtxDeleter {
+  void operator()(SSL_CTX* ctx) const { SSL_CTX_free(ctx); }
+};
+using SslCtxPtr = std::unique_ptr<SSL_CTX, SslCtxDeleter>;
+
+// Loads cert/key from files, or (when both paths are empty) loads or generates a self-signed
+// pair in `state_dir`. Returns a server context that speaks only TLS 1.3 with ALPN rdv/1.
+struct ServerTlsIdentity {
+  SslCtxPtr ctx;
+  std::string fingerprint_hex;  // SHA-256 of the certificate DER, lowercase hex
+  bool generated = false;
+};
+absl::StatusOr<ServerTlsIdentity> CreateLinkServerContext(const std::string& cert_file,
+                                                          const std::string& key_file,
+                                                          const std::string& state_dir,
+                                                          const std::string& common_name);
+
+// Client context verifying the relay either by CA file or by pinned SHA-256 fingerprint.
+absl::StatusOr<SslCtxPtr> CreateLinkClientContext(const std::string& ca_file);
+
+std::string CertificateFingerprint(X509* cert);
+
+// Per-loop work that must run after the current callbacks return, once per iteration
+// (uv_check): flushing coalesced TLS writes, and destroying objects that asked to be
+// destroyed from inside their own callbacks (STYLE 5).
+class LoopTasks {
+ public:
+  explicit LoopTasks(uv_loop_t* loop);
+  ~LoopTasks();
+  class Client {
+   public:
+    virtual ~Client() = default;
+    virtual void FlushNow() = 0;
+  };
+  void Schedule(Client* client);
+  void Cancel(Client* client);
+  // Runs `task` after the current callbacks (typically: delete an object).
+  void Defer(std::function<void()> task);
+  void Close();
+  uv_loop_t* loop() const { return loop_; }
+
+ private:
+  static void OnCheck(uv_check_t* check);
+  void Arm();
+  uv_loop_t* loop_;
+  uv_check_t* check_;
+  std::vector<Client*> dirty_;
+  std::vector<std::function<void()>> deferred_;
+  uv_idle_t* idle_;  // keeps the loop from blocking in poll while deferred work waits
+};
+
+class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
+ public:
+  class Handler {
+   public:
+    virtual ~Handler() = default;
+    virtual void OnTlsReady() = 0;
+    virtual void OnTlsData(std::string_view plaintext) = 0;
+    // The session ended (peer closed, TLS or socket error). Called once.
+    virtual void OnTlsClosed(const absl::Status& status) = 0;
+    virtual void OnTlsDrained() {}
+  };
+
+  // `expected_fingerprint`: client side pin ("" = rely on the CA verification of the context).
+  static std::unique_ptr<TlsSession> Create(std::unique_ptr<TcpConnection> tcp, SSL_CTX* ctx,
+                                            bool is_server, LoopTasks& tasks,
+                                            std::string server_name,
+                                            std::string expected_fingerprint);
+  ~TlsSession() override;
+
+  void Start(Handler& handler);
+  void Send(std::string_view plaintext);
+  size_t QueuedBytes() const { return plain_out_.size() + tcp_->queued_bytes(); }
+  void PauseReading() { tcp_->PauseReading(); }
+  void ResumeReading() { tcp_->ResumeReading(); }
+  void Close();
+  bool closed() const { return closed_; }
+  TcpConnection& tcp() { return *tcp_; }
+  // RFC 5705 exporter bound to this session (for channel-bound authentication).
+  std::string ExportKeyingMaterial(std::string_view label) const;
+  std::string peer_fingerprint() const;
+
+  // TcpConnection::Handler
+  void OnRead(std::string_view data) override;
+  void OnEof() override;
+  void OnError(const absl::Status& status) override;
+  void OnDrained() override;
+  // LoopTasks::Client
+  void FlushNow() override;
+
+ private:
+  TlsSession(std::unique_ptr<TcpConnection> tcp, SSL* ssl, LoopTasks& tasks,
+             std::string expected_fingerprint);
+  void DriveHandshake();
+  void DrainCiphertext();
+  void Fail(const absl::Status& status);
+
+  std::unique_ptr<TcpConnection> tcp_;
+  SSL* ssl_;
+  BIO* rbio_;
+  BIO* wbio_;
+  LoopTasks& tasks_;
+  std::string expected_fingerprint_;
+  Handler* handler_ = nullptr;
+  std::string plain_out_;
+  bool handshake_done_ = false;
+  bool closed_ = false;
+  bool scheduled_ = false;
+};
+
+std::string OpenSslErrors();
+
+}  // namespace rdv
+
+#endif  // RDV_COMMON_TLS_H_

@@ -1,0 +1,57 @@
+#include "relay/admin_session.h"
+
+#include "common/str_cat.h"
+#include "common/metrics.h"
+
+namespace rdv {
+
+AdminSession::AdminSession(Relay& relay, std::unique_ptr<TcpConnection> client)
+    : relay_(relay), client_(std::move(client)), framer_(HttpRequestFramer::Limits{8192, 50}) {}
+
+AdminSession::~AdminSession() { client_->Close(); }
+
+void AdminSession::OnRead(std::string_view data) {
+  if (responded_) return;
+  absl::StatusOr<HttpRequestFramer::Event> event = framer_.Feed(data);
+  if (!event.ok()) {
+    CounterOf("rdv_protocol_errors_total", "Connections closed for malformed input",
+              "listener=\"admin\"")
+        .Inc();
+    client_->Write(MakeErrorResponse(400, std::string(event.status().message())));
+    responded_ = true;
+    client_->Shutdown();
+    return;
+  }
+  if (event->kind != HttpRequestFramer::EventKind::kHead) return;
+  const HttpRequestHead& head = framer_.head();
+  std::string path = head.target.substr(0, head.target.find('?'));
+  if (head.method != "GET") {
+    Respond(405, "text/plain", "only GET is served here\n");
+  } else if (path == "/metrics") {
+    Respond(200, "text/plain; version=0.0.4", Metrics::Global().RenderPrometheus());
+  } else if (path == "/healthz") {
+    Respond(200, "text/plain", "ok\n");
+  } else {
+    Respond(404, "text/plain", "not found: try /metrics or /healthz\n");
+  }
+}
+
+void AdminSession::Respond(int code, std::string_view content_type, std::string_view body) {
+  std::string_view reason = code == 200 ? "OK" : code == 404 ? "Not Found" : "Method Not Allowed";
+  client_->Write(StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", content_type,
+                              "\r\nContent-Length: ", body.size(),
+                              "\r\nConnection: close\r\n\r\n", body));
+  responded_ = true;
+  client_->Shutdown();
+}
+
+void AdminSession::OnDrained() {}
+
+void AdminSession::Finish() {
+  if (finished_) return;
+  finished_ = true;
+  client_->Close();
+  relay_.Finish(this);
+}
+
+}  // namespace rdv

@@ -1,0 +1,90 @@
+// The relay's end of one agent link.
+//
+// 1. TLS handshake (ALPN rdv/1) within the handshake timeout.
+// 2. Hello -> Challenge(nonce) -> Proof(HMAC over nonce and the TLS exporter) -> AuthResult.
+//    The secret never crosses; the exporter binds the proof to this TLS session.
+// 3. Register -> one Registered per service (grant check, claim in the directory, tcp port).
+// 4. Streams: entrypoints open them through OpenStream(); pings keep the link alive; silence
+//    past the idle timeout closes it.
+#ifndef RDV_RELAY_AGENT_LINK_H_
+#define RDV_RELAY_AGENT_LINK_H_
+
+#include <uv.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "common/link.h"
+#include "common/tls.h"
+#include "relay/directory.h"
+#include "relay/relay_config.h"
+
+namespace rdv {
+
+class Relay;
+
+class AgentLink : public StreamCarrier,
+                  public TlsSession::Handler,
+                  public LinkTransport,
+                  public LinkHandler {
+ public:
+  AgentLink(Relay& relay, std::unique_ptr<TlsSession> tls, uint64_t id);
+  ~AgentLink() override;
+
+  void Start();
+  // Opens a stream to the agent for a client; nullptr if the link cannot take one now.
+  Stream* OpenStream(const link::ServiceSpec& service, const std::string& client_address,
+                     const std::string& entrypoint, StreamHandler& handler);
+  void GoAway(std::string_view reason);
+  void Close(const absl::Status& status);
+  uint64_t id() const { return id_; }
+
+  // StreamCarrier
+  const std::string& credential() const override { return credential_name_; }
+  size_t active_streams() const override { return link_.stream_count(); }
+
+  // TlsSession::Handler
+  void OnTlsReady() override;
+  void OnTlsData(std::string_view plaintext) override;
+  void OnTlsClosed(const absl::Status& status) override;
+  void OnTlsDrained() override { link_.OnTransportDrained(); }
+  // LinkTransport
+  void Send(std::string_view bytes) override { tls_->Send(bytes); }
+  size_t QueuedBytes() const override { return tls_->QueuedBytes(); }
+  // LinkHandler
+  void OnControl(Link& link, const link::Control& control) override;
+  void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) override;
+  void OnPong(Link& link, uint64_t sent_ms) override;
+  void OnLinkFailed(Link& link, const absl::Status& status) override;
+
+ private:
+  enum class State { kHandshake, kAwaitHello, kAwaitProof, kReady, kClosed };
+  void HandleHello(const link::Hello& hello);
+  void HandleProof(const link::Proof& proof);
+  void HandleRegister(const link::Register& request);
+  link::Registered RegisterOne(const link::ServiceSpec& spec);
+  void Refuse(std::string_view counter_reason, std::string_view wire_reason,
+              std::string_view log_detail);
+  void OnTimer();
+
+  Relay& relay_;
+  std::unique_ptr<TlsSession> tls_;
+  Link link_;
+  const uint64_t id_;
+  std::string peer_;
+  State state_ = State::kHandshake;
+  std::string agent_id_;
+  std::string credential_name_;
+  const CredentialConfig* credential_ = nullptr;
+  std::string nonce_;
+  uv_timer_t* timer_;
+  uint64_t last_receive_ms_ = 0;
+  uint64_t rtt_ms_ = 0;
+  bool counted_active_ = false;
+  int registered_ = 0;
+};
+
+}  // namespace rdv
+
+#endif  // RDV_RELAY_AGENT_LINK_H_

@@ -1,0 +1,83 @@
+// Which agent links serve which virtual address.
+//
+// The relay's routing asks this interface only, so a cluster-wide directory (DESIGN §6: etcd,
+// forwarding to the replica holding the link) can replace the in-memory one without touching
+// the entrypoints.
+//
+// Claims are per credential and outlive the links that made them (until the relay restarts):
+// a name held by one credential is never handed to another, and a known name whose agents are
+// all away answers 503 rather than 404.
+#ifndef RDV_RELAY_DIRECTORY_H_
+#define RDV_RELAY_DIRECTORY_H_
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "proto/link.pb.h"
+
+namespace rdv {
+
+// A relay-side agent link that can carry streams (implemented by AgentLink).
+class StreamCarrier {
+ public:
+  virtual ~StreamCarrier() = default;
+  virtual const std::string& credential() const = 0;
+  virtual size_t active_streams() const = 0;
+};
+
+struct RouteResult {
+  enum class Outcome { kFound, kUnknown, kNoLink };
+  Outcome outcome = Outcome::kUnknown;
+  link::ServiceSpec service;      // the registered service that matched
+  StreamCarrier* carrier = nullptr;
+};
+
+class Directory {
+ public:
+  virtual ~Directory() = default;
+  // Records that `carrier` serves `service` (kind+name; for http also `alias`). Fails with
+  // AlreadyExists when another credential holds the name.
+  virtual absl::Status Claim(const link::ServiceSpec& service, const std::string& alias,
+                             StreamCarrier& carrier) = 0;
+  // Forgets every registration of `carrier` (its claims remain with the credential).
+  virtual void Release(StreamCarrier& carrier) = 0;
+  // Routes an HTTP host (already normalized: lowercase, no port): exact name, then
+  // `<alias>.<zone>`, then the longest matching `*.suffix`.
+  virtual RouteResult RouteHttp(const std::string& host) = 0;
+  // Routes a tcp service by name.
+  virtual RouteResult RouteService(link::ServiceKind kind, const std::string& name) = 0;
+};
+
+// Single-relay directory held in memory. Not thread-safe: used from the loop that owns it.
+class InMemoryDirectory : public Directory {
+ public:
+  explicit InMemoryDirectory(std::string zone) : zone_(std::move(zone)) {}
+
+  absl::Status Claim(const link::ServiceSpec& service, const std::string& alias,
+                     StreamCarrier& carrier) override;
+  void Release(StreamCarrier& carrier) override;
+  RouteResult RouteHttp(const std::string& host) override;
+  RouteResult RouteService(link::ServiceKind kind, const std::string& name) override;
+
+ private:
+  struct Entry {
+    link::ServiceSpec service;
+    std::string credential;
+    std::vector<StreamCarrier*> carriers;
+    size_t next = 0;  // round robin cursor
+  };
+  static std::string Key(link::ServiceKind kind, const std::string& name);
+  RouteResult Pick(Entry& entry);
+
+  std::string zone_;
+  std::map<std::string, Entry> entries_;          // Key(kind, name) -> entry
+  std::map<std::string, std::string> http_alias_;  // "<alias>.<zone>" -> Key
+};
+
+}  // namespace rdv
+
+#endif  // RDV_RELAY_DIRECTORY_H_

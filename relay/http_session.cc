@@ -1,0 +1,355 @@
+#include "relay/http_session.h"
+
+#include <array>
+
+#include "common/str_cat.h"
+#include "common/auth.h"
+#include "common/metrics.h"
+#include "spdlog/spdlog.h"
+
+namespace rdv {
+namespace {
+
+constexpr size_t kClientHighWatermark = 256 * 1024;
+
+Counter& HttpErrors(int code) {
+  return CounterOf("rdv_http_errors_total", "Responses the relay generated itself",
+                   StrCat("code=\"", code, "\""));
+}
+
+std::string ClientIp(const std::string& address) {
+  // "1.2.3.4:5" -> "1.2.3.4"; "[::1]:5" -> "::1"
+  if (!address.empty() && address.front() == '[') {
+    return address.substr(1, address.find(']') - 1);
+  }
+  return address.substr(0, address.rfind(':'));
+}
+
+}  // namespace
+
+HttpSession::HttpSession(Relay& relay, std::unique_ptr<TcpConnection> client)
+    : relay_(relay),
+      client_(std::move(client)),
+      framer_(HttpRequestFramer::Limits{relay.config().http->max_head_bytes, 100}),
+      timer_(new uv_timer_t) {
+  uv_timer_init(relay.loop(), timer_);
+  timer_->data = this;
+}
+
+HttpSession::~HttpSession() {
+  timer_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(timer_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  if (stream_ != nullptr) {
+    Stream* stream = stream_;
+    stream_ = nullptr;
+    stream->Reset("client went away");
+  }
+  client_->Close();
+}
+
+void HttpSession::Start() {
+  ArmTimer(absl::ToInt64Milliseconds(relay_.config().http->idle_timeout));
+  client_->Start(*this);
+}
+
+void HttpSession::ArmTimer(uint64_t ms) {
+  uv_timer_start(
+      timer_, [](uv_timer_t* t) { if (t->data) static_cast<HttpSession*>(t->data)->OnTimer(); },
+      ms, 0);
+}
+
+void HttpSession::OnTimer() {
+  if (finished_) return;
+  if (closing_) {
+    Finish();  // the client never closed its side after our response
+    return;
+  }
+  if (framer_.tunneling()) return;
+  if (head_bytes_seen_) {
+    SendError(408, "the request head did not arrive in time");
+    return;
+  }
+  if (stream_ != nullptr && responses_ && responses_->pending_responses() > 0) {
+    return;  // waiting on the target, not the client
+  }
+  CloseWhenFlushed();  // idle keep-alive connection
+}
+
+void HttpSession::OnRead(std::string_view data) {
+  if (closing_ || finished_) return;  // lingering: discard
+  if (framer_.tunneling() && stream_ != nullptr && input_.empty()) {
+    if (!stream_->Write(data)) {
+      client_->PauseReading();
+      reading_paused_ = true;
+    }
+    return;
+  }
+  if (!head_bytes_seen_ && !head_pending_ && stream_ == nullptr) {
+    ArmTimer(absl::ToInt64Milliseconds(relay_.config().http->head_timeout));
+  }
+  input_.append(data);
+  Process();
+}
+
+void HttpSession::Process() {
+  size_t offset = 0;
+  while (!closing_ && !finished_) {
+    if (head_pending_) {
+      if (!RouteHead()) break;
+      continue;
+    }
+    if (offset == input_.size()) break;
+    std::string_view rest = std::string_view(input_).substr(offset);
+    absl::StatusOr<HttpRequestFramer::Event> event = framer_.Feed(rest);
+    if (!event.ok()) {
+      bool too_large = event.status().code() == absl::StatusCode::kResourceExhausted;
+      CounterOf("rdv_protocol_errors_total", "Connections closed for malformed input",
+                "listener=\"http\"")
+          .Inc();
+      spdlog::info("http {}: bad request: {}", client_->peer_address(), event.status().message());
+      SendError(too_large ? 431 : 400, std::string(event.status().message()));
+      break;
+    }
+    offset += event->consumed;
+    switch (event->kind) {
+      case HttpRequestFramer::EventKind::kNeedMore:
+        if (event->consumed > 0 || offset > 0) head_bytes_seen_ = true;
+        break;
+      case HttpRequestFramer::EventKind::kHead:
+        head_bytes_seen_ = false;
+        head_pending_ = true;
+        CounterOf("rdv_http_requests_total", "HTTP requests received").Inc();
+        continue;
+      case HttpRequestFramer::EventKind::kBody:
+      case HttpRequestFramer::EventKind::kTunnel:
+        if (stream_ != nullptr && !stream_->Write(event->data)) {
+          client_->PauseReading();
+          reading_paused_ = true;
+        }
+        continue;
+      case HttpRequestFramer::EventKind::kMessageEnd:
+        if (!framer_.head().keep_alive) close_after_response_ = true;
+        continue;
+    }
+    if (event->kind == HttpRequestFramer::EventKind::kNeedMore) break;
+  }
+  if (!finished_) input_.erase(0, offset);
+}
+
+bool HttpSession::RouteHead() {
+  const HttpRequestHead& head = framer_.head();
+  std::string host = NormalizeHost(head.host);
+  // A head for another service waits until the current stream has answered everything.
+  if (stream_ != nullptr && responses_ && responses_->pending_responses() > 0) {
+    RouteResult peek = relay_.directory().RouteHttp(host);
+    if (peek.outcome != RouteResult::Outcome::kFound || peek.service.name() != stream_service_) {
+      client_->PauseReading();
+      reading_paused_ = true;
+      return false;
+    }
+  }
+  head_pending_ = false;
+  if (host.empty()) {
+    SendError(400, "the request has no Host header");
+    return false;
+  }
+  if (stream_ == nullptr || !responses_ ||
+      relay_.directory().RouteHttp(host).service.name() != stream_service_) {
+    RouteResult route = relay_.directory().RouteHttp(host);
+    if (route.outcome == RouteResult::Outcome::kUnknown) {
+      SendError(404, StrCat("no service is registered for host '", host, "'"));
+      return false;
+    }
+    if (route.outcome == RouteResult::Outcome::kNoLink) {
+      SendError(503, StrCat("no agent is connected for '", route.service.name(), "'"));
+      return false;
+    }
+    DropStream();
+    auto* carrier = static_cast<AgentLink*>(route.carrier);
+    stream_ = carrier->OpenStream(route.service, client_->peer_address(), "http", *this);
+    if (stream_ == nullptr) {
+      SendError(503, StrCat("the agent link for '", route.service.name(),
+                                  "' cannot take streams now"));
+      return false;
+    }
+    stream_service_ = route.service.name();
+    responses_.emplace();
+    response_bytes_for_current_ = false;
+  }
+  static constexpr std::array<std::string_view, 0> kDrop{};
+  std::string forwarded_for = std::string(head.Header("X-Forwarded-For"));
+  std::string client_ip = ClientIp(client_->peer_address());
+  forwarded_for = forwarded_for.empty() ? client_ip : StrCat(forwarded_for, ", ", client_ip);
+  std::array<std::string_view, 3> drop = {"X-Forwarded-For", "X-Forwarded-Proto",
+                                          "X-Forwarded-Host"};
+  std::array<HttpHeader, 3> extra = {HttpHeader{"X-Forwarded-For", forwarded_for},
+                                     HttpHeader{"X-Forwarded-Proto", "http"},
+                                     HttpHeader{"X-Forwarded-Host", head.host}};
+  (void)kDrop;
+  responses_->ExpectResponseTo(head.method);
+  uv_timer_stop(timer_);
+  if (!stream_->Write(SerializeRequestHead(head, drop, extra))) {
+    client_->PauseReading();
+    reading_paused_ = true;
+  }
+  return true;
+}
+
+void HttpSession::DropStream() {
+  if (stream_ == nullptr) return;
+  Stream* stream = stream_;
+  stream_ = nullptr;
+  responses_.reset();
+  stream->Reset("request routed to another service");
+}
+
+void HttpSession::OnStreamData(Stream& stream, std::string_view data) {
+  if (&stream != stream_) return;
+  if (responses_ && !responses_->tunneling()) {
+    absl::StatusOr<HttpResponseFramer::Progress> progress = responses_->Feed(data);
+    if (!progress.ok()) {
+      CounterOf("rdv_upstream_errors_total", "Malformed responses from targets").Inc();
+      spdlog::info("http {}: malformed response from {}: {}", client_->peer_address(),
+                   stream_service_, progress.status().message());
+      if (!response_bytes_for_current_) {
+        SendError(502, "the target sent a malformed response");
+      } else {
+        CloseWhenFlushed();
+      }
+      return;
+    }
+    response_bytes_for_current_ = true;
+    if (progress->responses_completed > 0) response_bytes_for_current_ = false;
+    if (progress->connection_close) close_after_response_ = true;
+  }
+  client_->Write(data);
+  unreturned_credit_ += data.size();
+  ReturnCredit();
+  if (responses_ && !responses_->tunneling() && responses_->pending_responses() == 0) {
+    if (close_after_response_) {
+      CloseWhenFlushed();
+      return;
+    }
+    ArmTimer(absl::ToInt64Milliseconds(relay_.config().http->idle_timeout));
+    if (reading_paused_ && head_pending_) {
+      reading_paused_ = false;
+      client_->ResumeReading();
+      Process();
+    }
+  }
+}
+
+void HttpSession::ReturnCredit() {
+  if (stream_ == nullptr || unreturned_credit_ == 0) return;
+  if (client_->queued_bytes() >= kClientHighWatermark) return;
+  size_t n = unreturned_credit_;
+  unreturned_credit_ = 0;
+  stream_->Consumed(n);
+}
+
+void HttpSession::OnStreamEnd(Stream& stream) {
+  if (&stream != stream_) return;
+  // The target closed its side: responses delimited by close end here.
+  if (responses_ && !responses_->tunneling()) {
+    absl::StatusOr<HttpResponseFramer::Progress> progress = responses_->FinishOnEof();
+    if ((!progress.ok() || responses_->pending_responses() > 0) && !response_bytes_for_current_) {
+      SendError(502, "the target closed the connection without a response");
+      return;
+    }
+  }
+  CloseWhenFlushed();
+}
+
+void HttpSession::OnStreamWritable(Stream& stream) {
+  if (&stream != stream_ || !reading_paused_ || head_pending_) return;
+  reading_paused_ = false;
+  client_->ResumeReading();
+}
+
+void HttpSession::OnStreamClosed(Stream& stream, const absl::Status& status) {
+  if (&stream != stream_) return;
+  stream_ = nullptr;
+  if (status.ok()) {
+    CloseWhenFlushed();
+    return;
+  }
+  bool awaiting = responses_ && responses_->pending_responses() > 0 && !responses_->tunneling();
+  if (awaiting && !response_bytes_for_current_) {
+    CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
+    spdlog::info("http {}: {} unreachable: {}", client_->peer_address(), stream_service_,
+                 status.message());
+    SendError(502, StrCat("the target of '", stream_service_,
+                                "' is unreachable: ", status.message()));
+    return;
+  }
+  CloseWhenFlushed();
+}
+
+void HttpSession::SendError(int code, std::string_view detail) {
+  HttpErrors(code).Inc();
+  client_->Write(MakeErrorResponse(code, detail));
+  CloseWhenFlushed();
+}
+
+void HttpSession::OnEof() {
+  client_eof_ = true;
+  if (closing_) {
+    Finish();
+    return;
+  }
+  if (stream_ != nullptr && (framer_.tunneling() ||
+                             (responses_ && responses_->pending_responses() > 0))) {
+    stream_->End();
+    return;
+  }
+  CloseWhenFlushed();
+}
+
+void HttpSession::OnError(const absl::Status& status) { Finish(); }
+
+void HttpSession::OnDrained() {
+  if (closing_ && client_eof_) {
+    Finish();
+    return;
+  }
+  ReturnCredit();
+}
+
+// Lingering close: half-close after the last response byte and discard what the client still
+// sends until it closes (or a short grace ends), so that closing with unread input does not
+// turn into a RST that destroys the response in flight.
+void HttpSession::CloseWhenFlushed() {
+  if (closing_ || finished_) return;
+  closing_ = true;
+  if (stream_ != nullptr) {
+    Stream* stream = stream_;
+    stream_ = nullptr;
+    stream->Reset("client connection closing");
+  }
+  if (client_eof_) {
+    client_->Shutdown();
+    if (client_->queued_bytes() == 0) {
+      Finish();
+      return;
+    }
+  }
+  client_->Shutdown();
+  client_->ResumeReading();
+  ArmTimer(2000);
+}
+
+void HttpSession::Finish() {
+  if (finished_) return;
+  finished_ = true;
+  uv_timer_stop(timer_);
+  if (stream_ != nullptr) {
+    Stream* stream = stream_;
+    stream_ = nullptr;
+    stream->Reset("client connection closed");
+  }
+  client_->Close();
+  relay_.Finish(this);
+}
+
+}  // namespace rdv

@@ -1,0 +1,78 @@
+// One client connection on the HTTP entrypoint.
+//
+// 1. read a request head (bounded size and time)            -> 400 / 431 / 408
+// 2. route it by Host through the Directory                  -> 404 unknown / 503 no link
+// 3. open (or reuse) a stream to the chosen agent, write the head with X-Forwarded-* added,
+//    then the body raw
+// 4. forward the response raw, counting response ends       -> 502 if the target is unreachable
+// 5. next request on the keep-alive connection: same service -> same stream; another service ->
+//    wait until the current stream's responses are complete, then switch streams (so responses
+//    stay in request order)
+// An Upgrade (WebSocket) or CONNECT that the target accepts turns the connection into a raw
+// tunnel in both directions.
+#ifndef RDV_RELAY_HTTP_SESSION_H_
+#define RDV_RELAY_HTTP_SESSION_H_
+
+#include <uv.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "common/link.h"
+#include "common/tcp_connection.h"
+#include "relay/http_codec.h"
+#include "relay/relay.h"
+
+namespace rdv {
+
+class HttpSession : public RelaySession, public TcpConnection::Handler, public StreamHandler {
+ public:
+  HttpSession(Relay& relay, std::unique_ptr<TcpConnection> client);
+  ~HttpSession() override;
+  void Start();
+
+  // TcpConnection::Handler
+  void OnRead(std::string_view data) override;
+  void OnEof() override;
+  void OnError(const absl::Status& status) override;
+  void OnDrained() override;
+  // StreamHandler
+  void OnStreamData(Stream& stream, std::string_view data) override;
+  void OnStreamEnd(Stream& stream) override;
+  void OnStreamWritable(Stream& stream) override;
+  void OnStreamClosed(Stream& stream, const absl::Status& status) override;
+
+ private:
+  void Process();
+  bool RouteHead();  // false: blocked or finished
+  void SendError(int code, std::string_view detail);
+  void DropStream();
+  void CloseWhenFlushed();
+  void Finish();
+  void ArmTimer(uint64_t ms);
+  void OnTimer();
+  void ReturnCredit();
+
+  Relay& relay_;
+  std::unique_ptr<TcpConnection> client_;
+  HttpRequestFramer framer_;
+  std::string input_;              // client bytes not yet framed
+  bool head_pending_ = false;      // framer returned a head we have not routed yet
+  bool head_bytes_seen_ = false;   // some bytes of the next head have arrived
+  Stream* stream_ = nullptr;
+  std::string stream_service_;     // name of the service stream_ belongs to
+  std::optional<HttpResponseFramer> responses_;
+  bool response_bytes_for_current_ = false;  // some bytes of the oldest pending response sent
+  bool client_eof_ = false;
+  bool close_after_response_ = false;
+  bool closing_ = false;
+  bool finished_ = false;
+  bool reading_paused_ = false;
+  size_t unreturned_credit_ = 0;
+  uv_timer_t* timer_;
+};
+
+}  // namespace rdv
+
+#endif  // RDV_RELAY_HTTP_SESSION_H_
