@@ -1,5 +1,11 @@
 #include "common/tcp_listener.h"
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+
 #include "common/str_cat.h"
 #include "common/tcp_connection.h"
 
@@ -8,7 +14,8 @@ namespace rdv {
 absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(uv_loop_t* loop,
                                                                  const std::string& host,
                                                                  uint16_t port,
-                                                                 AcceptCallback on_accept) {
+                                                                 AcceptCallback on_accept,
+                                                                 bool reuse_port) {
   absl::StatusOr<sockaddr_storage> address = ResolveNumeric(host, port);
   if (!address.ok()) return address.status();
   std::unique_ptr<TcpListener> listener(new TcpListener);
@@ -17,9 +24,31 @@ absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(uv_loop_t* loop
   uv_tcp_init(loop, listener->handle_);
   listener->handle_->data = listener.get();
   auto* sa = reinterpret_cast<const sockaddr*>(&*address);
-  unsigned flags = sa->sa_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
   std::string where = FormatSockaddr(sa);
-  int rc = uv_tcp_bind(listener->handle_, sa, flags);
+  int rc = 0;
+  if (reuse_port) {
+    // libuv 1.44 has no UV_TCP_REUSEPORT: make the socket here and hand it to libuv.
+    int fd = ::socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (fd < 0) {
+      rc = -errno;
+    } else {
+      setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+      setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+      if (sa->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+      socklen_t len = sa->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+      if (::bind(fd, sa, len) != 0) {
+        rc = -errno;
+        ::close(fd);
+      } else {
+        rc = uv_tcp_open(listener->handle_, fd);
+        if (rc != 0) ::close(fd);
+      }
+    }
+  } else {
+    unsigned flags = sa->sa_family == AF_INET6 ? UV_TCP_IPV6ONLY : 0;
+    rc = uv_tcp_bind(listener->handle_, sa, flags);
+  }
   if (rc == 0) {
     rc = uv_listen(reinterpret_cast<uv_stream_t*>(listener->handle_), 1024,
                    [](uv_stream_t* server, int status) {

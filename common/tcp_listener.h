@@ -1,5 +1,6 @@
 // A listening TCP socket on a libuv loop. IPv6 listeners are v6-only so that "0.0.0.0:p" and
-// "[::]:p" can be bound side by side.
+// "[::]:p" can be bound side by side. With `reuse_port`, every worker loop binds its own socket to
+// the same address (SO_REUSEPORT) and the kernel spreads new connections across them.
 #ifndef RDV_COMMON_TCP_LISTENER_H_
 #define RDV_COMMON_TCP_LISTENER_H_
 
@@ -19,9 +20,9 @@ class TcpListener {
   using AcceptCallback = std::function<void(uv_stream_t* server)>;
 
   static absl::StatusOr<std::unique_ptr<TcpListener>> Create(uv_loop_t* loop,
-                                                             const std::string& host,
-                                                             uint16_t port,
-                                                             AcceptCallback on_accept);
+                                                             const std::string& host, uint16_t port,
+                                                             AcceptCallback on_accept,
+                                                             bool reuse_port = false);
   ~TcpListener();
   void Close();
   uint16_t port() const { return port_; }

@@ -1,12 +1,12 @@
 #include "relay/admin_session.h"
 
-#include "common/str_cat.h"
 #include "common/metrics.h"
+#include "common/str_cat.h"
 
 namespace rdv {
 
-AdminSession::AdminSession(Relay& relay, std::unique_ptr<TcpConnection> client)
-    : relay_(relay), client_(std::move(client)), framer_(HttpRequestFramer::Limits{8192, 50}) {}
+AdminSession::AdminSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client)
+    : worker_(worker), client_(std::move(client)), framer_(HttpRequestFramer::Limits{8192, 50}) {}
 
 AdminSession::~AdminSession() { client_->Close(); }
 
@@ -39,8 +39,8 @@ void AdminSession::OnRead(std::string_view data) {
 void AdminSession::Respond(int code, std::string_view content_type, std::string_view body) {
   std::string_view reason = code == 200 ? "OK" : code == 404 ? "Not Found" : "Method Not Allowed";
   client_->Write(StrCat("HTTP/1.1 ", code, " ", reason, "\r\nContent-Type: ", content_type,
-                              "\r\nContent-Length: ", body.size(),
-                              "\r\nConnection: close\r\n\r\n", body));
+                        "\r\nContent-Length: ", body.size(), "\r\nConnection: close\r\n\r\n",
+                        body));
   responded_ = true;
   client_->Shutdown();
 }
@@ -51,7 +51,7 @@ void AdminSession::Finish() {
   if (finished_) return;
   finished_ = true;
   client_->Close();
-  relay_.Finish(this);
+  worker_.Finish(this);
 }
 
 }  // namespace rdv

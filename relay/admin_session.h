@@ -8,13 +8,13 @@
 
 #include "common/tcp_connection.h"
 #include "relay/http_codec.h"
-#include "relay/relay.h"
+#include "relay/relay_worker.h"
 
 namespace rdv {
 
 class AdminSession : public RelaySession, public TcpConnection::Handler {
  public:
-  AdminSession(Relay& relay, std::unique_ptr<TcpConnection> client);
+  AdminSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client);
   ~AdminSession() override;
   void Start() { client_->Start(*this); }
 
@@ -27,7 +27,7 @@ class AdminSession : public RelaySession, public TcpConnection::Handler {
   void Respond(int code, std::string_view content_type, std::string_view body);
   void Finish();
 
-  Relay& relay_;
+  RelayWorker& worker_;
   std::unique_ptr<TcpConnection> client_;
   HttpRequestFramer framer_;
   bool responded_ = false;

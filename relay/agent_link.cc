@@ -3,10 +3,11 @@
 #include <openssl/rand.h>
 
 #include "absl/strings/ascii.h"
-#include "common/str_cat.h"
 #include "common/auth.h"
 #include "common/metrics.h"
+#include "common/str_cat.h"
 #include "relay/relay.h"
+#include "relay/relay_worker.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {
@@ -39,14 +40,14 @@ LinkOptions RelayLinkOptions(const LinkConfig& config) {
 
 }  // namespace
 
-AgentLink::AgentLink(Relay& relay, std::unique_ptr<TlsSession> tls, uint64_t id)
-    : relay_(relay),
+AgentLink::AgentLink(RelayWorker& worker, std::unique_ptr<TlsSession> tls, uint64_t id)
+    : worker_(worker),
       tls_(std::move(tls)),
-      link_(*this, *this, RelayLinkOptions(relay.config().link)),
+      link_(*this, *this, RelayLinkOptions(worker.config().link)),
       id_(id),
       peer_(tls_->tcp().peer_address()),
       timer_(new uv_timer_t) {
-  uv_timer_init(relay.loop(), timer_);
+  uv_timer_init(worker.loop(), timer_);
   timer_->data = this;
 }
 
@@ -58,16 +59,19 @@ AgentLink::~AgentLink() {
 }
 
 void AgentLink::Start() {
-  last_receive_ms_ = uv_now(relay_.loop());
-  auto handshake_ms = absl::ToInt64Milliseconds(relay_.config().agent_listener.handshake_timeout);
+  last_receive_ms_ = uv_now(worker_.loop());
+  auto handshake_ms = absl::ToInt64Milliseconds(worker_.config().agent_listener.handshake_timeout);
   uv_timer_start(
-      timer_, [](uv_timer_t* t) { if (t->data) static_cast<AgentLink*>(t->data)->OnTimer(); },
+      timer_,
+      [](uv_timer_t* t) {
+        if (t->data) static_cast<AgentLink*>(t->data)->OnTimer();
+      },
       static_cast<uint64_t>(handshake_ms), 0);
   tls_->Start(*this);
 }
 
 void AgentLink::OnTimer() {
-  uint64_t now = uv_now(relay_.loop());
+  uint64_t now = uv_now(worker_.loop());
   if (state_ != State::kReady) {
     AuthRefused("timeout").Inc();
     spdlog::warn("agent link {} from {}: no authentication within the handshake timeout", id_,
@@ -75,7 +79,8 @@ void AgentLink::OnTimer() {
     Close(absl::DeadlineExceededError("handshake timeout"));
     return;
   }
-  auto idle_ms = static_cast<uint64_t>(absl::ToInt64Milliseconds(relay_.config().link.idle_timeout));
+  auto idle_ms =
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(worker_.config().link.idle_timeout));
   if (now - last_receive_ms_ > idle_ms) {
     CounterOf("rdv_links_idle_closed_total", "Agent links closed after the idle timeout").Inc();
     spdlog::warn("agent link {} ({}): silent for {} ms, closing", id_, agent_id_,
@@ -92,14 +97,13 @@ void AgentLink::OnTlsReady() {
 }
 
 void AgentLink::OnTlsData(std::string_view plaintext) {
-  last_receive_ms_ = uv_now(relay_.loop());
+  last_receive_ms_ = uv_now(worker_.loop());
   link_.OnBytes(plaintext);
 }
 
 void AgentLink::OnTlsClosed(const absl::Status& status) {
   if (state_ == State::kHandshake) {
-    CounterOf("rdv_tls_handshake_errors_total", "TLS handshakes that failed",
-              "listener=\"agent\"")
+    CounterOf("rdv_tls_handshake_errors_total", "TLS handshakes that failed", "listener=\"agent\"")
         .Inc();
     spdlog::info("agent listener: TLS handshake with {} failed: {}", peer_, status.message());
   }
@@ -114,17 +118,21 @@ void AgentLink::Close(const absl::Status& status) {
     spdlog::info("agent link {} ({}, credential {}) closed: {}", id_, agent_id_, credential_name_,
                  status.message());
   }
-  relay_.directory().Release(*this);
+  worker_.directory().Release(*this);
   ServicesRegistered().Add(-registered_);
   registered_ = 0;
   if (counted_active_) {
     LinksActive().Dec();
     counted_active_ = false;
   }
+  if (counted_for_credential_) {
+    worker_.relay().RemoveLink(credential_name_);
+    counted_for_credential_ = false;
+  }
   link_.Close(status);  // fails open streams; their handlers answer their clients
   uv_timer_stop(timer_);
   tls_->Close();
-  relay_.LinkClosed(*this);
+  worker_.LinkClosed(*this);
 }
 
 void AgentLink::OnLinkFailed(Link& link, const absl::Status& status) {
@@ -164,7 +172,7 @@ void AgentLink::OnControl(Link& link, const link::Control& control) {
     case link::Control::kGoAway:
       spdlog::info("agent link {} ({}): agent is going away: {}", id_, agent_id_,
                    control.go_away().reason());
-      relay_.directory().Release(*this);
+      worker_.directory().Release(*this);
       return;
     default:
       break;
@@ -177,8 +185,7 @@ void AgentLink::OnControl(Link& link, const link::Control& control) {
   CounterOf("rdv_frame_errors_total", "Links closed for a malformed or illegal frame",
             "reason=\"unexpected_control\"")
       .Inc();
-  Close(absl::InvalidArgumentError(
-      StrCat("unexpected control message ", control.body_case())));
+  Close(absl::InvalidArgumentError(StrCat("unexpected control message ", control.body_case())));
 }
 
 void AgentLink::HandleHello(const link::Hello& hello) {
@@ -189,7 +196,7 @@ void AgentLink::HandleHello(const link::Hello& hello) {
   }
   agent_id_ = hello.agent_id();
   credential_name_ = hello.credential();
-  credential_ = relay_.config().FindCredential(credential_name_);
+  credential_ = worker_.config().FindCredential(credential_name_);
   if (hello.initial_stream_window() >= 1024) {
     link_.set_peer_stream_window(hello.initial_stream_window());
   }
@@ -198,10 +205,10 @@ void AgentLink::HandleHello(const link::Hello& hello) {
   link::Control control;
   auto* challenge = control.mutable_challenge();
   challenge->set_nonce(nonce_);
-  challenge->set_relay_id(relay_.config().relay_id);
-  challenge->set_initial_stream_window(relay_.config().link.stream_window);
+  challenge->set_relay_id(worker_.config().relay_id);
+  challenge->set_initial_stream_window(worker_.config().link.stream_window);
   *challenge->mutable_hops() = hello.hops();
-  challenge->add_hops(relay_.config().relay_id);
+  challenge->add_hops(worker_.config().relay_id);
   link_.SendControl(control);
   state_ = State::kAwaitProof;
 }
@@ -217,8 +224,7 @@ void AgentLink::HandleProof(const link::Proof& proof) {
   std::string binding = tls_->ExportKeyingMaterial(kExporterLabel);
   if (!VerifyAuthMac(credential_->secret, nonce_, binding, proof.mac())) {
     Refuse("bad_secret", "authentication failed",
-           StrCat("wrong secret for credential '", credential_name_, "' (agent ", agent_id_,
-                        ")"));
+           StrCat("wrong secret for credential '", credential_name_, "' (agent ", agent_id_, ")"));
     return;
   }
   if (!credential_->networks.empty() &&
@@ -228,24 +234,29 @@ void AgentLink::HandleProof(const link::Proof& proof) {
            StrCat("credential '", credential_name_, "' may not connect from ", peer_));
     return;
   }
-  if (relay_.LinksOf(credential_name_) >= credential_->max_links) {
+  if (!worker_.relay().TryAddLink(credential_name_, credential_->max_links)) {
     Refuse("too_many_links", "too many links",
-           StrCat("credential '", credential_name_, "' already has ",
-                        credential_->max_links, " links"));
+           StrCat("credential '", credential_name_, "' already has ", credential_->max_links,
+                  " links"));
     return;
   }
   state_ = State::kReady;
+  counted_for_credential_ = true;
   counted_active_ = true;
   LinksActive().Inc();
   CounterOf("rdv_links_accepted_total", "Agent links authenticated").Inc();
   link::Control control;
   control.mutable_auth_result()->set_ok(true);
   link_.SendControl(control);
-  spdlog::info("agent link {} up: agent {} credential {} from {}", id_, agent_id_,
-               credential_name_, peer_);
-  auto ping_ms = static_cast<uint64_t>(absl::ToInt64Milliseconds(relay_.config().link.ping_interval));
+  spdlog::info("agent link {} up: agent {} credential {} from {}", id_, agent_id_, credential_name_,
+               peer_);
+  auto ping_ms =
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(worker_.config().link.ping_interval));
   uv_timer_start(
-      timer_, [](uv_timer_t* t) { if (t->data) static_cast<AgentLink*>(t->data)->OnTimer(); },
+      timer_,
+      [](uv_timer_t* t) {
+        if (t->data) static_cast<AgentLink*>(t->data)->OnTimer();
+      },
       ping_ms, ping_ms);
 }
 
@@ -278,7 +289,8 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
     result.mutable_service()->set_name(name);
   } else if (spec.kind() == link::TCP) {
     if (!IsValidServiceName(name)) return refuse("invalid", "invalid service name");
-    absl::StatusOr<uint16_t> port = relay_.EnsureTcpPort(name, spec.port(), *credential_);
+    absl::StatusOr<uint16_t> port =
+        worker_.relay().EnsureTcpPort(name, spec.port(), *credential_, worker_);
     if (!port.ok()) {
       bool not_granted = port.status().code() == absl::StatusCode::kPermissionDenied;
       return refuse(not_granted ? "not_granted" : "port_unavailable",
@@ -301,12 +313,13 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
       return refuse("invalid", "invalid alias label");
     }
   }
-  if (absl::Status claimed = relay_.directory().Claim(result.service(), alias, *this);
+  if (absl::Status claimed = worker_.directory().Claim(result.service(), alias, *this);
       !claimed.ok()) {
     return refuse("name_taken", std::string(claimed.message()));
   }
   result.set_ok(true);
-  for (std::string& route : relay_.RoutesFor(result.service(), alias)) result.add_routes(route);
+  for (std::string& route : worker_.relay().RoutesFor(result.service(), alias))
+    result.add_routes(route);
   ServicesRegistered().Inc();
   ++registered_;
   spdlog::info("agent link {} ({}, credential {}): registered {} {}", id_, agent_id_,
@@ -321,9 +334,7 @@ void AgentLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
   stream.Refuse("the relay does not accept streams from agents");
 }
 
-void AgentLink::OnPong(Link& link, uint64_t sent_ms) {
-  rtt_ms_ = uv_now(relay_.loop()) - sent_ms;
-}
+void AgentLink::OnPong(Link& link, uint64_t sent_ms) { rtt_ms_ = uv_now(worker_.loop()) - sent_ms; }
 
 Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const std::string& client_address,
                               const std::string& entrypoint, StreamHandler& handler) {

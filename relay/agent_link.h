@@ -19,17 +19,16 @@
 #include "common/tls.h"
 #include "relay/directory.h"
 #include "relay/relay_config.h"
+#include "relay/relay_worker.h"
 
 namespace rdv {
-
-class Relay;
 
 class AgentLink : public StreamCarrier,
                   public TlsSession::Handler,
                   public LinkTransport,
                   public LinkHandler {
  public:
-  AgentLink(Relay& relay, std::unique_ptr<TlsSession> tls, uint64_t id);
+  AgentLink(RelayWorker& worker, std::unique_ptr<TlsSession> tls, uint64_t id);
   ~AgentLink() override;
 
   void Start();
@@ -42,7 +41,7 @@ class AgentLink : public StreamCarrier,
 
   // StreamCarrier
   const std::string& credential() const override { return credential_name_; }
-  size_t active_streams() const override { return link_.stream_count(); }
+  int worker() const override { return worker_.index(); }
 
   // TlsSession::Handler
   void OnTlsReady() override;
@@ -68,7 +67,7 @@ class AgentLink : public StreamCarrier,
               std::string_view log_detail);
   void OnTimer();
 
-  Relay& relay_;
+  RelayWorker& worker_;
   std::unique_ptr<TlsSession> tls_;
   Link link_;
   const uint64_t id_;
@@ -82,6 +81,7 @@ class AgentLink : public StreamCarrier,
   uint64_t last_receive_ms_ = 0;
   uint64_t rtt_ms_ = 0;
   bool counted_active_ = false;
+  bool counted_for_credential_ = false;
   int registered_ = 0;
 };
 

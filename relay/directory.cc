@@ -13,11 +13,11 @@ std::string InMemoryDirectory::Key(link::ServiceKind kind, const std::string& na
 
 absl::Status InMemoryDirectory::Claim(const link::ServiceSpec& service, const std::string& alias,
                                       StreamCarrier& carrier) {
+  absl::MutexLock lock(&mu_);
   std::string key = Key(service.kind(), service.name());
   auto it = entries_.find(key);
   if (it != entries_.end() && it->second.credential != carrier.credential()) {
-    return absl::AlreadyExistsError(
-        StrCat(service.name(), " is held by another credential"));
+    return absl::AlreadyExistsError(StrCat(service.name(), " is held by another credential"));
   }
   std::string alias_host;
   if (service.kind() == link::HTTP && !alias.empty() && !zone_.empty()) {
@@ -30,51 +30,67 @@ absl::Status InMemoryDirectory::Claim(const link::ServiceSpec& service, const st
   Entry& entry = entries_[key];
   entry.service = service;
   entry.credential = carrier.credential();
-  if (std::find(entry.carriers.begin(), entry.carriers.end(), &carrier) == entry.carriers.end()) {
-    entry.carriers.push_back(&carrier);
-  }
+  bool present = std::any_of(entry.members.begin(), entry.members.end(),
+                             [&](const Member& m) { return m.carrier == &carrier; });
+  if (!present) entry.members.push_back(Member{&carrier, carrier.worker()});
   if (!alias_host.empty()) http_alias_[alias_host] = key;
   return absl::OkStatus();
 }
 
 void InMemoryDirectory::Release(StreamCarrier& carrier) {
+  absl::MutexLock lock(&mu_);
   for (auto& [key, entry] : entries_) {
-    auto& list = entry.carriers;
-    list.erase(std::remove(list.begin(), list.end(), &carrier), list.end());
+    std::erase_if(entry.members, [&](const Member& m) { return m.carrier == &carrier; });
   }
 }
 
-RouteResult InMemoryDirectory::Pick(Entry& entry) {
+RouteResult InMemoryDirectory::Pick(Entry& entry, int worker) {
   RouteResult result;
   result.service = entry.service;
-  if (entry.carriers.empty()) {
+  if (entry.members.empty()) {
     result.outcome = RouteResult::Outcome::kNoLink;
     return result;
   }
   result.outcome = RouteResult::Outcome::kFound;
-  result.carrier = entry.carriers[entry.next++ % entry.carriers.size()];
+  size_t n = entry.members.size();
+  size_t start = entry.next++;
+  // Prefer a link on the caller's loop: serving it there costs no hand-off.
+  for (size_t i = 0; i < n; ++i) {
+    const Member& member = entry.members[(start + i) % n];
+    if (member.worker == worker) {
+      result.carrier = member.carrier;
+      result.worker = member.worker;
+      return result;
+    }
+  }
+  const Member& member = entry.members[start % n];
+  result.carrier = member.carrier;
+  result.worker = member.worker;
   return result;
 }
 
-RouteResult InMemoryDirectory::RouteHttp(const std::string& host) {
+RouteResult InMemoryDirectory::RouteHttp(const std::string& host, int worker) {
+  absl::MutexLock lock(&mu_);
   if (auto it = entries_.find(Key(link::HTTP, host)); it != entries_.end()) {
-    return Pick(it->second);
+    return Pick(it->second, worker);
   }
   if (auto it = http_alias_.find(host); it != http_alias_.end()) {
-    return Pick(entries_[it->second]);
+    return Pick(entries_[it->second], worker);
   }
   // Longest wildcard: try "*.b.c" before "*.c" for host "a.b.c".
   for (size_t dot = host.find('.'); dot != std::string::npos; dot = host.find('.', dot + 1)) {
     auto it = entries_.find(Key(link::HTTP, StrCat("*", host.substr(dot))));
-    if (it != entries_.end()) return Pick(it->second);
+    if (it != entries_.end()) return Pick(it->second, worker);
   }
   return RouteResult{};
 }
 
-RouteResult InMemoryDirectory::RouteService(link::ServiceKind kind, const std::string& name) {
+RouteResult InMemoryDirectory::RouteService(link::ServiceKind kind, const std::string& name,
+                                            int worker) {
+  absl::MutexLock lock(&mu_);
   auto it = entries_.find(Key(kind, name));
   if (it == entries_.end()) return RouteResult{};
-  return Pick(it->second);
+  return Pick(it->second, worker);
 }
 
 }  // namespace rdv

@@ -17,23 +17,28 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/synchronization/mutex.h"
 #include "proto/link.pb.h"
 
 namespace rdv {
 
-// A relay-side agent link that can carry streams (implemented by AgentLink).
+// A relay-side agent link that can carry streams (implemented by AgentLink). It lives on one
+// worker loop and may only be used from that loop.
 class StreamCarrier {
  public:
   virtual ~StreamCarrier() = default;
   virtual const std::string& credential() const = 0;
-  virtual size_t active_streams() const = 0;
+  virtual int worker() const = 0;
 };
 
 struct RouteResult {
   enum class Outcome { kFound, kUnknown, kNoLink };
   Outcome outcome = Outcome::kUnknown;
-  link::ServiceSpec service;      // the registered service that matched
+  link::ServiceSpec service;  // the registered service that matched
+  // Valid to use only when `worker` is the caller's own worker; otherwise the caller hands the
+  // connection to `worker`, which routes again there.
   StreamCarrier* carrier = nullptr;
+  int worker = -1;
 };
 
 class Directory {
@@ -46,13 +51,14 @@ class Directory {
   // Forgets every registration of `carrier` (its claims remain with the credential).
   virtual void Release(StreamCarrier& carrier) = 0;
   // Routes an HTTP host (already normalized: lowercase, no port): exact name, then
-  // `<alias>.<zone>`, then the longest matching `*.suffix`.
-  virtual RouteResult RouteHttp(const std::string& host) = 0;
+  // `<alias>.<zone>`, then the longest matching `*.suffix`. Among the links serving the name,
+  // those on `worker` are preferred (no hand-off), round robin within the choice.
+  virtual RouteResult RouteHttp(const std::string& host, int worker) = 0;
   // Routes a tcp service by name.
-  virtual RouteResult RouteService(link::ServiceKind kind, const std::string& name) = 0;
+  virtual RouteResult RouteService(link::ServiceKind kind, const std::string& name, int worker) = 0;
 };
 
-// Single-relay directory held in memory. Not thread-safe: used from the loop that owns it.
+// Single-relay directory held in memory, shared by the worker loops.
 class InMemoryDirectory : public Directory {
  public:
   explicit InMemoryDirectory(std::string zone) : zone_(std::move(zone)) {}
@@ -60,22 +66,27 @@ class InMemoryDirectory : public Directory {
   absl::Status Claim(const link::ServiceSpec& service, const std::string& alias,
                      StreamCarrier& carrier) override;
   void Release(StreamCarrier& carrier) override;
-  RouteResult RouteHttp(const std::string& host) override;
-  RouteResult RouteService(link::ServiceKind kind, const std::string& name) override;
+  RouteResult RouteHttp(const std::string& host, int worker) override;
+  RouteResult RouteService(link::ServiceKind kind, const std::string& name, int worker) override;
 
  private:
+  struct Member {
+    StreamCarrier* carrier;
+    int worker;
+  };
   struct Entry {
     link::ServiceSpec service;
     std::string credential;
-    std::vector<StreamCarrier*> carriers;
+    std::vector<Member> members;
     size_t next = 0;  // round robin cursor
   };
   static std::string Key(link::ServiceKind kind, const std::string& name);
-  RouteResult Pick(Entry& entry);
+  RouteResult Pick(Entry& entry, int worker) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
-  std::string zone_;
-  std::map<std::string, Entry> entries_;          // Key(kind, name) -> entry
-  std::map<std::string, std::string> http_alias_;  // "<alias>.<zone>" -> Key
+  const std::string zone_;
+  absl::Mutex mu_;
+  std::map<std::string, Entry> entries_ ABSL_GUARDED_BY(mu_);           // Key(kind, name) -> entry
+  std::map<std::string, std::string> http_alias_ ABSL_GUARDED_BY(mu_);  // "<alias>.<zone>" -> Key
 };
 
 }  // namespace rdv

@@ -2,9 +2,11 @@
 
 #include <array>
 
-#include "common/str_cat.h"
 #include "common/auth.h"
 #include "common/metrics.h"
+#include "common/str_cat.h"
+#include "relay/agent_link.h"
+#include "relay/relay.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {
@@ -27,12 +29,12 @@ std::string ClientIp(const std::string& address) {
 
 }  // namespace
 
-HttpSession::HttpSession(Relay& relay, std::unique_ptr<TcpConnection> client)
-    : relay_(relay),
+HttpSession::HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client)
+    : worker_(worker),
       client_(std::move(client)),
-      framer_(HttpRequestFramer::Limits{relay.config().http->max_head_bytes, 100}),
+      framer_(HttpRequestFramer::Limits{worker.config().http->max_head_bytes, 100}),
       timer_(new uv_timer_t) {
-  uv_timer_init(relay.loop(), timer_);
+  uv_timer_init(worker.loop(), timer_);
   timer_->data = this;
 }
 
@@ -48,14 +50,18 @@ HttpSession::~HttpSession() {
   client_->Close();
 }
 
-void HttpSession::Start() {
-  ArmTimer(absl::ToInt64Milliseconds(relay_.config().http->idle_timeout));
+void HttpSession::Start(std::string_view initial) {
+  ArmTimer(absl::ToInt64Milliseconds(worker_.config().http->idle_timeout));
   client_->Start(*this);
+  if (!initial.empty()) OnRead(initial);
 }
 
 void HttpSession::ArmTimer(uint64_t ms) {
   uv_timer_start(
-      timer_, [](uv_timer_t* t) { if (t->data) static_cast<HttpSession*>(t->data)->OnTimer(); },
+      timer_,
+      [](uv_timer_t* t) {
+        if (t->data) static_cast<HttpSession*>(t->data)->OnTimer();
+      },
       ms, 0);
 }
 
@@ -86,22 +92,20 @@ void HttpSession::OnRead(std::string_view data) {
     return;
   }
   if (!head_bytes_seen_ && !head_pending_ && stream_ == nullptr) {
-    ArmTimer(absl::ToInt64Milliseconds(relay_.config().http->head_timeout));
+    ArmTimer(absl::ToInt64Milliseconds(worker_.config().http->head_timeout));
   }
   input_.append(data);
   Process();
 }
 
 void HttpSession::Process() {
-  size_t offset = 0;
   while (!closing_ && !finished_) {
     if (head_pending_) {
       if (!RouteHead()) break;
       continue;
     }
-    if (offset == input_.size()) break;
-    std::string_view rest = std::string_view(input_).substr(offset);
-    absl::StatusOr<HttpRequestFramer::Event> event = framer_.Feed(rest);
+    if (input_.empty()) break;
+    absl::StatusOr<HttpRequestFramer::Event> event = framer_.Feed(input_);
     if (!event.ok()) {
       bool too_large = event.status().code() == absl::StatusCode::kResourceExhausted;
       CounterOf("rdv_protocol_errors_total", "Connections closed for malformed input",
@@ -111,52 +115,55 @@ void HttpSession::Process() {
       SendError(too_large ? 431 : 400, std::string(event.status().message()));
       break;
     }
-    offset += event->consumed;
-    switch (event->kind) {
-      case HttpRequestFramer::EventKind::kNeedMore:
-        if (event->consumed > 0 || offset > 0) head_bytes_seen_ = true;
-        break;
-      case HttpRequestFramer::EventKind::kHead:
-        head_bytes_seen_ = false;
-        head_pending_ = true;
-        CounterOf("rdv_http_requests_total", "HTTP requests received").Inc();
-        continue;
-      case HttpRequestFramer::EventKind::kBody:
-      case HttpRequestFramer::EventKind::kTunnel:
-        if (stream_ != nullptr && !stream_->Write(event->data)) {
-          client_->PauseReading();
-          reading_paused_ = true;
-        }
-        continue;
-      case HttpRequestFramer::EventKind::kMessageEnd:
-        if (!framer_.head().keep_alive) close_after_response_ = true;
-        continue;
+    HttpRequestFramer::EventKind kind = event->kind;
+    if (kind == HttpRequestFramer::EventKind::kBody ||
+        kind == HttpRequestFramer::EventKind::kTunnel) {
+      if (stream_ != nullptr && !stream_->Write(event->data)) {
+        client_->PauseReading();
+        reading_paused_ = true;
+      }
     }
-    if (event->kind == HttpRequestFramer::EventKind::kNeedMore) break;
+    input_.erase(0, event->consumed);
+    if (kind == HttpRequestFramer::EventKind::kNeedMore) {
+      if (event->consumed > 0) head_bytes_seen_ = true;
+      break;
+    }
+    if (kind == HttpRequestFramer::EventKind::kHead) {
+      static Counter& requests = CounterOf("rdv_http_requests_total", "HTTP requests received");
+      requests.Inc();
+      head_bytes_seen_ = false;
+      head_pending_ = true;
+    } else if (kind == HttpRequestFramer::EventKind::kMessageEnd && !framer_.head().keep_alive &&
+               !framer_.head().upgrade) {
+      // The client said this is its last request: whatever follows is not ours to parse.
+      close_after_response_ = true;
+      input_.clear();
+      client_->PauseReading();
+      reading_paused_ = true;
+      break;
+    }
   }
-  if (!finished_) input_.erase(0, offset);
 }
 
 bool HttpSession::RouteHead() {
   const HttpRequestHead& head = framer_.head();
   std::string host = NormalizeHost(head.host);
-  // A head for another service waits until the current stream has answered everything.
-  if (stream_ != nullptr && responses_ && responses_->pending_responses() > 0) {
-    RouteResult peek = relay_.directory().RouteHttp(host);
-    if (peek.outcome != RouteResult::Outcome::kFound || peek.service.name() != stream_service_) {
-      client_->PauseReading();
-      reading_paused_ = true;
-      return false;
-    }
+  RouteResult route = worker_.directory().RouteHttp(host, worker_.index());
+  bool same_service = stream_ != nullptr && route.outcome == RouteResult::Outcome::kFound &&
+                      route.service.name() == stream_service_;
+  // A head for another service waits until the current stream has answered everything, so
+  // responses stay in request order.
+  if (!same_service && stream_ != nullptr && responses_ && responses_->pending_responses() > 0) {
+    client_->PauseReading();
+    reading_paused_ = true;
+    return false;
   }
   head_pending_ = false;
   if (host.empty()) {
     SendError(400, "the request has no Host header");
     return false;
   }
-  if (stream_ == nullptr || !responses_ ||
-      relay_.directory().RouteHttp(host).service.name() != stream_service_) {
-    RouteResult route = relay_.directory().RouteHttp(host);
+  if (!same_service) {
     if (route.outcome == RouteResult::Outcome::kUnknown) {
       SendError(404, StrCat("no service is registered for host '", host, "'"));
       return false;
@@ -166,18 +173,21 @@ bool HttpSession::RouteHead() {
       return false;
     }
     DropStream();
-    auto* carrier = static_cast<AgentLink*>(route.carrier);
-    stream_ = carrier->OpenStream(route.service, client_->peer_address(), "http", *this);
+    if (route.worker != worker_.index()) {
+      HandOff(route.worker, head);
+      return false;
+    }
+    stream_ = static_cast<AgentLink*>(route.carrier)
+                  ->OpenStream(route.service, client_->peer_address(), "http", *this);
     if (stream_ == nullptr) {
-      SendError(503, StrCat("the agent link for '", route.service.name(),
-                                  "' cannot take streams now"));
+      SendError(503,
+                StrCat("the agent link for '", route.service.name(), "' cannot take streams now"));
       return false;
     }
     stream_service_ = route.service.name();
     responses_.emplace();
     response_bytes_for_current_ = false;
   }
-  static constexpr std::array<std::string_view, 0> kDrop{};
   std::string forwarded_for = std::string(head.Header("X-Forwarded-For"));
   std::string client_ip = ClientIp(client_->peer_address());
   forwarded_for = forwarded_for.empty() ? client_ip : StrCat(forwarded_for, ", ", client_ip);
@@ -186,7 +196,6 @@ bool HttpSession::RouteHead() {
   std::array<HttpHeader, 3> extra = {HttpHeader{"X-Forwarded-For", forwarded_for},
                                      HttpHeader{"X-Forwarded-Proto", "http"},
                                      HttpHeader{"X-Forwarded-Host", head.host}};
-  (void)kDrop;
   responses_->ExpectResponseTo(head.method);
   uv_timer_stop(timer_);
   if (!stream_->Write(SerializeRequestHead(head, drop, extra))) {
@@ -194,6 +203,22 @@ bool HttpSession::RouteHead() {
     reading_paused_ = true;
   }
   return true;
+}
+
+void HttpSession::HandOff(int worker, const HttpRequestHead& head) {
+  // The new worker parses the request again from its original head and whatever followed.
+  std::string bytes = SerializeRequestHead(head, {}, {});
+  bytes.append(input_);
+  absl::StatusOr<int> fd = client_->DetachFd();
+  finished_ = true;
+  uv_timer_stop(timer_);
+  worker_.Finish(this);
+  if (!fd.ok()) return;
+  static Counter& handoffs =
+      CounterOf("rdv_worker_handoffs_total", "Client connections moved to another worker loop");
+  handoffs.Inc();
+  worker_.relay().worker(worker).HandOff(
+      Handoff{Handoff::Kind::kHttp, *fd, std::move(bytes), std::string(), 0});
 }
 
 void HttpSession::DropStream() {
@@ -231,7 +256,7 @@ void HttpSession::OnStreamData(Stream& stream, std::string_view data) {
       CloseWhenFlushed();
       return;
     }
-    ArmTimer(absl::ToInt64Milliseconds(relay_.config().http->idle_timeout));
+    ArmTimer(absl::ToInt64Milliseconds(worker_.config().http->idle_timeout));
     if (reading_paused_ && head_pending_) {
       reading_paused_ = false;
       client_->ResumeReading();
@@ -279,8 +304,8 @@ void HttpSession::OnStreamClosed(Stream& stream, const absl::Status& status) {
     CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
     spdlog::info("http {}: {} unreachable: {}", client_->peer_address(), stream_service_,
                  status.message());
-    SendError(502, StrCat("the target of '", stream_service_,
-                                "' is unreachable: ", status.message()));
+    SendError(502,
+              StrCat("the target of '", stream_service_, "' is unreachable: ", status.message()));
     return;
   }
   CloseWhenFlushed();
@@ -298,8 +323,8 @@ void HttpSession::OnEof() {
     Finish();
     return;
   }
-  if (stream_ != nullptr && (framer_.tunneling() ||
-                             (responses_ && responses_->pending_responses() > 0))) {
+  if (stream_ != nullptr &&
+      (framer_.tunneling() || (responses_ && responses_->pending_responses() > 0))) {
     stream_->End();
     return;
   }
@@ -349,7 +374,7 @@ void HttpSession::Finish() {
     stream->Reset("client connection closed");
   }
   client_->Close();
-  relay_.Finish(this);
+  worker_.Finish(this);
 }
 
 }  // namespace rdv

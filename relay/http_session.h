@@ -22,15 +22,16 @@
 #include "common/link.h"
 #include "common/tcp_connection.h"
 #include "relay/http_codec.h"
-#include "relay/relay.h"
+#include "relay/relay_worker.h"
 
 namespace rdv {
 
 class HttpSession : public RelaySession, public TcpConnection::Handler, public StreamHandler {
  public:
-  HttpSession(Relay& relay, std::unique_ptr<TcpConnection> client);
+  HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client);
   ~HttpSession() override;
-  void Start();
+  // `initial`: bytes already read from the client (a hand-off from another worker).
+  void Start(std::string_view initial);
 
   // TcpConnection::Handler
   void OnRead(std::string_view data) override;
@@ -47,6 +48,7 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
   void Process();
   bool RouteHead();  // false: blocked or finished
   void SendError(int code, std::string_view detail);
+  void HandOff(int worker, const HttpRequestHead& head);
   void DropStream();
   void CloseWhenFlushed();
   void Finish();
@@ -54,14 +56,14 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
   void OnTimer();
   void ReturnCredit();
 
-  Relay& relay_;
+  RelayWorker& worker_;
   std::unique_ptr<TcpConnection> client_;
   HttpRequestFramer framer_;
-  std::string input_;              // client bytes not yet framed
-  bool head_pending_ = false;      // framer returned a head we have not routed yet
-  bool head_bytes_seen_ = false;   // some bytes of the next head have arrived
+  std::string input_;             // client bytes not yet framed
+  bool head_pending_ = false;     // framer returned a head we have not routed yet
+  bool head_bytes_seen_ = false;  // some bytes of the next head have arrived
   Stream* stream_ = nullptr;
-  std::string stream_service_;     // name of the service stream_ belongs to
+  std::string stream_service_;  // name of the service stream_ belongs to
   std::optional<HttpResponseFramer> responses_;
   bool response_bytes_for_current_ = false;  // some bytes of the oldest pending response sent
   bool client_eof_ = false;

@@ -1,8 +1,9 @@
-// The relay process: listeners, agent links, entrypoints and the admin endpoint on one loop.
+// The relay process: shared state (config, link certificate, directory, tcp service ports) and
+// the worker loops that do the work (relay/relay_worker.h).
 //
-// Connections arrive on the agent listener (-> AgentLink), the HTTP entrypoint (-> HttpSession),
-// tcp service ports (-> StreamSplice onto a stream of an agent serving that service) and the
-// admin listener (-> AdminSession). Routing goes through the Directory interface only.
+// Agent listener and HTTP entrypoint sockets are bound on every worker (SO_REUSEPORT); the admin
+// listener and the fixed tcp ports live on worker 0; a tcp port an agent requests is bound on the
+// worker of the link that requested it. Routing goes through the Directory interface only.
 #ifndef RDV_RELAY_RELAY_H_
 #define RDV_RELAY_RELAY_H_
 
@@ -16,69 +17,58 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
-#include "common/tcp_listener.h"
+#include "absl/synchronization/mutex.h"
 #include "common/tls.h"
-#include "relay/agent_link.h"
 #include "relay/directory.h"
 #include "relay/relay_config.h"
+#include "relay/relay_worker.h"
 
 namespace rdv {
 
-// A client-facing session the relay owns until it finishes (HTTP, tcp splice, admin).
-class RelaySession {
- public:
-  virtual ~RelaySession() = default;
-};
-
 class Relay {
  public:
-  static absl::StatusOr<std::unique_ptr<Relay>> Create(RelayConfig config, uv_loop_t* loop);
+  // `main_loop` runs worker 0 on the calling thread.
+  static absl::StatusOr<std::unique_ptr<Relay>> Create(RelayConfig config, uv_loop_t* main_loop);
   ~Relay();
 
-  // Starts listening; logs "listening <role> <addr>" for each socket.
+  // Binds every listener (logging "listening <role> <addr>") and starts workers 1..n-1.
   absl::Status Start();
-  // Graceful stop: GoAway to agents, stop accepting, close everything; the loop then ends.
+  // From worker 0's loop: stop every worker. The caller's uv_run then returns; call Join().
   void Shutdown();
+  void Join();
 
   const RelayConfig& config() const { return config_; }
-  uv_loop_t* loop() const { return loop_; }
-  LoopTasks& tasks() { return tasks_; }
   Directory& directory() { return *directory_; }
+  SSL_CTX* link_tls_context() const { return identity_.ctx.get(); }
   const std::string& fingerprint() const { return identity_.fingerprint_hex; }
+  int worker_count() const { return static_cast<int>(workers_.size()); }
+  RelayWorker& worker(int index) { return *workers_[static_cast<size_t>(index)]; }
 
-  // Binds (once) the relay port of tcp service `service` and returns it. PermissionDenied when
-  // the credential may not have it.
+  // Binds (once, on `caller`'s loop) the relay port of tcp service `service` and returns it.
+  // PermissionDenied when the credential may not have it.
   absl::StatusOr<uint16_t> EnsureTcpPort(const std::string& service, uint16_t requested,
-                                         const CredentialConfig& credential);
+                                         const CredentialConfig& credential, RelayWorker& caller);
   std::vector<std::string> RoutesFor(const link::ServiceSpec& service, const std::string& alias);
-  size_t LinksOf(const std::string& credential) const;
-  void LinkClosed(AgentLink& link);
-
-  // Takes ownership of a client session; Finish() destroys it after the current callbacks.
-  void Adopt(std::unique_ptr<RelaySession> session);
-  void Finish(RelaySession* session);
+  // Authenticated links per credential, for max_links. TryAddLink fails at the limit.
+  bool TryAddLink(const std::string& credential, uint32_t max_links);
+  void RemoveLink(const std::string& credential);
 
  private:
-  Relay(RelayConfig config, uv_loop_t* loop);
-  absl::Status ListenAll(const std::vector<HostPort>& addresses, const std::string& role,
-                         TcpListener::AcceptCallback on_accept);
-  void AcceptAgent(uv_stream_t* server);
-  void AcceptTcpClient(uv_stream_t* server, const std::string& service, uint16_t port);
-  absl::Status BindTcpService(const std::string& service, uint16_t port);
+  Relay(RelayConfig config);
+  absl::Status ListenEverywhere(const std::vector<HostPort>& addresses, const std::string& role);
+  absl::Status BindTcpService(const std::string& service, uint16_t port, RelayWorker& worker)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   RelayConfig config_;
-  uv_loop_t* loop_;
-  LoopTasks tasks_;
   ServerTlsIdentity identity_;
   std::unique_ptr<Directory> directory_;
-  std::vector<std::unique_ptr<TcpListener>> listeners_;
-  std::map<std::string, uint16_t> tcp_ports_;   // service -> bound relay port
-  std::set<uint16_t> ports_in_use_;
-  absl::flat_hash_map<AgentLink*, std::unique_ptr<AgentLink>> links_;
-  absl::flat_hash_map<RelaySession*, std::unique_ptr<RelaySession>> sessions_;
-  uint64_t next_link_id_ = 1;
+  std::vector<std::unique_ptr<RelayWorker>> workers_;
   uint16_t http_port_ = 0;
-  bool shutting_down_ = false;
+
+  absl::Mutex mu_;
+  std::map<std::string, uint16_t> tcp_ports_ ABSL_GUARDED_BY(mu_);  // service -> relay port
+  std::set<uint16_t> ports_in_use_ ABSL_GUARDED_BY(mu_);
+  std::map<std::string, uint32_t> links_per_credential_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace rdv

@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
     Usage();
     return 1;
   }
-  spdlog::set_default_logger(spdlog::stderr_color_st("rdv-relay"));
+  spdlog::set_default_logger(spdlog::stderr_color_mt("rdv-relay"));
   spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
   absl::StatusOr<rdv::RelayConfig> config = rdv::LoadRelayConfig(config_path);
   if (!config.ok()) {
@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
     spdlog::error("{}", started.message());
     (*relay)->Shutdown();
     uv_run(loop, UV_RUN_DEFAULT);
+    (*relay)->Join();
     return 2;
   }
 
@@ -92,6 +93,7 @@ int main(int argc, char** argv) {
   uv_signal_start(&sigterm, on_signal, SIGTERM);
   uv_signal_start(&sigint, on_signal, SIGINT);
   uv_run(loop, UV_RUN_DEFAULT);
+  (*relay)->Join();
   relay->reset();
   uv_run(loop, UV_RUN_DEFAULT);
   int rc = uv_loop_close(loop);

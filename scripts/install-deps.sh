@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The one place that lists every Debian package Rendezvous needs to build, test and benchmark.
-# Usage: scripts/install-deps.sh [--bench]
+# Usage: scripts/install-deps.sh [--bench | --runtime]
 #   (no flag)  build + test dependencies
 #   --bench    also the benchmark peers (iperf3, wrk, haproxy, openssh-server)
+#   --runtime  only the shared libraries the built binaries need (container images)
 set -euo pipefail
 
 build=(build-essential cmake ninja-build pkg-config git clang-format
@@ -11,8 +12,15 @@ build=(build-essential cmake ninja-build pkg-config git clang-format
 test=(curl nginx-light python3 python3-websockets iproute2 procps netcat-openbsd)
 bench=(iperf3 wrk haproxy openssh-server openssh-client)
 
-want=("${build[@]}" "${test[@]}")
-[[ "${1:-}" == "--bench" ]] && want+=("${bench[@]}")
+runtime=(libuv1 libssl3 libprotobuf32 libyaml-cpp0.7 libhttp-parser2.9 libspdlog1.10
+         libabsl20220623 ca-certificates)
+
+case "${1:-}" in
+  "") want=("${build[@]}" "${test[@]}") ;;
+  --bench) want=("${build[@]}" "${test[@]}" "${bench[@]}") ;;
+  --runtime) want=("${runtime[@]}") ;;
+  *) echo "usage: $0 [--bench | --runtime]" >&2; exit 2 ;;
+esac
 
 missing=()
 for p in "${want[@]}"; do

@@ -1,0 +1,249 @@
+#include "relay/relay_worker.h"
+
+#include "common/metrics.h"
+#include "common/str_cat.h"
+#include "common/stream_splice.h"
+#include "relay/admin_session.h"
+#include "relay/agent_link.h"
+#include "relay/http_session.h"
+#include "relay/relay.h"
+#include "spdlog/spdlog.h"
+
+namespace rdv {
+namespace {
+
+Counter& TcpNoAgent() {
+  static Counter& counter =
+      CounterOf("rdv_tcp_no_agent_total", "tcp clients closed because no agent serves the port");
+  return counter;
+}
+
+Counter& Handoffs() {
+  static Counter& counter =
+      CounterOf("rdv_worker_handoffs_total", "Client connections moved to another worker loop");
+  return counter;
+}
+
+// A client of a tcp service port spliced onto an agent stream.
+class TcpClientSession : public RelaySession {
+ public:
+  TcpClientSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client) : worker_(worker) {
+    splice_ = std::make_unique<StreamSplice>(
+        std::move(client), nullptr, [this](StreamSplice&, const absl::Status& status) {
+          if (!status.ok()) spdlog::debug("tcp session ended: {}", status.message());
+          worker_.Finish(this);
+        });
+  }
+  // Opens the stream; false when the link cannot take one.
+  bool Start(AgentLink& carrier, const link::ServiceSpec& service, uint16_t port,
+             std::string_view initial) {
+    Stream* stream = carrier.OpenStream(service, splice_->socket().peer_address(),
+                                        StrCat("tcp:", port), *splice_);
+    if (stream == nullptr) return false;
+    splice_->Attach(*stream);
+    splice_->Start(initial);
+    return true;
+  }
+
+ private:
+  RelayWorker& worker_;
+  std::unique_ptr<StreamSplice> splice_;
+};
+
+}  // namespace
+
+namespace {
+// The loop a worker runs: the given one, or a new one it owns.
+uv_loop_t* InitLoop(uv_loop_t* given, std::unique_ptr<uv_loop_t>& own) {
+  if (given != nullptr) return given;
+  own = std::make_unique<uv_loop_t>();
+  uv_loop_init(own.get());
+  return own.get();
+}
+}  // namespace
+
+RelayWorker::RelayWorker(Relay& relay, int index, uv_loop_t* loop)
+    : relay_(relay),
+      index_(index),
+      loop_(InitLoop(loop, own_loop_)),
+      tasks_(loop_),
+      wakeup_(new uv_async_t),
+      // Link ids carry the worker in their low bits, so logs name links uniquely.
+      next_link_id_(static_cast<uint64_t>(index) + 1) {
+  wakeup_->data = this;
+  uv_async_init(loop_, wakeup_, [](uv_async_t* async) {
+    if (async->data) static_cast<RelayWorker*>(async->data)->DrainHandoffs();
+  });
+}
+
+RelayWorker::~RelayWorker() {
+  Stop();
+  if (own_loop_) {
+    uv_run(loop_, UV_RUN_DEFAULT);
+    uv_loop_close(loop_);
+  }
+}
+
+const RelayConfig& RelayWorker::config() const { return relay_.config(); }
+Directory& RelayWorker::directory() { return relay_.directory(); }
+
+absl::StatusOr<TcpListener*> RelayWorker::Listen(const std::string& host, uint16_t port,
+                                                 TcpListener::AcceptCallback on_accept,
+                                                 bool reuse_port) {
+  absl::StatusOr<std::unique_ptr<TcpListener>> listener =
+      TcpListener::Create(loop_, host, port, std::move(on_accept), reuse_port);
+  if (!listener.ok()) return listener.status();
+  listeners_.push_back(std::move(*listener));
+  return listeners_.back().get();
+}
+
+void RelayWorker::AcceptAgent(uv_stream_t* server) {
+  absl::StatusOr<std::unique_ptr<TcpConnection>> conn = TcpConnection::Accept(server);
+  if (!conn.ok()) return;
+  if (stopped_) {
+    (*conn)->Close();
+    return;
+  }
+  auto tls = TlsSession::Create(std::move(*conn), relay_.link_tls_context(), /*is_server=*/true,
+                                tasks_, "", "");
+  auto link = std::make_unique<AgentLink>(*this, std::move(tls), next_link_id_);
+  next_link_id_ += static_cast<uint64_t>(relay_.worker_count());
+  AgentLink* raw = link.get();
+  links_.emplace(raw, std::move(link));
+  raw->Start();
+}
+
+void RelayWorker::AcceptHttp(uv_stream_t* server) {
+  absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Accept(server);
+  if (!client.ok()) return;
+  auto session = std::make_unique<HttpSession>(*this, std::move(*client));
+  HttpSession* raw = session.get();
+  Adopt(std::move(session));
+  raw->Start("");
+}
+
+void RelayWorker::AcceptAdmin(uv_stream_t* server) {
+  absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Accept(server);
+  if (!client.ok()) return;
+  auto session = std::make_unique<AdminSession>(*this, std::move(*client));
+  AdminSession* raw = session.get();
+  Adopt(std::move(session));
+  raw->Start();
+}
+
+void RelayWorker::AcceptTcp(uv_stream_t* server, const std::string& service, uint16_t port) {
+  absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Accept(server);
+  if (!client.ok()) return;
+  static Counter& accepted =
+      CounterOf("rdv_tcp_connections_total", "Connections accepted on tcp service ports");
+  accepted.Inc();
+  ServeTcp(std::move(*client), service, port, "");
+}
+
+void RelayWorker::ServeTcp(std::unique_ptr<TcpConnection> client, const std::string& service,
+                           uint16_t port, std::string initial) {
+  RouteResult route = directory().RouteService(link::TCP, service, index_);
+  if (route.outcome != RouteResult::Outcome::kFound) {
+    TcpNoAgent().Inc();
+    client->Close();
+    return;
+  }
+  if (route.worker != index_) {
+    absl::StatusOr<int> fd = client->DetachFd();
+    if (!fd.ok()) return;
+    Handoffs().Inc();
+    relay_.worker(route.worker)
+        .HandOff(Handoff{Handoff::Kind::kTcp, *fd, std::move(initial), service, port});
+    return;
+  }
+  auto session = std::make_unique<TcpClientSession>(*this, std::move(client));
+  TcpClientSession* raw = session.get();
+  Adopt(std::move(session));
+  if (!raw->Start(*static_cast<AgentLink*>(route.carrier), route.service, port, initial)) {
+    TcpNoAgent().Inc();
+    Finish(raw);
+  }
+}
+
+void RelayWorker::HandOff(Handoff handoff) {
+  {
+    absl::MutexLock lock(&mu_);
+    handoffs_.push_back(std::move(handoff));
+  }
+  uv_async_send(wakeup_);
+}
+
+void RelayWorker::DrainHandoffs() {
+  std::deque<Handoff> pending;
+  bool stop;
+  {
+    absl::MutexLock lock(&mu_);
+    pending.swap(handoffs_);
+    stop = stop_requested_;
+  }
+  for (Handoff& handoff : pending) {
+    if (stop || stopped_) {
+      ::close(handoff.fd);
+      continue;
+    }
+    absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Adopt(loop_, handoff.fd);
+    if (!client.ok()) continue;
+    if (handoff.kind == Handoff::Kind::kTcp) {
+      ServeTcp(std::move(*client), handoff.service, handoff.port, std::move(handoff.bytes));
+    } else {
+      auto session = std::make_unique<HttpSession>(*this, std::move(*client));
+      HttpSession* raw = session.get();
+      Adopt(std::move(session));
+      raw->Start(handoff.bytes);
+    }
+  }
+  if (stop) Stop();
+}
+
+void RelayWorker::RequestStop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stop_requested_ = true;
+  }
+  uv_async_send(wakeup_);
+}
+
+void RelayWorker::Stop() {
+  if (stopped_) return;
+  stopped_ = true;
+  for (auto& listener : listeners_) listener->Close();
+  std::vector<AgentLink*> links;
+  for (auto& [raw, link] : links_) links.push_back(raw);
+  for (AgentLink* link : links) link->GoAway("relay shutting down");
+  for (AgentLink* link : links) link->Close(absl::CancelledError("relay shutting down"));
+  sessions_.clear();
+  links_.clear();
+  tasks_.Close();
+  wakeup_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(wakeup_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+}
+
+void RelayWorker::StartThread() {
+  thread_ = std::thread([this] { uv_run(loop_, UV_RUN_DEFAULT); });
+}
+
+void RelayWorker::Join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+void RelayWorker::LinkClosed(AgentLink& link) {
+  AgentLink* raw = &link;
+  tasks_.Defer([this, raw] { links_.erase(raw); });
+}
+
+void RelayWorker::Adopt(std::unique_ptr<RelaySession> session) {
+  RelaySession* raw = session.get();
+  sessions_.emplace(raw, std::move(session));
+}
+
+void RelayWorker::Finish(RelaySession* session) {
+  tasks_.Defer([this, session] { sessions_.erase(session); });
+}
+
+}  // namespace rdv

@@ -1,0 +1,106 @@
+// One worker loop of the relay (DESIGN §5): its own libuv loop and thread, its share of the agent
+// links and client connections (the kernel spreads accepts over the workers with SO_REUSEPORT).
+//
+// A client whose service is served only by links on another worker is handed to that worker
+// once, as a socket plus the bytes already read; from then on it lives there, so no byte ever
+// crosses loops.
+#ifndef RDV_RELAY_RELAY_WORKER_H_
+#define RDV_RELAY_RELAY_WORKER_H_
+
+#include <uv.h>
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
+#include "common/tcp_listener.h"
+#include "common/tls.h"
+#include "relay/directory.h"
+#include "relay/relay_config.h"
+
+namespace rdv {
+
+class Relay;
+class AgentLink;
+
+// A client-facing session a worker owns until it finishes (HTTP, tcp splice, admin).
+class RelaySession {
+ public:
+  virtual ~RelaySession() = default;
+};
+
+// A client connection moving to another worker.
+struct Handoff {
+  enum class Kind { kHttp, kTcp };
+  Kind kind = Kind::kHttp;
+  int fd = -1;
+  std::string bytes;    // already read from the client, to be processed first
+  std::string service;  // kTcp: the service name
+  uint16_t port = 0;    // kTcp: the relay port it arrived on
+};
+
+class RelayWorker {
+ public:
+  // `loop` is the loop to run on (worker 0 uses the main thread's loop); null = make one.
+  RelayWorker(Relay& relay, int index, uv_loop_t* loop);
+  ~RelayWorker();
+
+  int index() const { return index_; }
+  Relay& relay() { return relay_; }
+  const RelayConfig& config() const;
+  Directory& directory();
+  uv_loop_t* loop() const { return loop_; }
+  LoopTasks& tasks() { return tasks_; }
+
+  // Binds a listener on this worker's loop. Call before the worker runs, or from its loop.
+  absl::StatusOr<TcpListener*> Listen(const std::string& host, uint16_t port,
+                                      TcpListener::AcceptCallback on_accept, bool reuse_port);
+  void ListenAgents(const std::string& host, uint16_t port);  // after Listen succeeded
+  void AcceptAgent(uv_stream_t* server);
+  void AcceptHttp(uv_stream_t* server);
+  void AcceptAdmin(uv_stream_t* server);
+  void AcceptTcp(uv_stream_t* server, const std::string& service, uint16_t port);
+
+  // Thread-safe: queue a client for this worker.
+  void HandOff(Handoff handoff);
+  // Thread-safe: GoAway to agents, close everything; the loop then ends.
+  void RequestStop();
+  // Runs the loop on a new thread (workers 1..n-1).
+  void StartThread();
+  void Join();
+
+  void LinkClosed(AgentLink& link);
+  void Adopt(std::unique_ptr<RelaySession> session);
+  void Finish(RelaySession* session);
+
+ private:
+  void DrainHandoffs();
+  void Stop();
+  void ServeTcp(std::unique_ptr<TcpConnection> client, const std::string& service, uint16_t port,
+                std::string initial);
+
+  Relay& relay_;
+  const int index_;
+  std::unique_ptr<uv_loop_t> own_loop_;
+  uv_loop_t* loop_;
+  LoopTasks tasks_;
+  uv_async_t* wakeup_;
+  std::thread thread_;
+  std::vector<std::unique_ptr<TcpListener>> listeners_;
+  absl::flat_hash_map<AgentLink*, std::unique_ptr<AgentLink>> links_;
+  absl::flat_hash_map<RelaySession*, std::unique_ptr<RelaySession>> sessions_;
+  uint64_t next_link_id_;
+  bool stopped_ = false;
+
+  absl::Mutex mu_;
+  std::deque<Handoff> handoffs_ ABSL_GUARDED_BY(mu_);
+  bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+}  // namespace rdv
+
+#endif  // RDV_RELAY_RELAY_WORKER_H_

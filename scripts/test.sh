@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Quickstart, part two: install dependencies, build, and run every test.
+#   1. unit tests under AddressSanitizer + UndefinedBehaviorSanitizer   (build-asan/, label unit)
+#   2. the whole suite against the normal build: unit, integration, slow (build/)
+# Pass a CTest label regex to run a part instead: scripts/test.sh integration
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+labels=${1:-}
+
+scripts/install-deps.sh
+jobs=$(nproc)
+
+if [[ -z "$labels" || "$labels" == unit ]]; then
+  echo "== unit tests under ASan/UBSan"
+  scripts/build.sh build-asan Debug -DRDV_SANITIZE=ON
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
+    ctest --test-dir build-asan -L unit --output-on-failure -j "$jobs"
+fi
+
+echo "== test suite${labels:+ (labels: $labels)}"
+scripts/build.sh build RelWithDebInfo
+ctest --test-dir build ${labels:+-L "$labels"} --output-on-failure -j "$jobs"
