@@ -6,9 +6,9 @@
 #include <cstring>
 #include <string>
 
-#include "common/str_cat.h"
 #include "agent/agent.h"
 #include "agent/agent_config.h"
+#include "common/str_cat.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 

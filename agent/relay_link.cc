@@ -114,15 +114,17 @@ void RelayLink::Connected(std::unique_ptr<TcpConnection> tcp) {
   const AgentConfig& config = agent_.config();
   state_ = State::kHandshake;
   tls_ = TlsSession::Create(std::move(tcp), agent_.tls_context(), /*is_server=*/false,
-                            agent_.tasks(), config.ServerNameFor(relay_),
-                            config.relay_fingerprint);
+                            agent_.tasks(), config.ServerNameFor(relay_), config.relay_fingerprint);
   LinkOptions options;
   options.is_relay_side = false;
   link_ = std::make_unique<Link>(*this, *this, options);
   last_receive_ms_ = uv_now(agent_.loop());
   // Handshake and authentication share the idle deadline.
   uv_timer_start(
-      timer_, [](uv_timer_t* t) { if (t->data) static_cast<RelayLink*>(t->data)->OnTimer(); },
+      timer_,
+      [](uv_timer_t* t) {
+        if (t->data) static_cast<RelayLink*>(t->data)->OnTimer();
+      },
       kPingIntervalMs, kPingIntervalMs);
   tls_->Start(*this);
 }
@@ -162,8 +164,8 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
         link_->set_peer_stream_window(challenge.initial_stream_window());
       }
       link::Control reply;
-      reply.mutable_proof()->set_mac(ComputeAuthMac(
-          config.credential.secret, challenge.nonce(), tls_->ExportKeyingMaterial(kExporterLabel)));
+      reply.mutable_proof()->set_mac(ComputeAuthMac(config.credential.secret, challenge.nonce(),
+                                                    tls_->ExportKeyingMaterial(kExporterLabel)));
       link_->SendControl(reply);
       return;
     }
@@ -196,8 +198,7 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
         spdlog::info("registered {} {} {}", kind, registered.service().name(),
                      registered.routes_size() > 0 ? registered.routes(0) : "");
       } else {
-        spdlog::error("refused {} {}: {}", kind, registered.service().name(),
-                      registered.reason());
+        spdlog::error("refused {} {}: {}", kind, registered.service().name(), registered.reason());
       }
       return;
     }
@@ -229,8 +230,6 @@ void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
 }
 
 void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) {
-  absl::StatusOr<sockaddr_storage> address =
-      ResolveNumeric(service.target.host, service.target.port);
   std::string target = FormatHostPort(service.target);
   Link* link = link_.get();
   auto refuse = [link, stream_id, target](const absl::Status& status) {
@@ -240,10 +239,21 @@ void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) 
       stream->Refuse(StrCat("connect ", target, ": ", status.message()));
     }
   };
-  if (!address.ok()) {
-    refuse(address.status());
-    return;
-  }
+  std::weak_ptr<RelayLink*> weak = alive_;
+  Resolve(agent_.loop(), service.target,
+          [this, weak, link, stream_id, refuse](absl::StatusOr<sockaddr_storage> address) {
+            if (weak.expired() || link != link_.get()) return;
+            if (!address.ok()) {
+              refuse(address.status());
+              return;
+            }
+            ConnectResolved(stream_id, *address, refuse);
+          });
+}
+
+void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& address,
+                                std::function<void(const absl::Status&)> refuse) {
+  Link* link = link_.get();
   // The timer and the connect race; whichever comes first settles the stream.
   struct Pending {
     uv_timer_t timer;
@@ -252,14 +262,13 @@ void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) 
   auto* pending = new Pending;
   uv_timer_init(agent_.loop(), &pending->timer);
   std::weak_ptr<RelayLink*> weak = alive_;
-  pending->timer.data = new std::function<void()>([pending, refuse, weak] {
+  pending->timer.data = new std::function<void()>([this, pending, refuse, weak, link] {
     if (pending->settled) return;
     pending->settled = true;
-    if (!weak.expired()) refuse(absl::DeadlineExceededError("timed out"));
+    if (!weak.expired() && link == link_.get()) refuse(absl::DeadlineExceededError("timed out"));
   });
   uv_timer_start(
-      &pending->timer,
-      [](uv_timer_t* t) { (*static_cast<std::function<void()>*>(t->data))(); },
+      &pending->timer, [](uv_timer_t* t) { (*static_cast<std::function<void()>*>(t->data))(); },
       static_cast<uint64_t>(absl::ToInt64Milliseconds(agent_.config().connect_timeout)), 0);
   auto release = [](Pending* p) {
     delete static_cast<std::function<void()>*>(p->timer.data);
@@ -267,9 +276,9 @@ void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) 
              [](uv_handle_t* h) { delete reinterpret_cast<Pending*>(h); });
   };
   TcpConnection::Connect(
-      agent_.loop(), reinterpret_cast<const sockaddr*>(&*address),
-      [this, weak, pending, release, refuse, link, stream_id](
-          absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
+      agent_.loop(), reinterpret_cast<const sockaddr*>(&address),
+      [this, weak, pending, release, refuse, link,
+       stream_id](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
         bool late = pending->settled;
         pending->settled = true;
         release(pending);
@@ -338,7 +347,10 @@ void RelayLink::ScheduleRedial() {
   std::uniform_real_distribution<double> jitter(0.5, 1.5);
   uint64_t delay = static_cast<uint64_t>(static_cast<double>(backoff_ms_) * jitter(rng));
   uv_timer_start(
-      timer_, [](uv_timer_t* t) { if (t->data) static_cast<RelayLink*>(t->data)->OnTimer(); },
+      timer_,
+      [](uv_timer_t* t) {
+        if (t->data) static_cast<RelayLink*>(t->data)->OnTimer();
+      },
       delay, 0);
 }
 

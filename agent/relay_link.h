@@ -50,6 +50,8 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
   void ScheduleRedial();
   void OnTimer();
   void ConnectTarget(uint32_t stream_id, const ServiceConfig& service);
+  void ConnectResolved(uint32_t stream_id, const sockaddr_storage& address,
+                       std::function<void(const absl::Status&)> refuse);
 
   Agent& agent_;
   const int index_;
@@ -57,10 +59,10 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
   State state_ = State::kIdle;
   std::unique_ptr<TlsSession> tls_;
   std::unique_ptr<Link> link_;
-  uv_timer_t* timer_;              // redial backoff, then ping/idle while up
+  uv_timer_t* timer_;  // redial backoff, then ping/idle while up
   uint64_t backoff_ms_ = 0;
   uint64_t last_receive_ms_ = 0;
-  uint64_t dial_generation_ = 0;   // stale dial/resolve callbacks compare against this
+  uint64_t dial_generation_ = 0;       // stale dial/resolve callbacks compare against this
   std::shared_ptr<RelayLink*> alive_;  // async callbacks hold a weak_ptr to this token
 };
 

@@ -38,7 +38,7 @@ std::string Metrics::RenderPrometheus() const {
   std::string out;
   for (const auto& [name, family] : families_) {
     StrAppend(out, "# HELP ", name, " ", family.help, "\n# TYPE ", name,
-                    family.is_gauge ? " gauge\n" : " counter\n");
+              family.is_gauge ? " gauge\n" : " counter\n");
     auto series = [&](const std::string& labels) {
       return labels.empty() ? name : StrCat(name, "{", labels, "}");
     };

@@ -67,8 +67,7 @@ inline Counter& CounterOf(std::string_view name, std::string_view help,
                           std::string_view labels = "") {
   return Metrics::Global().GetCounter(name, help, labels);
 }
-inline Gauge& GaugeOf(std::string_view name, std::string_view help,
-                      std::string_view labels = "") {
+inline Gauge& GaugeOf(std::string_view name, std::string_view help, std::string_view labels = "") {
   return Metrics::Global().GetGauge(name, help, labels);
 }
 

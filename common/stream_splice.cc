@@ -8,8 +8,7 @@ namespace {
 constexpr size_t kSocketHighWatermark = 256 * 1024;
 }  // namespace
 
-StreamSplice::StreamSplice(std::unique_ptr<TcpConnection> socket, Stream* stream,
-                           DoneCallback done)
+StreamSplice::StreamSplice(std::unique_ptr<TcpConnection> socket, Stream* stream, DoneCallback done)
     : socket_(std::move(socket)), stream_(stream), done_(std::move(done)) {}
 
 StreamSplice::~StreamSplice() {

@@ -118,24 +118,23 @@ void TcpConnection::Connect(uv_loop_t* loop, const sockaddr* address, ConnectCal
   auto* request = new ConnectRequest;
   request->conn.reset(new TcpConnection(loop));
   request->done = std::move(done);
-  int rc = uv_tcp_connect(&request->req, request->conn->handle_, address,
-                          [](uv_connect_t* req, int status) {
-                            std::unique_ptr<ConnectRequest> request(
-                                reinterpret_cast<ConnectRequest*>(req));
-                            if (status == 0) status = 0;
-                            absl::Status result = absl::OkStatus();
-                            if (status != 0) {
-                              result = absl::UnavailableError(UvError(status));
-                            } else {
-                              result = request->conn->InitPeer();
-                            }
-                            if (!result.ok()) {
-                              request->conn->Close();
-                              request->done(result);
-                              return;
-                            }
-                            request->done(std::move(request->conn));
-                          });
+  int rc = uv_tcp_connect(
+      &request->req, request->conn->handle_, address, [](uv_connect_t* req, int status) {
+        std::unique_ptr<ConnectRequest> request(reinterpret_cast<ConnectRequest*>(req));
+        if (status == 0) status = 0;
+        absl::Status result = absl::OkStatus();
+        if (status != 0) {
+          result = absl::UnavailableError(UvError(status));
+        } else {
+          result = request->conn->InitPeer();
+        }
+        if (!result.ok()) {
+          request->conn->Close();
+          request->done(result);
+          return;
+        }
+        request->done(std::move(request->conn));
+      });
   if (rc != 0) {
     request->conn->Close();
     auto done_cb = std::move(request->done);

@@ -75,7 +75,7 @@ class TcpConnection {
   uv_loop_t* loop_;
   uv_tcp_t* handle_ = nullptr;
   Handler* handler_ = nullptr;
-  std::string out_;                // bytes waiting for the in-flight write to finish
+  std::string out_;  // bytes waiting for the in-flight write to finish
   bool write_in_flight_ = false;
   bool shutdown_requested_ = false;
   bool shutdown_sent_ = false;

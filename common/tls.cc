@@ -11,8 +11,8 @@
 #include <filesystem>
 
 #include "absl/strings/escaping.h"
-#include "common/str_cat.h"
 #include "common/metrics.h"
+#include "common/str_cat.h"
 
 namespace rdv {
 namespace {
@@ -284,9 +284,9 @@ void TlsSession::DriveHandshake() {
   if (rc == 1) {
     handshake_done_ = true;
     if (!expected_fingerprint_.empty() && peer_fingerprint() != expected_fingerprint_) {
-      Fail(absl::PermissionDeniedError(
-          StrCat("relay certificate fingerprint ", peer_fingerprint(),
-                       " does not match the pinned ", expected_fingerprint_)));
+      Fail(absl::PermissionDeniedError(StrCat("relay certificate fingerprint ", peer_fingerprint(),
+                                              " does not match the pinned ",
+                                              expected_fingerprint_)));
       return;
     }
     const unsigned char* alpn = nullptr;

@@ -8,7 +8,30 @@
 
 namespace rdv {
 
-Relay::Relay(RelayConfig config) : config_(std::move(config)) {}
+namespace {
+
+// Declares the relay's unlabelled metrics so /metrics shows them at 0 from the start (labelled
+// series appear with their first event).
+void DeclareMetrics() {
+  GaugeOf("rdv_links_active", "Authenticated agent links");
+  GaugeOf("rdv_services_registered", "Service registrations held by live links");
+  GaugeOf("rdv_streams_active", "Streams open on this process's links");
+  CounterOf("rdv_links_accepted_total", "Agent links authenticated");
+  CounterOf("rdv_links_idle_closed_total", "Agent links closed after the idle timeout");
+  CounterOf("rdv_http_requests_total", "HTTP requests received");
+  CounterOf("rdv_streams_opened_total", "Streams opened to agents");
+  CounterOf("rdv_streams_refused_total", "Streams refused");
+  CounterOf("rdv_tcp_connections_total", "Connections accepted on tcp service ports");
+  CounterOf("rdv_tcp_no_agent_total", "tcp clients closed because no agent serves the port");
+  CounterOf("rdv_upstream_errors_total", "Malformed responses from targets");
+  CounterOf("rdv_worker_handoffs_total", "Client connections moved to another worker loop");
+  CounterOf("rdv_frames_for_closed_streams_total",
+            "Frames that arrived for a stream already closed on this side");
+}
+
+}  // namespace
+
+Relay::Relay(RelayConfig config) : config_(std::move(config)) { DeclareMetrics(); }
 
 Relay::~Relay() { workers_.clear(); }
 
@@ -184,7 +207,11 @@ absl::StatusOr<uint16_t> Relay::EnsureTcpPort(const std::string& service, uint16
       }
     }
   }
-  if (granted(0)) {
+  bool named = false;  // a grant that names the service (not a port range) allows any port
+  for (const Grant& grant : credential.grants) {
+    named |= grant.kind() == GrantKind::kTcp && !grant.IsPortRange() && grant.AllowsTcp(service, 0);
+  }
+  if (named) {
     if (absl::Status s = BindTcpService(service, 0, caller); !s.ok()) {
       return absl::UnavailableError(s.message());
     }

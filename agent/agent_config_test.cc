@@ -1,0 +1,395 @@
+#include "agent/agent_config.h"
+
+#include <unistd.h>
+
+#include <cstdio>
+#include <fstream>
+#include <string>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace rdv {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::StartsWith;
+
+std::string Message(const absl::Status& status) { return std::string(status.message()); }
+
+constexpr std::string_view kFingerprint =
+    "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+// Line numbers in the tests below refer to this text.
+constexpr std::string_view kFullConfig = R"(agent_id: agent-7
+relays: ["127.0.0.1:7000", "[::1]:7000", "relay.example.com:7443"]
+server_name: Relay.Example.com
+relay_ca_file: ""
+relay_fingerprint: "sha256:01:23:45:67:89:AB:CD:EF:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef:01:23:45:67:89:ab:cd:ef"
+credential:
+  name: orang
+  secret: "s3cret-s3cret"
+  secret_file: ""
+links: 3
+reconnect:
+  initial_ms: 50
+  max_ms: 2000
+connect_timeout_ms: 1500
+log_level: warn
+services:
+  - name: WWW.orang.com
+    kind: http
+    target: 127.0.0.1:8081
+    alias: ""
+  - name: "*.orang.com"
+    kind: http
+    target: "[::1]:8082"
+  - name: api.orang.com
+    kind: http
+    target: localhost:8083
+    alias: API
+  - name: db
+    kind: tcp
+    target: 127.0.0.1:5432
+    port: 2020
+  - name: cache
+    kind: tcp
+    target: 127.0.0.1:6379
+)";
+
+std::string MinimalConfig(std::string_view services =
+                              "services:\n"
+                              "  - name: www.orang.com\n"
+                              "    kind: http\n"
+                              "    target: 127.0.0.1:8081\n") {
+  return "relays: [\"127.0.0.1:7000\"]\nrelay_fingerprint: \"" + std::string(kFingerprint) +
+         "\"\ncredential:\n  name: orang\n  secret: s3cret-s3cret\n" + std::string(services);
+}
+
+absl::StatusOr<AgentConfig> Parse(std::string_view text) {
+  return ParseAgentConfig(text, "agent.yaml");
+}
+
+std::string FullWith(std::string_view from, std::string_view to) {
+  std::string text(kFullConfig);
+  size_t at = text.find(from);
+  EXPECT_NE(at, std::string::npos) << from;
+  if (at != std::string::npos) text.replace(at, from.size(), to);
+  return text;
+}
+
+std::string ErrorOf(std::string_view text) {
+  absl::StatusOr<AgentConfig> config = Parse(text);
+  EXPECT_FALSE(config.ok()) << text;
+  if (config.ok()) return "";
+  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  return Message(config.status());
+}
+
+std::string WriteTempFile(std::string_view name, std::string_view contents) {
+  std::string path = ::testing::TempDir() + "/agent_config_test_" + std::string(name);
+  std::ofstream out(path, std::ios::binary);
+  out << contents;
+  return path;
+}
+
+TEST(AgentConfigTest, FullExample) {
+  absl::StatusOr<AgentConfig> config = Parse(kFullConfig);
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->agent_id, "agent-7");
+  EXPECT_THAT(config->relays, ElementsAre(HostPort{"127.0.0.1", 7000}, HostPort{"::1", 7000},
+                                          HostPort{"relay.example.com", 7443}));
+  EXPECT_EQ(config->server_name, "relay.example.com");
+  EXPECT_EQ(config->relay_ca_file, "");
+  EXPECT_EQ(config->relay_fingerprint, kFingerprint);
+  EXPECT_EQ(config->credential.name, "orang");
+  EXPECT_EQ(config->credential.secret, "s3cret-s3cret");
+  EXPECT_EQ(config->links, 3u);
+  EXPECT_EQ(config->reconnect.initial, absl::Milliseconds(50));
+  EXPECT_EQ(config->reconnect.max, absl::Milliseconds(2000));
+  EXPECT_EQ(config->connect_timeout, absl::Milliseconds(1500));
+  EXPECT_EQ(config->log_level, "warn");
+  ASSERT_EQ(config->services.size(), 5u);
+
+  const ServiceConfig& www = config->services[0];
+  EXPECT_EQ(www.name, "www.orang.com");
+  EXPECT_EQ(www.kind, ServiceConfig::Kind::kHttp);
+  EXPECT_EQ(www.kind_name(), "http");
+  EXPECT_EQ(www.target, (HostPort{"127.0.0.1", 8081}));
+  EXPECT_EQ(www.alias, "www-orang-com");
+  EXPECT_EQ(www.port, 0);
+
+  EXPECT_EQ(config->services[1].name, "*.orang.com");
+  EXPECT_EQ(config->services[1].target, (HostPort{"::1", 8082}));
+  EXPECT_EQ(config->services[1].alias, "orang-com");
+  EXPECT_EQ(config->services[2].alias, "api");
+  EXPECT_EQ(config->services[2].target, (HostPort{"localhost", 8083}));
+
+  const ServiceConfig& db = config->services[3];
+  EXPECT_EQ(db.name, "db");
+  EXPECT_EQ(db.kind, ServiceConfig::Kind::kTcp);
+  EXPECT_EQ(db.kind_name(), "tcp");
+  EXPECT_EQ(db.port, 2020);
+  EXPECT_EQ(db.alias, "");
+  EXPECT_EQ(config->services[4].port, 0);
+
+  EXPECT_EQ(config->ServerNameFor(config->relays[0]), "relay.example.com");
+}
+
+TEST(AgentConfigTest, DefaultsMatchSpec) {
+  absl::StatusOr<AgentConfig> config = Parse(MinimalConfig());
+  ASSERT_TRUE(config.ok()) << config.status();
+  char host[256] = {};
+  ASSERT_EQ(gethostname(host, sizeof(host) - 1), 0);
+  EXPECT_EQ(config->agent_id, absl::StrCat(host, "-", getpid()));
+  EXPECT_EQ(config->server_name, "");
+  EXPECT_EQ(config->ServerNameFor(config->relays[0]), "127.0.0.1");
+  EXPECT_EQ(config->links, 2u);
+  EXPECT_EQ(config->reconnect.initial, absl::Milliseconds(100));
+  EXPECT_EQ(config->reconnect.max, absl::Milliseconds(10000));
+  EXPECT_EQ(config->connect_timeout, absl::Milliseconds(5000));
+  EXPECT_EQ(config->log_level, "info");
+  ASSERT_EQ(config->services.size(), 1u);
+  EXPECT_EQ(config->services[0].alias, "www-orang-com");
+}
+
+TEST(AgentConfigTest, CaFileAndSecretFile) {
+  std::string ca = WriteTempFile("ca.pem", "-----BEGIN CERTIFICATE-----\n");
+  std::string secret = WriteTempFile("secret", "from-file-secret\n");
+  absl::StatusOr<AgentConfig> config = Parse(
+      "relays: [\"127.0.0.1:7000\"]\nrelay_ca_file: " + ca + "\ncredential:\n  name: orang\n" +
+      "  secret_file: " + secret + "\nservices:\n  - {name: db, kind: tcp, target: 'h:1'}\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->relay_ca_file, ca);
+  EXPECT_EQ(config->relay_fingerprint, "");
+  EXPECT_EQ(config->credential.secret, "from-file-secret");
+  std::remove(ca.c_str());
+  std::remove(secret.c_str());
+}
+
+TEST(AgentConfigTest, LoadFromFile) {
+  std::string path = WriteTempFile("load.yaml", MinimalConfig());
+  absl::StatusOr<AgentConfig> config = LoadAgentConfig(path);
+  ASSERT_TRUE(config.ok()) << config.status();
+  std::string bad = WriteTempFile("bad.yaml", "links: 0\n" + MinimalConfig());
+  EXPECT_EQ(Message(LoadAgentConfig(bad).status()),
+            bad + ":1: links: expected an integer between 1 and 1024, got '0'");
+  std::remove(path.c_str());
+  std::remove(bad.c_str());
+}
+
+TEST(AgentConfigTest, RelayTrust) {
+  EXPECT_EQ(ErrorOf(FullWith("relay_ca_file: \"\"", "relay_ca_file: /etc/hostname")),
+            "agent.yaml:5: relay_fingerprint: set either relay_ca_file or relay_fingerprint, not "
+            "both");
+  std::string neither =
+      "relays: [\"127.0.0.1:7000\"]\nrelay_ca_file: ''\ncredential:\n  name: orang\n"
+      "  secret: s3cret-s3cret\nservices:\n  - {name: db, kind: tcp, target: 'h:1'}\n";
+  EXPECT_EQ(ErrorOf(neither),
+            "agent.yaml:1: one of relay_ca_file or relay_fingerprint is required to authenticate "
+            "the relay");
+  EXPECT_EQ(ErrorOf(FullWith("relay_ca_file: \"\"", "relay_ca_file: /nonexistent/ca.pem")),
+            "agent.yaml:4: relay_ca_file: cannot read '/nonexistent/ca.pem': No such file or "
+            "directory");
+  EXPECT_EQ(ErrorOf(FullWith("sha256:01:23", "sha256:01:2")),
+            "agent.yaml:5: relay_fingerprint: expected a SHA-256 fingerprint of 64 hex digits, "
+            "got 63");
+  EXPECT_EQ(ErrorOf(FullWith("sha256:01:23", "sha256:0x:23")),
+            "agent.yaml:5: relay_fingerprint: expected a SHA-256 fingerprint: 64 hex digits, "
+            "optionally prefixed with 'sha256:' and separated by ':'");
+}
+
+TEST(AgentConfigTest, NormalizeFingerprint) {
+  std::string upper = absl::AsciiStrToUpper(std::string(kFingerprint));
+  EXPECT_EQ(*NormalizeFingerprint(kFingerprint), kFingerprint);
+  EXPECT_EQ(*NormalizeFingerprint(upper), kFingerprint);
+  EXPECT_EQ(*NormalizeFingerprint("SHA256:" + upper), kFingerprint);
+  EXPECT_EQ(*NormalizeFingerprint("sha256:" + std::string(kFingerprint)), kFingerprint);
+  std::string colons;
+  for (size_t i = 0; i < kFingerprint.size(); i += 2) {
+    if (i) colons += ":";
+    colons += kFingerprint.substr(i, 2);
+  }
+  EXPECT_EQ(*NormalizeFingerprint(colons), kFingerprint);
+  EXPECT_FALSE(NormalizeFingerprint("").ok());
+  EXPECT_FALSE(NormalizeFingerprint("sha256:").ok());
+  EXPECT_FALSE(NormalizeFingerprint("sha1:" + std::string(kFingerprint)).ok());
+  EXPECT_FALSE(NormalizeFingerprint(std::string(kFingerprint) + "00").ok());
+  // (Built with append rather than operator+: GCC 12 warns falsely on " " + std::string.)
+  std::string leading_space = " ";
+  leading_space.append(kFingerprint);
+  EXPECT_FALSE(NormalizeFingerprint(leading_space).ok());
+}
+
+TEST(AgentConfigTest, Relays) {
+  EXPECT_EQ(ErrorOf(FullWith("relays: [\"127.0.0.1:7000\", ", "relays: [\"127.0.0.1:0\", ")),
+            "agent.yaml:2: relays[0]: invalid address '127.0.0.1:0': port 0 is not allowed here");
+  EXPECT_EQ(ErrorOf(FullWith("\"[::1]:7000\"", "\"::1:7000\"")),
+            "agent.yaml:2: relays[1]: invalid address '::1:7000': an IPv6 address must be in "
+            "brackets, e.g. [::1]:7000");
+  EXPECT_EQ(ErrorOf(FullWith("\"[::1]:7000\"", "\"127.0.0.1:7000\"")),
+            "agent.yaml:2: relays[1]: relay 127.0.0.1:7000 is listed twice");
+  EXPECT_EQ(
+      ErrorOf(FullWith("relays: [\"127.0.0.1:7000\", \"[::1]:7000\", \"relay.example.com:7443\"]",
+                       "relays: []")),
+      "agent.yaml:2: relays: at least one relay address is required");
+  EXPECT_EQ(ErrorOf(FullWith(
+                "relays: [\"127.0.0.1:7000\", \"[::1]:7000\", \"relay.example.com:7443\"]\n", "")),
+            "agent.yaml:1: missing required key 'relays' at top level");
+  EXPECT_EQ(ErrorOf(FullWith("server_name: Relay.Example.com", "server_name: bad_name")),
+            "agent.yaml:3: server_name: expected a DNS name, got 'bad_name'");
+}
+
+TEST(AgentConfigTest, TopLevelValues) {
+  EXPECT_EQ(ErrorOf(FullWith("links: 3", "links: 1025")),
+            "agent.yaml:10: links: expected an integer between 1 and 1024, got '1025'");
+  EXPECT_EQ(ErrorOf(FullWith("links: 3", "link: 3")),
+            "agent.yaml:10: unknown key 'link' at top level");
+  EXPECT_EQ(ErrorOf(FullWith("max_ms: 2000", "max_ms: 20")),
+            "agent.yaml:13: reconnect.max_ms: reconnect.max_ms (20) must be at least "
+            "reconnect.initial_ms (50)");
+  EXPECT_EQ(ErrorOf(FullWith("max_ms: 2000", "maximum_ms: 2000")),
+            "agent.yaml:13: unknown key 'maximum_ms' in 'reconnect'");
+  EXPECT_EQ(ErrorOf(FullWith("initial_ms: 50", "initial_ms: fast")),
+            "agent.yaml:12: reconnect.initial_ms: expected a duration in milliseconds between 10 "
+            "and 86400000, got 'fast'");
+  EXPECT_EQ(ErrorOf(FullWith("connect_timeout_ms: 1500", "connect_timeout_ms: 1.5")),
+            "agent.yaml:14: connect_timeout_ms: expected a duration in milliseconds between 10 "
+            "and 86400000, got '1.5'");
+  EXPECT_EQ(ErrorOf(FullWith("log_level: warn", "log_level: warning")),
+            "agent.yaml:15: log_level: expected one of trace|debug|info|warn|error, got "
+            "'warning'");
+  EXPECT_EQ(ErrorOf(FullWith("agent_id: agent-7", "agent_id: [a]")),
+            "agent.yaml:1: agent_id: expected a string, got a list");
+}
+
+TEST(AgentConfigTest, Credential) {
+  EXPECT_EQ(ErrorOf(FullWith("  secret: \"s3cret-s3cret\"", "  secret: \"s3cret\"")),
+            "agent.yaml:8: credential.secret: the secret must be at least 8 characters long (it "
+            "has 6)");
+  EXPECT_EQ(ErrorOf(FullWith("  name: orang\n", "")),
+            "agent.yaml:7: missing required key 'name' in 'credential'");
+  EXPECT_EQ(ErrorOf(FullWith("  secret_file: \"\"", "  secret_file: /x")),
+            "agent.yaml:9: credential.secret_file: set either secret or secret_file, not both");
+  EXPECT_EQ(ErrorOf(FullWith("  secret_file: \"\"", "  secret_fil: \"\"")),
+            "agent.yaml:9: unknown key 'secret_fil' in 'credential'");
+  EXPECT_EQ(ErrorOf(FullWith("credential:\n  name: orang\n  secret: \"s3cret-s3cret\"\n  "
+                             "secret_file: \"\"\n",
+                             "")),
+            "agent.yaml:1: missing required key 'credential' at top level");
+}
+
+TEST(AgentConfigTest, Services) {
+  EXPECT_EQ(ErrorOf(MinimalConfig("services: []\n")),
+            "agent.yaml:6: services: at least one service is required");
+  EXPECT_EQ(ErrorOf(MinimalConfig("")),
+            "agent.yaml:1: missing required key 'services' at top level");
+  EXPECT_EQ(ErrorOf(FullWith("    kind: tcp\n    target: 127.0.0.1:6379",
+                             "    kind: udp\n    target: 127.0.0.1:6379")),
+            "agent.yaml:33: services[4].kind: expected one of http|tcp, got 'udp'");
+  EXPECT_EQ(ErrorOf(FullWith("  - name: cache\n    kind: tcp\n", "  - name: cache\n")),
+            "agent.yaml:32: missing required key 'kind' in 'services[4]'");
+  EXPECT_EQ(ErrorOf(FullWith("    target: 127.0.0.1:6379\n", "")),
+            "agent.yaml:32: missing required key 'target' in 'services[4]'");
+  EXPECT_EQ(ErrorOf(FullWith("    target: 127.0.0.1:6379", "    target: 127.0.0.1:0")),
+            "agent.yaml:34: services[4].target: invalid address '127.0.0.1:0': port 0 is not "
+            "allowed here");
+  EXPECT_EQ(ErrorOf(FullWith("    target: 127.0.0.1:6379", "    target: 127.0.0.1")),
+            "agent.yaml:34: services[4].target: invalid address '127.0.0.1': expected host:port, "
+            "e.g. 127.0.0.1:7000 or [::1]:7000");
+  EXPECT_EQ(ErrorOf(FullWith("    target: 127.0.0.1:6379", "    taget: 127.0.0.1:6379")),
+            "agent.yaml:34: unknown key 'taget' in 'services[4]'");
+}
+
+TEST(AgentConfigTest, ServiceNamesPerKind) {
+  EXPECT_EQ(ErrorOf(FullWith("name: api.orang.com", "name: api_x.orang.com")),
+            "agent.yaml:24: services[2].name: expected a host name or *.suffix for an http "
+            "service, e.g. www.example.com or *.example.com, got 'api_x.orang.com'");
+  EXPECT_EQ(ErrorOf(FullWith("name: api.orang.com", "name: a.*.orang.com")),
+            "agent.yaml:24: services[2].name: expected a host name or *.suffix for an http "
+            "service, e.g. www.example.com or *.example.com, got 'a.*.orang.com'");
+  EXPECT_EQ(ErrorOf(FullWith("name: db", "name: 5432")),
+            "agent.yaml:28: services[3].name: expected a tcp service name (a letter, then "
+            "letters, digits, '.', '_', '-'; at most 63), got '5432'");
+  EXPECT_EQ(ErrorOf(FullWith("name: db", "name: \"*\"")),
+            "agent.yaml:28: services[3].name: expected a tcp service name (a letter, then "
+            "letters, digits, '.', '_', '-'; at most 63), got '*'");
+  // A tcp name need not be a host name and vice versa: "my_db" is a fine tcp name.
+  absl::StatusOr<AgentConfig> config = Parse(FullWith("name: db", "name: my_db"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->services[3].name, "my_db");
+}
+
+TEST(AgentConfigTest, DuplicateServices) {
+  EXPECT_EQ(ErrorOf(FullWith("name: api.orang.com", "name: www.ORANG.com")),
+            "agent.yaml:24: services[2].name: duplicate http service 'www.orang.com' (also "
+            "services[0])");
+  EXPECT_EQ(ErrorOf(FullWith("name: cache", "name: db")),
+            "agent.yaml:32: services[4].name: duplicate tcp service 'db' (also services[3])");
+  // The same name under different kinds is fine.
+  absl::StatusOr<AgentConfig> config = Parse(FullWith("name: cache", "name: www"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  config =
+      Parse(MinimalConfig("services:\n  - {name: web, kind: http, target: 'a:1'}\n"
+                          "  - {name: web, kind: tcp, target: 'a:2'}\n"));
+  ASSERT_TRUE(config.ok()) << config.status();
+}
+
+TEST(AgentConfigTest, AliasAndPortRules) {
+  EXPECT_EQ(ErrorOf(FullWith("    target: 127.0.0.1:6379",
+                             "    target: 127.0.0.1:6379\n    "
+                             "alias: cache")),
+            "agent.yaml:35: services[4].alias: alias is only valid for http services");
+  EXPECT_EQ(ErrorOf(FullWith("    alias: API", "    alias: API\n    port: 80")),
+            "agent.yaml:28: services[2].port: port is only valid for tcp services");
+  EXPECT_EQ(ErrorOf(FullWith("    alias: API", "    alias: api.x")),
+            "agent.yaml:27: services[2].alias: expected a single DNS label (letters, digits, "
+            "'-'; at most 63), got 'api.x'");
+  EXPECT_EQ(ErrorOf(FullWith("    alias: API", "    alias: www-orang-com")),
+            "agent.yaml:27: services[2].alias: alias 'www-orang-com' is already used by "
+            "services[0]; set a different alias");
+  EXPECT_EQ(ErrorOf(FullWith("    port: 2020", "    port: 70000")),
+            "agent.yaml:31: services[3].port: expected an integer between 0 and 65535, got "
+            "'70000'");
+  EXPECT_EQ(ErrorOf(FullWith("    target: 127.0.0.1:6379",
+                             "    target: 127.0.0.1:6379\n    "
+                             "port: 2020")),
+            "agent.yaml:35: services[4].port: port 2020 is already requested by services[3]");
+  // Two services asking for "the relay's choice" do not collide.
+  absl::StatusOr<AgentConfig> config = Parse(FullWith("    port: 2020", "    port: 0"));
+  ASSERT_TRUE(config.ok()) << config.status();
+}
+
+TEST(AgentConfigTest, DerivedAliasCollision) {
+  // "*.orang.com" and "orang.com" both derive "orang-com".
+  EXPECT_EQ(ErrorOf(MinimalConfig("services:\n"
+                                  "  - {name: '*.orang.com', kind: http, target: 'a:1'}\n"
+                                  "  - {name: orang.com, kind: http, target: 'a:2'}\n")),
+            "agent.yaml:8: services[1]: alias 'orang-com' is already used by services[0]; set a "
+            "different alias");
+}
+
+TEST(AgentConfigTest, DerivedAliasTooLong) {
+  std::string name = std::string(40, 'a') + "." + std::string(40, 'b') + ".com";
+  EXPECT_THAT(
+      ErrorOf(MinimalConfig("services:\n  - {name: " + name + ", kind: http, target: 'a:1'}\n")),
+      StartsWith("agent.yaml:7: services[0]: the alias derived from the name ('aaaa"));
+  absl::StatusOr<AgentConfig> config = Parse(MinimalConfig(
+      "services:\n  - {name: " + name + ", kind: http, target: 'a:1', alias: short}\n"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->services[0].alias, "short");
+}
+
+TEST(AgentConfigTest, DefaultAlias) {
+  EXPECT_EQ(DefaultAlias("www.orang.com"), "www-orang-com");
+  EXPECT_EQ(DefaultAlias("*.orang.com"), "orang-com");
+  EXPECT_EQ(DefaultAlias("WWW.Orang.com"), "www-orang-com");
+  EXPECT_EQ(DefaultAlias("localhost"), "localhost");
+  EXPECT_EQ(DefaultAlias("*"), "");
+}
+
+}  // namespace
+}  // namespace rdv

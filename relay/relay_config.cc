@@ -1,0 +1,400 @@
+#include "relay/relay_config.h"
+
+#include <unistd.h>
+
+#include <climits>
+#include <map>
+#include <utility>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/str_cat.h"
+#include "common/str_cat.h"
+
+namespace rdv {
+
+namespace {
+
+std::string DefaultRelayId() {
+  char name[HOST_NAME_MAX + 1] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "relay";
+  return name;
+}
+
+absl::StatusOr<std::vector<HostPort>> ReadListen(const YamlMap& map, bool allow_empty,
+                                                 std::vector<HostPort> defaults) {
+  std::vector<HostPort> listen = std::move(defaults);
+  if (absl::Status s = map.ReadHostPortList("listen", /*allow_port_zero=*/true,
+                                            /*require_ip_literal=*/true, &listen);
+      !s.ok()) {
+    return s;
+  }
+  if (!allow_empty && listen.empty()) {
+    return map.Find("listen")->Error("at least one address is required");
+  }
+  return listen;
+}
+
+absl::Status ParseAgentListener(const YamlMap& map, AgentListenerConfig* config) {
+  if (absl::Status s = map.CheckKeys({"listen", "cert_file", "key_file", "handshake_timeout_ms"});
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::vector<HostPort>> listen =
+      ReadListen(map, /*allow_empty=*/false, config->listen);
+  if (!listen.ok()) return listen.status();
+  config->listen = *std::move(listen);
+  if (absl::Status s = map.ReadReadablePath("cert_file", &config->cert_file); !s.ok()) return s;
+  if (absl::Status s = map.ReadReadablePath("key_file", &config->key_file); !s.ok()) return s;
+  if (config->cert_file.empty() != config->key_file.empty()) {
+    std::string_view set_key = config->cert_file.empty() ? "key_file" : "cert_file";
+    return map.Find(set_key)->Error("cert_file and key_file must be set together (or neither)");
+  }
+  return map.ReadDurationMs("handshake_timeout_ms", kMinConfigTimeoutMs, kMaxConfigTimeoutMs,
+                            &config->handshake_timeout);
+}
+
+absl::Status ParseHttp(const YamlMap& map, HttpEntrypointConfig* config) {
+  if (absl::Status s =
+          map.CheckKeys({"listen", "zone", "max_head_bytes", "head_timeout_ms", "idle_timeout_ms"});
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<std::vector<HostPort>> listen =
+      ReadListen(map, /*allow_empty=*/false, config->listen);
+  if (!listen.ok()) return listen.status();
+  config->listen = *std::move(listen);
+  if (absl::Status s = map.ReadString("zone", &config->zone); !s.ok()) return s;
+  if (!config->zone.empty()) {
+    std::string zone = absl::AsciiStrToLower(config->zone);
+    if (zone.back() == '.') zone.pop_back();
+    if (!IsValidHostName(zone)) {
+      std::optional<YamlValue> where = map.Find("zone");
+      return where->Error(
+          absl::StrCat("expected a DNS name, e.g. relay.example.com, ", where->Got()));
+    }
+    config->zone = std::move(zone);
+  }
+  if (absl::Status s =
+          map.ReadUint<uint32_t>("max_head_bytes", 1024, 81920, &config->max_head_bytes);  // http-parser caps heads at 80 KiB
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = map.ReadDurationMs("head_timeout_ms", kMinConfigTimeoutMs,
+                                          kMaxConfigTimeoutMs, &config->head_timeout);
+      !s.ok()) {
+    return s;
+  }
+  return map.ReadDurationMs("idle_timeout_ms", kMinConfigTimeoutMs, kMaxConfigTimeoutMs,
+                            &config->idle_timeout);
+}
+
+absl::Status ParseTcp(const YamlMap& map, TcpEntrypointConfig* config) {
+  if (absl::Status s = map.CheckKeys({"bind", "ports"}); !s.ok()) return s;
+  if (std::optional<YamlValue> bind = map.Find("bind")) {
+    absl::StatusOr<std::vector<YamlValue>> items = bind->AsList();
+    if (!items.ok()) return items.status();
+    config->bind.clear();
+    for (const YamlValue& item : *items) {
+      absl::StatusOr<std::string> address = item.AsString();
+      if (!address.ok()) return address.status();
+      if (!IsIpLiteral(*address)) {
+        return item.Error(
+            absl::StrCat("expected an IP address without port, e.g. 0.0.0.0 or ::, ", item.Got()));
+      }
+      config->bind.push_back(*std::move(address));
+    }
+    if (config->bind.empty()) return bind->Error("at least one address is required");
+  }
+  std::optional<YamlValue> ports = map.Find("ports");
+  if (!ports) return absl::OkStatus();
+  absl::StatusOr<std::vector<YamlValue>> items = ports->AsList();
+  if (!items.ok()) return items.status();
+  std::map<std::string, std::string> service_owner;  // service -> path of its entry
+  std::map<uint16_t, std::string> port_owner;
+  for (const YamlValue& item : *items) {
+    absl::StatusOr<YamlMap> entry = item.AsMap();
+    if (!entry.ok()) return entry.status();
+    if (absl::Status s = entry->CheckKeys({"service", "port"}); !s.ok()) return s;
+    absl::StatusOr<YamlValue> service_value = entry->Require("service");
+    if (!service_value.ok()) return service_value.status();
+    absl::StatusOr<std::string> service = service_value->AsString();
+    if (!service.ok()) return service.status();
+    if (!IsValidServiceName(*service)) {
+      return service_value->Error(
+          absl::StrCat("expected a service name (a letter, then letters, digits, '.', '_', '-'; "
+                       "at most 63), ",
+                       service_value->Got()));
+    }
+    absl::StatusOr<YamlValue> port_value = entry->Require("port");
+    if (!port_value.ok()) return port_value.status();
+    absl::StatusOr<uint64_t> port = port_value->AsUint(1, 65535);
+    if (!port.ok()) return port.status();
+    if (auto [it, inserted] = service_owner.emplace(*service, item.path()); !inserted) {
+      return service_value->Error(
+          absl::StrCat("service '", *service, "' is already mapped by ", it->second));
+    }
+    if (auto [it, inserted] = port_owner.emplace(static_cast<uint16_t>(*port), item.path());
+        !inserted) {
+      return port_value->Error(absl::StrCat("port ", *port, " is already used by ", it->second));
+    }
+    config->ports.push_back({*std::move(service), static_cast<uint16_t>(*port)});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseAdmin(const YamlMap& map, AdminConfig* config) {
+  if (absl::Status s = map.CheckKeys({"listen"}); !s.ok()) return s;
+  absl::StatusOr<std::vector<HostPort>> listen =
+      ReadListen(map, /*allow_empty=*/true, config->listen);
+  if (!listen.ok()) return listen.status();
+  config->listen = *std::move(listen);
+  return absl::OkStatus();
+}
+
+absl::Status ParseLink(const YamlMap& map, LinkConfig* config) {
+  if (absl::Status s = map.CheckKeys({"stream_window", "link_window", "ping_interval_ms",
+                                      "idle_timeout_ms", "max_streams_per_link"});
+      !s.ok()) {
+    return s;
+  }
+  // Windows travel as u32 credit; 1 GiB keeps every sum of increments far from overflow.
+  constexpr uint32_t kMaxWindow = 1u << 30;
+  if (absl::Status s =
+          map.ReadUint<uint32_t>("stream_window", 65536, kMaxWindow, &config->stream_window);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          map.ReadUint<uint32_t>("link_window", 65536, kMaxWindow, &config->link_window);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = map.ReadDurationMs("ping_interval_ms", kMinConfigTimeoutMs,
+                                          kMaxConfigTimeoutMs, &config->ping_interval);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = map.ReadDurationMs("idle_timeout_ms", kMinConfigTimeoutMs,
+                                          kMaxConfigTimeoutMs, &config->idle_timeout);
+      !s.ok()) {
+    return s;
+  }
+  if (config->idle_timeout <= config->ping_interval) {
+    std::optional<YamlValue> where = map.Find("idle_timeout_ms");
+    if (!where) where = map.Find("ping_interval_ms");
+    return where->Error(absl::StrCat("link.idle_timeout_ms (",
+                                     absl::ToInt64Milliseconds(config->idle_timeout),
+                                     ") must be greater than link.ping_interval_ms (",
+                                     absl::ToInt64Milliseconds(config->ping_interval), ")"));
+  }
+  return map.ReadUint<uint32_t>("max_streams_per_link", 1, 1000000, &config->max_streams_per_link);
+}
+
+absl::StatusOr<CredentialConfig> ParseCredential(const YamlValue& item) {
+  absl::StatusOr<YamlMap> map = item.AsMap();
+  if (!map.ok()) return map.status();
+  if (absl::Status s =
+          map->CheckKeys({"name", "secret", "secret_file", "grants", "networks", "max_links"});
+      !s.ok()) {
+    return s;
+  }
+  CredentialConfig credential;
+  absl::StatusOr<YamlValue> name_value = map->Require("name");
+  if (!name_value.ok()) return name_value.status();
+  absl::StatusOr<std::string> name = name_value->AsString();
+  if (!name.ok()) return name.status();
+  if (!IsPrintableToken(*name)) {
+    return name_value->Error(absl::StrCat(
+        "expected a name of printable characters without spaces, ", name_value->Got()));
+  }
+  credential.name = *std::move(name);
+
+  absl::StatusOr<std::string> secret = map->ReadSecret("secret", "secret_file", kMinSecretLength);
+  if (!secret.ok()) return secret.status();
+  credential.secret = *std::move(secret);
+
+  if (std::optional<YamlValue> grants = map->Find("grants")) {
+    absl::StatusOr<std::vector<YamlValue>> items = grants->AsList();
+    if (!items.ok()) return items.status();
+    for (const YamlValue& grant_value : *items) {
+      absl::StatusOr<std::string> text = grant_value.AsString();
+      if (!text.ok()) return text.status();
+      absl::StatusOr<Grant> grant = ParseGrant(*text);
+      if (!grant.ok()) return grant_value.Error(std::string(grant.status().message()));
+      credential.grants.push_back(*std::move(grant));
+    }
+  }
+  if (std::optional<YamlValue> networks = map->Find("networks")) {
+    absl::StatusOr<std::vector<YamlValue>> items = networks->AsList();
+    if (!items.ok()) return items.status();
+    for (const YamlValue& network_value : *items) {
+      absl::StatusOr<std::string> text = network_value.AsString();
+      if (!text.ok()) return text.status();
+      if (absl::Status s = credential.networks.Add(*text); !s.ok()) {
+        return network_value.Error(std::string(s.message()));
+      }
+    }
+  }
+  if (absl::Status s = map->ReadUint<uint32_t>("max_links", 1, 100000, &credential.max_links);
+      !s.ok()) {
+    return s;
+  }
+  return credential;
+}
+
+// The YAML item for `section`.listen[index], or the section (or root) when the list was not
+// written and the address is a default.
+YamlValue LocateListenItem(const YamlMap& root, std::string_view section, size_t index) {
+  std::optional<YamlValue> section_value = root.Find(section);
+  if (!section_value) return root.value();
+  absl::StatusOr<YamlMap> map = section_value->AsMap();
+  if (!map.ok()) return *section_value;
+  std::optional<YamlValue> listen = map->Find("listen");
+  if (!listen) return *section_value;
+  absl::StatusOr<std::vector<YamlValue>> items = listen->AsList();
+  if (!items.ok() || index >= items->size()) return *listen;
+  return (*items)[index];
+}
+
+// Two listeners on the same fixed address would fail at bind time; say so at load instead.
+absl::Status CheckListenersDistinct(const YamlMap& root, const RelayConfig& config) {
+  std::map<std::pair<std::string, uint16_t>, std::string> owner;
+  auto claim = [&](std::string_view section, const std::vector<HostPort>& listen) {
+    for (size_t i = 0; i < listen.size(); ++i) {
+      if (listen[i].port == 0) continue;
+      std::string path = absl::StrCat(AbslView(section), ".listen[", i, "]");
+      auto [it, inserted] = owner.emplace(std::make_pair(listen[i].host, listen[i].port), path);
+      if (!inserted) {
+        YamlValue where = LocateListenItem(root, section, i);
+        return absl::InvalidArgumentError(absl::StrCat(where.Location(), ": ", path, ": address ",
+                                                       FormatHostPort(listen[i]),
+                                                       " is also used by ", it->second));
+      }
+    }
+    return absl::OkStatus();
+  };
+  if (absl::Status s = claim("agent_listener", config.agent_listener.listen); !s.ok()) return s;
+  if (config.http) {
+    if (absl::Status s = claim("http", config.http->listen); !s.ok()) return s;
+  }
+  return claim("admin", config.admin.listen);
+}
+
+absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
+  absl::StatusOr<YamlMap> root = document.Root();
+  if (!root.ok()) return root.status();
+  if (absl::Status s =
+          root->CheckKeys({"relay_id", "state_dir", "workers", "log_level", "agent_listener",
+                           "http", "tcp", "admin", "link", "credentials"});
+      !s.ok()) {
+    return s;
+  }
+  RelayConfig config;
+  if (absl::Status s = root->ReadString("relay_id", &config.relay_id); !s.ok()) return s;
+  if (config.relay_id.empty()) {
+    config.relay_id = DefaultRelayId();
+  } else if (!IsPrintableToken(config.relay_id)) {
+    std::optional<YamlValue> where = root->Find("relay_id");
+    return where->Error(
+        absl::StrCat("expected printable characters without spaces, ", where->Got()));
+  }
+  if (absl::Status s = root->ReadString("state_dir", &config.state_dir); !s.ok()) return s;
+  if (config.state_dir.empty()) return root->Find("state_dir")->Error("must not be empty");
+  if (absl::Status s = root->ReadUint<uint32_t>("workers", 0, 1024, &config.workers); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = root->ReadEnum("log_level", {"trace", "debug", "info", "warn", "error"},
+                                      &config.log_level);
+      !s.ok()) {
+    return s;
+  }
+
+  // A section written with nothing under it ("http:") is the section with all defaults.
+  auto parse_section = [&](std::string_view key, auto parse) -> absl::Status {
+    std::optional<YamlValue> value = root->Find(key);
+    if (!value) return absl::OkStatus();
+    absl::StatusOr<YamlMap> map = value->AsMap();
+    if (!map.ok()) return map.status();
+    return parse(*map);
+  };
+  if (absl::Status s = parse_section(
+          "agent_listener",
+          [&](const YamlMap& map) { return ParseAgentListener(map, &config.agent_listener); });
+      !s.ok()) {
+    return s;
+  }
+  // Unlike other sections, http is opt-in: present (even empty) enables the entrypoint.
+  if (root->HasKey("http")) {
+    config.http.emplace();
+    if (absl::Status s = parse_section(
+            "http", [&](const YamlMap& map) { return ParseHttp(map, &*config.http); });
+        !s.ok()) {
+      return s;
+    }
+  }
+  if (absl::Status s =
+          parse_section("tcp", [&](const YamlMap& map) { return ParseTcp(map, &config.tcp); });
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = parse_section(
+          "admin", [&](const YamlMap& map) { return ParseAdmin(map, &config.admin); });
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          parse_section("link", [&](const YamlMap& map) { return ParseLink(map, &config.link); });
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = CheckListenersDistinct(*root, config); !s.ok()) return s;
+
+  absl::StatusOr<YamlValue> credentials = root->Require("credentials");
+  if (!credentials.ok()) return credentials.status();
+  absl::StatusOr<std::vector<YamlValue>> items = credentials->AsList();
+  if (!items.ok()) return items.status();
+  if (items->empty()) return credentials->Error("at least one credential is required");
+  std::map<std::string, std::string> name_owner;
+  for (const YamlValue& item : *items) {
+    absl::StatusOr<CredentialConfig> credential = ParseCredential(item);
+    if (!credential.ok()) return credential.status();
+    if (auto [it, inserted] = name_owner.emplace(credential->name, item.path()); !inserted) {
+      absl::StatusOr<YamlMap> map = item.AsMap();
+      return map->Find("name")->Error(absl::StrCat("duplicate credential name '", credential->name,
+                                                   "' (also ", it->second, ")"));
+    }
+    config.credentials.push_back(*std::move(credential));
+  }
+  return config;
+}
+
+}  // namespace
+
+uint16_t TcpEntrypointConfig::FixedPortFor(std::string_view service) const {
+  for (const TcpPortMapping& mapping : ports) {
+    if (mapping.service == service) return mapping.port;
+  }
+  return 0;
+}
+
+const CredentialConfig* RelayConfig::FindCredential(std::string_view name) const {
+  for (const CredentialConfig& credential : credentials) {
+    if (credential.name == name) return &credential;
+  }
+  return nullptr;
+}
+
+absl::StatusOr<RelayConfig> LoadRelayConfig(const std::string& path) {
+  absl::StatusOr<YamlDocument> document = YamlDocument::LoadFile(path);
+  if (!document.ok()) return document.status();
+  return ParseRelayDocument(*document);
+}
+
+absl::StatusOr<RelayConfig> ParseRelayConfig(std::string_view yaml_text,
+                                             std::string_view file_name_for_errors) {
+  absl::StatusOr<YamlDocument> document = YamlDocument::Parse(yaml_text, file_name_for_errors);
+  if (!document.ok()) return document.status();
+  return ParseRelayDocument(*document);
+}
+
+}  // namespace rdv

@@ -1,0 +1,109 @@
+// The relay's configuration file (docs/configuration.md is the user-facing reference).
+//
+// Loading validates everything that can be checked without binding sockets: unknown keys,
+// types, ranges, grants, networks, duplicate names, and that secret/cert/key files are
+// readable. Every error names file:line and the dotted key, so `rdv-relay --check-config`
+// can print it as is and exit 1.
+#ifndef RDV_RELAY_RELAY_CONFIG_H_
+#define RDV_RELAY_RELAY_CONFIG_H_
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "common/auth.h"
+#include "common/yaml_config.h"
+
+namespace rdv {
+
+struct AgentListenerConfig {
+  std::vector<HostPort> listen = {{"0.0.0.0", 7000}, {"::", 7000}};
+  // Both empty: a self-signed certificate is generated (or reused) in state_dir.
+  std::string cert_file;
+  std::string key_file;
+  absl::Duration handshake_timeout = absl::Milliseconds(10000);
+};
+
+struct HttpEntrypointConfig {
+  std::vector<HostPort> listen = {{"0.0.0.0", 8080}, {"::", 8080}};
+  // Lowercase; "" = no aliases. An alias routes as "<label>.<zone>".
+  std::string zone;
+  uint32_t max_head_bytes = 65536;
+  absl::Duration head_timeout = absl::Milliseconds(10000);
+  absl::Duration idle_timeout = absl::Milliseconds(60000);
+};
+
+struct TcpPortMapping {
+  std::string service;
+  uint16_t port = 0;
+};
+
+struct TcpEntrypointConfig {
+  // IP literals (no port) that TCP service ports bind on.
+  std::vector<std::string> bind = {"0.0.0.0", "::"};
+  // Fixed service -> port mappings; services and ports are each unique.
+  std::vector<TcpPortMapping> ports;
+
+  // The fixed port for `service`, or 0 when it has none.
+  uint16_t FixedPortFor(std::string_view service) const;
+};
+
+struct AdminConfig {
+  // Empty = no admin listener.
+  std::vector<HostPort> listen = {{"127.0.0.1", 9100}};
+};
+
+struct LinkConfig {
+  uint32_t stream_window = 1048576;
+  uint32_t link_window = 16777216;
+  absl::Duration ping_interval = absl::Milliseconds(10000);
+  // Always greater than ping_interval, so a healthy idle link is never timed out.
+  absl::Duration idle_timeout = absl::Milliseconds(30000);
+  uint32_t max_streams_per_link = 10000;
+};
+
+struct CredentialConfig {
+  std::string name;
+  // Resolved: from `secret`, or the contents of `secret_file` without trailing newlines.
+  std::string secret;
+  std::vector<Grant> grants;
+  // Empty = connections from any source are accepted.
+  NetworkList networks;
+  uint32_t max_links = 64;
+
+  // Whether an agent connecting from `source` may use this credential.
+  bool AllowsSource(const sockaddr* source) const {
+    return networks.empty() || networks.Contains(source);
+  }
+};
+
+struct RelayConfig {
+  std::string relay_id;  // default: the host name
+  std::string state_dir = "./rdv-state";
+  uint32_t workers = 0;            // 0 = one per core
+  std::string log_level = "info";  // trace|debug|info|warn|error (spdlog::level::from_str)
+  AgentListenerConfig agent_listener;
+  std::optional<HttpEntrypointConfig> http;  // absent: no HTTP entrypoint
+  TcpEntrypointConfig tcp;
+  AdminConfig admin;
+  LinkConfig link;
+  std::vector<CredentialConfig> credentials;  // at least one, unique names
+
+  const CredentialConfig* FindCredential(std::string_view name) const;
+};
+
+// Reads and validates `path`. Errors are InvalidArgumentError "path:line: key: problem".
+absl::StatusOr<RelayConfig> LoadRelayConfig(const std::string& path);
+
+// Same for YAML already in memory; `file_name_for_errors` only prefixes messages. Relative
+// secret_file/cert_file/key_file paths are resolved against the working directory.
+absl::StatusOr<RelayConfig> ParseRelayConfig(std::string_view yaml_text,
+                                             std::string_view file_name_for_errors);
+
+}  // namespace rdv
+
+#endif  // RDV_RELAY_RELAY_CONFIG_H_
