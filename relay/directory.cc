@@ -52,20 +52,16 @@ RouteResult InMemoryDirectory::Pick(Entry& entry, int worker) {
     return result;
   }
   result.outcome = RouteResult::Outcome::kFound;
-  size_t n = entry.members.size();
-  size_t start = entry.next++;
-  // Prefer a link on the caller's loop: serving it there costs no hand-off.
-  for (size_t i = 0; i < n; ++i) {
-    const Member& member = entry.members[(start + i) % n];
-    if (member.worker == worker) {
-      result.carrier = member.carrier;
-      result.worker = member.worker;
-      return result;
-    }
+  // Prefer links on the caller's loop (no hand-off); round robin among whichever set is chosen.
+  std::vector<const Member*> local;
+  for (const Member& member : entry.members) {
+    if (member.worker == worker) local.push_back(&member);
   }
-  const Member& member = entry.members[start % n];
-  result.carrier = member.carrier;
-  result.worker = member.worker;
+  size_t turn = entry.next++;
+  const Member& chosen =
+      local.empty() ? entry.members[turn % entry.members.size()] : *local[turn % local.size()];
+  result.carrier = chosen.carrier;
+  result.worker = chosen.worker;
   return result;
 }
 
