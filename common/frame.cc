@@ -54,9 +54,9 @@ absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
   }
   header.type = static_cast<FrameType>(type);
   if (header.length > kMaxFramePayload) {
-    return absl::InvalidArgumentError(
-        absl::StrFormat("frame length %u exceeds the limit of %u", header.length,
-                        static_cast<uint32_t>(kMaxFramePayload)));
+    return absl::InvalidArgumentError(absl::StrFormat("frame length %u exceeds the limit of %u",
+                                                      header.length,
+                                                      static_cast<uint32_t>(kMaxFramePayload)));
   }
   if (header.flags & ~kFlagFin || (header.flags && header.type != FrameType::kData)) {
     return absl::InvalidArgumentError(

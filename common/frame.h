@@ -20,11 +20,11 @@
 namespace rdv {
 
 enum class FrameType : uint8_t {
-  kControl = 0,   // protobuf rdv.link.Control, stream id 0
-  kData = 1,      // raw bytes of a stream; flag kFin = sender half-closed
-  kWindow = 2,    // u32 credit increment; stream id 0 = the link's window
-  kReset = 3,     // abort a stream; payload = UTF-8 reason
-  kPing = 4,      // 8 opaque bytes, echoed in kPong
+  kControl = 0,  // protobuf rdv.link.Control, stream id 0
+  kData = 1,     // raw bytes of a stream; flag kFin = sender half-closed
+  kWindow = 2,   // u32 credit increment; stream id 0 = the link's window
+  kReset = 3,    // abort a stream; payload = UTF-8 reason
+  kPing = 4,     // 8 opaque bytes, echoed in kPong
   kPong = 5,
 };
 inline constexpr uint8_t kFrameTypeCount = 6;

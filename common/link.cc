@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <utility>
 
-#include "common/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "common/metrics.h"
+#include "common/str_cat.h"
 
 namespace rdv {
 namespace {
@@ -13,6 +13,18 @@ namespace {
 Counter& FrameErrors(std::string_view reason) {
   return CounterOf("rdv_frame_errors_total", "Links closed for a malformed or illegal frame",
                    StrCat("reason=\"", reason, "\""));
+}
+
+// The link window is not negotiated (Hello and Challenge carry only the stream window), so a
+// receiver cannot know how much link credit its peer holds. Returning credit at least every
+// 16 KiB lets any sender whose link window is at least that large make progress; batching by a
+// quarter of our own window alone deadlocked a peer configured with a window under a quarter of
+// ours (e.g. a relay with link_window 1 MiB facing an agent with the 16 MiB default).
+constexpr size_t kMaxLinkCreditBatch = 16 << 10;
+
+Gauge& StreamsActive() {
+  static Gauge& gauge = GaugeOf("rdv_streams_active", "Streams open on this process's links");
+  return gauge;
 }
 
 Counter& LateFrames() {
@@ -174,12 +186,12 @@ void Link::HandleControl(std::string_view payload) {
         Fail(absl::InvalidArgumentError(absl::StrFormat("Open with invalid stream id %u", id)));
         return;
       }
-      auto stream = std::unique_ptr<Stream>(new Stream(*this, id, open,
-                                                       Stream::State::kAwaitingAccept,
-                                                       peer_stream_window_,
-                                                       options_.stream_window));
+      auto stream =
+          std::unique_ptr<Stream>(new Stream(*this, id, open, Stream::State::kAwaitingAccept,
+                                             peer_stream_window_, options_.stream_window));
       Stream& ref = *stream;
       streams_.emplace(id, std::move(stream));
+      StreamsActive().Inc();
       if (going_away_ || streams_.size() > options_.max_streams) {
         ref.Refuse(going_away_ ? "link is going away" : "too many streams on this link");
         return;
@@ -222,25 +234,24 @@ void Link::HandleControl(std::string_view payload) {
   }
 }
 
-void Link::HandleData(Stream* stream, uint32_t stream_id, uint8_t flags,
-                      std::string_view payload) {
+void Link::HandleData(Stream* stream, uint32_t stream_id, uint8_t flags, std::string_view payload) {
   // Link credit returns on receipt (see the header): the stream window bounds buffering.
   ReturnLinkCredit(payload.size());
   if (stream == nullptr) {
     LateFrames().Inc();
     return;
   }
-  if (stream->fin_received_ || (stream->state_ == Stream::State::kAwaitingAccept &&
-                                stream->early_fin_)) {
+  if (stream->fin_received_ ||
+      (stream->state_ == Stream::State::kAwaitingAccept && stream->early_fin_)) {
     FrameErrors("data_after_fin").Inc();
     Fail(absl::InvalidArgumentError(absl::StrFormat("DATA after FIN on stream %u", stream_id)));
     return;
   }
   if (static_cast<int64_t>(payload.size()) > stream->recv_window_) {
     FrameErrors("flow_control").Inc();
-    Fail(absl::InvalidArgumentError(absl::StrFormat(
-        "stream %u sent %zu bytes with only %lld of window", stream_id, payload.size(),
-        static_cast<long long>(stream->recv_window_))));
+    Fail(absl::InvalidArgumentError(
+        absl::StrFormat("stream %u sent %zu bytes with only %lld of window", stream_id,
+                        payload.size(), static_cast<long long>(stream->recv_window_))));
     return;
   }
   stream->recv_window_ -= static_cast<int64_t>(payload.size());
@@ -283,8 +294,7 @@ void Link::HandleWindow(uint32_t stream_id, uint32_t increment) {
 void Link::HandleReset(uint32_t stream_id, std::string_view reason) {
   Stream* stream = Find(stream_id);
   if (stream == nullptr) return;
-  Remove(*stream,
-         absl::AbortedError(reason.empty() ? "reset by peer" : StrCat("reset: ", reason)),
+  Remove(*stream, absl::AbortedError(reason.empty() ? "reset by peer" : StrCat("reset: ", reason)),
          /*notify=*/stream->handler_ != nullptr);
 }
 
@@ -308,6 +318,7 @@ Stream* Link::OpenStream(link::Open open, StreamHandler& handler) {
   stream->handler_ = &handler;
   Stream* raw = stream.get();
   streams_.emplace(id, std::move(stream));
+  StreamsActive().Inc();
   link::Control control;
   *control.mutable_open() = std::move(open);
   SendControl(control);
@@ -354,8 +365,7 @@ Stream* Link::Find(uint32_t id) {
   return it == streams_.end() ? nullptr : it->second.get();
 }
 
-void Link::SendFrame(FrameType type, uint8_t flags, uint32_t stream_id,
-                     std::string_view payload) {
+void Link::SendFrame(FrameType type, uint8_t flags, uint32_t stream_id, std::string_view payload) {
   if (failed_) return;
   std::string header;
   header.reserve(kFrameHeaderSize);
@@ -433,8 +443,8 @@ bool Link::SendPending(Stream& stream) {
     SendFrame(FrameType::kData, kFlagFin, stream.id_, {});
     stream.fin_sent_ = true;
   }
-  if (stream.blocked_by_watermark_ &&
-      stream.pending_bytes() < options_.stream_high_watermark / 2 && stream.handler_) {
+  if (stream.blocked_by_watermark_ && stream.pending_bytes() < options_.stream_high_watermark / 2 &&
+      stream.handler_) {
     stream.blocked_by_watermark_ = false;
     stream.handler_->OnStreamWritable(stream);
   }
@@ -457,6 +467,7 @@ void Link::Remove(Stream& stream, const absl::Status& status, bool notify) {
   auto it = streams_.find(stream.id_);
   std::unique_ptr<Stream> owned = std::move(it->second);
   streams_.erase(it);
+  StreamsActive().Dec();
   StreamHandler* handler = stream.handler_;
   stream.handler_ = nullptr;
   graveyard_.push_back(std::move(owned));
@@ -465,13 +476,13 @@ void Link::Remove(Stream& stream, const absl::Status& status, bool notify) {
 
 void Link::ReturnLinkCredit(size_t bytes) {
   link_unacked_ += bytes;
-  if (link_unacked_ >= options_.link_window / 4) {
+  if (link_unacked_ > 0 &&
+      link_unacked_ >= std::min<size_t>(options_.link_window / 4, kMaxLinkCreditBatch)) {
     std::string payload;
     AppendBigEndian32(payload, static_cast<uint32_t>(link_unacked_));
     link_unacked_ = 0;
     SendFrame(FrameType::kWindow, 0, 0, payload);
   }
 }
-
 
 }  // namespace rdv

@@ -62,9 +62,9 @@ class StreamHandler {
 };
 
 struct LinkOptions {
-  bool is_relay_side = false;          // relay side opens even stream ids, the agent side odd
-  uint32_t stream_window = 1 << 20;    // receive window granted to each new stream
-  uint32_t link_window = 16 << 20;     // receive window of the whole link
+  bool is_relay_side = false;        // relay side opens even stream ids, the agent side odd
+  uint32_t stream_window = 1 << 20;  // receive window granted to each new stream
+  uint32_t link_window = 16 << 20;   // receive window of the whole link
   size_t max_streams = 10000;
   size_t transport_high_watermark = 1 << 20;  // stop sending DATA while the transport holds more
   size_t stream_high_watermark = 256 << 10;   // Stream::Write returns false above this
@@ -112,7 +112,11 @@ class Stream {
   enum class State { kOpening, kAwaitingAccept, kOpen, kClosed };
   Stream(Link& link, uint32_t id, link::Open open, State state, uint32_t send_window,
          uint32_t recv_window)
-      : link_(link), id_(id), open_(std::move(open)), state_(state), send_window_(send_window),
+      : link_(link),
+        id_(id),
+        open_(std::move(open)),
+        state_(state),
+        send_window_(send_window),
         recv_window_(recv_window) {}
 
   Link& link_;
@@ -120,17 +124,17 @@ class Stream {
   link::Open open_;
   State state_;
   StreamHandler* handler_ = nullptr;
-  int64_t send_window_;        // credit the peer gave us
-  int64_t recv_window_;        // credit we gave the peer and it has not used
+  int64_t send_window_;  // credit the peer gave us
+  int64_t recv_window_;  // credit we gave the peer and it has not used
   uint64_t unacked_consumed_ = 0;
-  std::string pending_;        // outbound bytes not yet framed
+  std::string pending_;  // outbound bytes not yet framed
   size_t pending_offset_ = 0;
   bool end_requested_ = false;
   bool fin_sent_ = false;
   bool fin_received_ = false;
   bool blocked_by_watermark_ = false;  // Write returned false; owes an OnStreamWritable
   bool in_ready_queue_ = false;
-  std::string early_data_;     // received before Accept
+  std::string early_data_;  // received before Accept
   bool early_fin_ = false;
 };
 
