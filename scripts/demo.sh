@@ -10,7 +10,7 @@ once=0
 [[ "${1:-}" == "--once" || ! -t 0 ]] && once=1
 
 scripts/install-deps.sh
-scripts/build.sh build Release
+scripts/build.sh build
 
 state="$root/rdv-state"
 mkdir -p "$state"
