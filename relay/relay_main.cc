@@ -1,65 +1,29 @@
 // rdv-relay: flags, config, the relay, the loop.
 #include <uv.h>
 
-#include <csignal>
-#include <cstdio>
-#include <cstring>
-#include <string>
-
+#include "common/process_main.h"
 #include "common/str_cat.h"
 #include "relay/relay.h"
 #include "relay/relay_config.h"
-#include "spdlog/sinks/stdout_color_sinks.h"
 #include "spdlog/spdlog.h"
 
-namespace {
-
-void Usage() {
-  std::fprintf(stderr,
-               "usage: rdv-relay --config FILE [--check-config]\n"
-               "  --config FILE     relay configuration (YAML; see docs/configuration.md)\n"
-               "  --check-config    validate the configuration and exit\n");
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
-  std::string config_path;
-  bool check_only = false;
-  for (int i = 1; i < argc; ++i) {
-    std::string arg = argv[i];
-    if (arg == "--config" && i + 1 < argc) {
-      config_path = argv[++i];
-    } else if (arg.rfind("--config=", 0) == 0) {
-      config_path = arg.substr(9);
-    } else if (arg == "--check-config") {
-      check_only = true;
-    } else if (arg == "-h" || arg == "--help") {
-      Usage();
-      return 0;
-    } else {
-      std::fprintf(stderr, "rdv-relay: unknown argument '%s'\n", arg.c_str());
-      Usage();
-      return 1;
-    }
+  rdv::CommandLine flags;
+  if (auto exit_code = rdv::ParseCommandLine(
+          argc, argv, "rdv-relay", "Rendezvous relay: the public end of agent links", flags)) {
+    return *exit_code;
   }
-  if (config_path.empty()) {
-    Usage();
-    return 1;
-  }
-  spdlog::set_default_logger(spdlog::stderr_color_mt("rdv-relay"));
-  spdlog::set_pattern("%Y-%m-%dT%H:%M:%S.%e %^%l%$ %v");
-  absl::StatusOr<rdv::RelayConfig> config = rdv::LoadRelayConfig(config_path);
+  rdv::InitLogging("rdv-relay");
+  absl::StatusOr<rdv::RelayConfig> config = rdv::LoadRelayConfig(flags.config_path);
   if (!config.ok()) {
-    std::fprintf(stderr, "rdv-relay: %s\n", std::string(config.status().message()).c_str());
+    spdlog::error("rdv-relay: {}", config.status().message());
     return 1;
   }
-  if (check_only) {
-    std::fprintf(stderr, "rdv-relay: %s is valid\n", config_path.c_str());
+  if (flags.check_only) {
+    spdlog::info("{} is valid", flags.config_path);
     return 0;
   }
-  spdlog::set_level(spdlog::level::from_str(config->log_level));
-  std::signal(SIGPIPE, SIG_IGN);
+  rdv::SetLogLevel(config->log_level);
 
   uv_loop_t* loop = uv_default_loop();
   absl::StatusOr<std::unique_ptr<rdv::Relay>> relay = rdv::Relay::Create(*config, loop);
@@ -67,40 +31,16 @@ int main(int argc, char** argv) {
     spdlog::error("{}", relay.status().message());
     return 2;
   }
-  if (absl::Status started = (*relay)->Start(); !started.ok()) {
+  absl::Status started = (*relay)->Start();
+  if (!started.ok()) {
     spdlog::error("{}", started.message());
     (*relay)->Shutdown();
     uv_run(loop, UV_RUN_DEFAULT);
-    (*relay)->Join();
-    return 2;
+  } else {
+    rdv::RunUntilSignal(loop, [&relay] { (*relay)->Shutdown(); });
   }
-
-  uv_signal_t sigterm, sigint;
-  uv_signal_init(loop, &sigterm);
-  uv_signal_init(loop, &sigint);
-  sigterm.data = sigint.data = relay->get();
-  auto on_signal = [](uv_signal_t* handle, int signum) {
-    spdlog::info("received {}, shutting down", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    static_cast<rdv::Relay*>(handle->data)->Shutdown();
-    uv_close(reinterpret_cast<uv_handle_t*>(handle), nullptr);
-    uv_walk(
-        handle->loop,
-        [](uv_handle_t* h, void*) {
-          if (h->type == UV_SIGNAL && !uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-  };
-  uv_signal_start(&sigterm, on_signal, SIGTERM);
-  uv_signal_start(&sigint, on_signal, SIGINT);
-  uv_run(loop, UV_RUN_DEFAULT);
   (*relay)->Join();
   relay->reset();
-  uv_run(loop, UV_RUN_DEFAULT);
-  int rc = uv_loop_close(loop);
-  if (rc != 0) {
-    spdlog::error("loop did not close cleanly: {}", uv_err_name(rc));
-    return 2;
-  }
-  spdlog::info("stopped");
-  return 0;
+  int rc = rdv::CloseLoop(loop);
+  return started.ok() ? rc : 2;
 }

@@ -8,7 +8,7 @@ set -euo pipefail
 
 build=(build-essential cmake ninja-build pkg-config git clang-format
        libuv1-dev libssl-dev openssl libprotobuf-dev protobuf-compiler
-       libyaml-cpp-dev libabsl-dev libhttp-parser-dev libspdlog-dev libgtest-dev libgmock-dev)
+       libyaml-cpp-dev libabsl-dev libhttp-parser-dev libspdlog-dev libcli11-dev libgtest-dev libgmock-dev)
 test=(curl nginx-light python3 python3-websockets iproute2 procps netcat-openbsd)
 bench=(iperf3 wrk haproxy openssh-server openssh-client)
 
