@@ -73,8 +73,7 @@ void AgentLink::Start() {
 void AgentLink::OnTimer() {
   uint64_t now = uv_now(worker_.loop());
   if (state_ == State::kHandshake) {
-    CounterOf("rdv_tls_handshake_errors_total", "TLS handshakes that failed",
-              "listener=\"agent\"")
+    CounterOf("rdv_tls_handshake_errors_total", "TLS handshakes that failed", "listener=\"agent\"")
         .Inc();
     spdlog::info("agent listener: TLS handshake with {} did not finish in time", peer_);
     Close(absl::DeadlineExceededError("TLS handshake timeout"));

@@ -75,7 +75,8 @@ absl::Status ParseHttp(const YamlMap& map, HttpEntrypointConfig* config) {
     config->zone = std::move(zone);
   }
   if (absl::Status s =
-          map.ReadUint<uint32_t>("max_head_bytes", 1024, 81920, &config->max_head_bytes);  // http-parser caps heads at 80 KiB
+          map.ReadUint<uint32_t>("max_head_bytes", 1024, 81920,
+                                 &config->max_head_bytes);  // http-parser caps heads at 80 KiB
       !s.ok()) {
     return s;
   }
