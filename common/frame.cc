@@ -1,5 +1,7 @@
 #include "common/frame.h"
 
+#include <algorithm>
+
 #include "absl/status/status.h"
 #include "absl/strings/str_format.h"
 
@@ -31,19 +33,25 @@ void AppendFrame(std::string& out, FrameType type, uint8_t flags, uint32_t strea
 }
 
 void FrameDecoder::Append(std::string_view bytes) {
-  // Compact lazily: only when the consumed prefix dominates, so steady streaming does not
-  // memmove on every read.
-  if (consumed_ > 0 && consumed_ >= buffer_.size() / 2) {
-    buffer_.erase(0, consumed_);
-    consumed_ = 0;
+  if (!input_.empty()) {
+    // The previous input was not drained by Next(): keep it, it is about to go out of scope.
+    partial_.append(input_);
+    input_ = {};
   }
-  buffer_.append(bytes);
+  if (partial_done_) {
+    partial_.clear();
+    partial_done_ = false;
+  }
+  input_ = bytes;
 }
 
-absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
-  size_t available = buffer_.size() - consumed_;
-  if (available < kFrameHeaderSize) return false;
-  const char* p = buffer_.data() + consumed_;
+void FrameDecoder::FillPartial(size_t target) {
+  size_t take = std::min(target - partial_.size(), input_.size());
+  partial_.append(input_.substr(0, take));
+  input_.remove_prefix(take);
+}
+
+absl::StatusOr<FrameHeader> FrameDecoder::ParseHeader(const char* p) {
   FrameHeader header;
   header.length = ReadBigEndian32(p);
   uint8_t type = static_cast<uint8_t>(p[4]);
@@ -80,10 +88,43 @@ absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
     return absl::InvalidArgumentError(
         absl::StrFormat("ping/pong frame with %u payload bytes (must be 8)", header.length));
   }
-  if (available < kFrameHeaderSize + header.length) return false;
-  frame.header = header;
-  frame.payload = std::string_view(p + kFrameHeaderSize, header.length);
-  consumed_ += kFrameHeaderSize + header.length;
+  return header;
+}
+
+absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
+  if (partial_done_) {
+    partial_.clear();
+    partial_done_ = false;
+  }
+  if (!partial_.empty()) {
+    // Finish the frame that straddled the previous input.
+    if (partial_.size() < kFrameHeaderSize) FillPartial(kFrameHeaderSize);
+    if (partial_.size() < kFrameHeaderSize) return false;
+    absl::StatusOr<FrameHeader> header = ParseHeader(partial_.data());
+    if (!header.ok()) return header.status();
+    FillPartial(kFrameHeaderSize + header->length);
+    if (partial_.size() < kFrameHeaderSize + header->length) return false;
+    frame.header = *header;
+    frame.payload = std::string_view(partial_).substr(kFrameHeaderSize, header->length);
+    partial_done_ = true;
+    return true;
+  }
+  if (input_.size() < kFrameHeaderSize) {
+    if (input_.empty()) return false;
+    partial_.assign(input_);
+    input_ = {};
+    return false;
+  }
+  absl::StatusOr<FrameHeader> header = ParseHeader(input_.data());
+  if (!header.ok()) return header.status();
+  if (input_.size() < kFrameHeaderSize + header->length) {
+    partial_.assign(input_);
+    input_ = {};
+    return false;
+  }
+  frame.header = *header;
+  frame.payload = input_.substr(kFrameHeaderSize, header->length);
+  input_.remove_prefix(kFrameHeaderSize + header->length);
   return true;
 }
 

@@ -54,20 +54,28 @@ class FrameDecoder {
  public:
   struct Frame {
     FrameHeader header;
-    std::string_view payload;  // valid until the next call to Next()
+    std::string_view payload;  // valid until the next call to Next() or Append()
   };
 
-  // Adds bytes received from the transport.
+  // Adds bytes received from the transport. The decoder reads them in place: `bytes` must stay
+  // valid until Next() has returned false (or an error); only an incomplete frame at the end is
+  // copied, so a stream of whole frames is decoded without copying.
   void Append(std::string_view bytes);
-  // Returns the next complete frame, std::nullopt-like empty result via `has_frame`, or an error
-  // describing the violation (unknown type, oversized length, bad flags). Call until it yields
-  // no frame.
+  // Yields the next complete frame (true), no complete frame yet (false), or an error describing
+  // the violation (unknown type, oversized length, bad flags). Call until it yields no frame.
   absl::StatusOr<bool> Next(Frame& frame);
-  size_t buffered() const { return buffer_.size() - consumed_; }
+  // Bytes held for an incomplete frame plus unread appended input.
+  size_t buffered() const { return partial_.size() + input_.size(); }
 
  private:
-  std::string buffer_;
-  size_t consumed_ = 0;
+  // Checks a header; `p` points at kFrameHeaderSize bytes.
+  static absl::StatusOr<FrameHeader> ParseHeader(const char* p);
+  // Moves input into `partial_` until it holds `target` bytes (or input runs out).
+  void FillPartial(size_t target);
+
+  std::string partial_;        // an incomplete frame carried over between Append() calls
+  bool partial_done_ = false;  // partial_ held the frame returned last; clear on next call
+  std::string_view input_;     // appended bytes not yet decoded
 };
 
 uint32_t ReadBigEndian32(const char* p);

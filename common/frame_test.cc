@@ -169,7 +169,7 @@ TEST(FrameDecoderTest, DecodesByteByByte) {
   FrameDecoder decoder;
   std::vector<DecodedFrame> frames;
   for (size_t i = 0; i < wire.size(); ++i) {
-    decoder.Append(wire.substr(i, 1));
+    decoder.Append(std::string_view(wire).substr(i, 1));
     std::vector<DecodedFrame> more = DrainFrames(decoder);
     frames.insert(frames.end(), more.begin(), more.end());
   }
@@ -191,14 +191,14 @@ TEST(FrameDecoderTest, WaitsForTheWholeHeaderAndPayload) {
   AppendFrame(wire, FrameType::kData, 0, 1, "0123456789");
   FrameDecoder decoder;
   FrameDecoder::Frame frame;
-  decoder.Append(wire.substr(0, kFrameHeaderSize - 1));
+  decoder.Append(std::string_view(wire).substr(0, kFrameHeaderSize - 1));
   EXPECT_EQ(decoder.Next(frame).value(), false);
-  decoder.Append(wire.substr(kFrameHeaderSize - 1, 1));
+  decoder.Append(std::string_view(wire).substr(kFrameHeaderSize - 1, 1));
   EXPECT_EQ(decoder.Next(frame).value(), false);  // header complete, payload missing
-  decoder.Append(wire.substr(kFrameHeaderSize, 9));
+  decoder.Append(std::string_view(wire).substr(kFrameHeaderSize, 9));
   EXPECT_EQ(decoder.Next(frame).value(), false);
   EXPECT_EQ(decoder.buffered(), wire.size() - 1);
-  decoder.Append(wire.substr(kFrameHeaderSize + 9));
+  decoder.Append(std::string_view(wire).substr(kFrameHeaderSize + 9));
   ASSERT_EQ(decoder.Next(frame).value(), true);
   EXPECT_EQ(frame.payload, "0123456789");
   EXPECT_EQ(decoder.Next(frame).value(), false);
@@ -336,7 +336,8 @@ TEST(FrameDecoderRejectTest, PingAndPongPayloadMustBeEightBytes) {
 TEST(FrameDecoderRejectTest, RejectsFromTheHeaderWithoutWaitingForThePayload) {
   // A WINDOW announcing 100 payload bytes is refused as soon as its header is complete.
   FrameDecoder decoder;
-  decoder.Append(RawHeader(100, 2, 0, 1));
+  std::string header = RawHeader(100, 2, 0, 1);  // Append reads in place: keep it alive
+  decoder.Append(header);
   FrameDecoder::Frame frame;
   EXPECT_FALSE(decoder.Next(frame).ok());
 }
@@ -352,7 +353,8 @@ TEST(FrameDecoderRejectTest, ErrorAfterGoodFramesAndErrorIsSticky) {
   EXPECT_EQ(frame.payload, "ok");
   EXPECT_FALSE(decoder.Next(frame).ok());
   // The decoder does not skip past the bad frame: the link is over.
-  decoder.Append(std::string(20, '\0'));
+  std::string zeros(20, '\0');
+  decoder.Append(zeros);
   EXPECT_FALSE(decoder.Next(frame).ok());
 }
 

@@ -74,8 +74,14 @@ void Stream::Refuse(std::string_view reason) {
 bool Stream::Write(std::string_view data) {
   Link::Busy busy(link_);
   if (state_ == State::kClosed || end_requested_) return false;
-  pending_.append(data);
-  link_.ScheduleSend(*this);
+  if (pending_bytes() == 0 && link_.ready_.empty()) {
+    // Nothing queued ahead: frame straight from the caller's bytes, buffer only the rest.
+    data.remove_prefix(link_.SendData(*this, data, /*fin_after=*/false));
+  }
+  if (!data.empty()) {
+    pending_.append(data);
+    link_.ScheduleSend(*this);
+  }
   if (pending_bytes() >= link_.options_.stream_high_watermark) {
     blocked_by_watermark_ = true;
     return false;
@@ -415,31 +421,45 @@ void Link::PumpReady() {
   }
 }
 
-bool Link::SendPending(Stream& stream) {
-  while (stream.pending_bytes() > 0) {
-    if (link_send_window_ <= 0 || transport_.QueuedBytes() >= options_.transport_high_watermark) {
-      return false;
+size_t Link::SendData(Stream& stream, std::string_view data, bool fin_after) {
+  size_t sent = 0;
+  while (sent < data.size()) {
+    if (link_send_window_ <= 0 || stream.send_window_ <= 0 ||
+        transport_.QueuedBytes() >= options_.transport_high_watermark) {
+      break;
     }
-    if (stream.send_window_ <= 0) return true;  // waits for its own WINDOW, not the link
-    size_t n = std::min<size_t>({stream.pending_bytes(), kMaxDataPayload,
+    size_t n = std::min<size_t>({data.size() - sent, kMaxDataPayload,
                                  static_cast<size_t>(stream.send_window_),
                                  static_cast<size_t>(link_send_window_)});
-    bool last = stream.end_requested_ && n == stream.pending_bytes();
-    SendFrame(FrameType::kData, last ? kFlagFin : 0, stream.id_,
-              std::string_view(stream.pending_).substr(stream.pending_offset_, n));
+    bool last = fin_after && sent + n == data.size();
+    SendFrame(FrameType::kData, last ? kFlagFin : 0, stream.id_, data.substr(sent, n));
     if (last) stream.fin_sent_ = true;
-    stream.pending_offset_ += n;
+    sent += n;
     stream.send_window_ -= static_cast<int64_t>(n);
     link_send_window_ -= static_cast<int64_t>(n);
+  }
+  return sent;
+}
+
+bool Link::SendPending(Stream& stream) {
+  bool blocked_by_link = false;
+  if (stream.pending_bytes() > 0) {
+    std::string_view pending = std::string_view(stream.pending_).substr(stream.pending_offset_);
+    stream.pending_offset_ += SendData(stream, pending, stream.end_requested_);
     if (stream.pending_offset_ == stream.pending_.size()) {
       stream.pending_.clear();
       stream.pending_offset_ = 0;
-    } else if (stream.pending_offset_ > (256 << 10)) {
-      stream.pending_.erase(0, stream.pending_offset_);
-      stream.pending_offset_ = 0;
+    } else {
+      if (stream.pending_offset_ > (256 << 10)) {
+        stream.pending_.erase(0, stream.pending_offset_);
+        stream.pending_offset_ = 0;
+      }
+      // Stopped by the link or the transport (the caller queues the stream), unless its own
+      // window ran out (then the peer's WINDOW frame reschedules it).
+      blocked_by_link = stream.send_window_ > 0;
     }
   }
-  if (stream.end_requested_ && !stream.fin_sent_) {
+  if (stream.pending_bytes() == 0 && stream.end_requested_ && !stream.fin_sent_) {
     SendFrame(FrameType::kData, kFlagFin, stream.id_, {});
     stream.fin_sent_ = true;
   }
@@ -449,7 +469,7 @@ bool Link::SendPending(Stream& stream) {
     stream.handler_->OnStreamWritable(stream);
   }
   MaybeFinish(stream);
-  return true;
+  return !blocked_by_link;
 }
 
 void Link::MaybeFinish(Stream& stream) {

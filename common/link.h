@@ -184,6 +184,9 @@ class Link {
   void PumpReady();
   // Sends what `stream` may send now. Returns false if blocked by the link or the transport.
   bool SendPending(Stream& stream);
+  // Frames as much of `data` as the windows and the transport allow; returns bytes sent. With
+  // `fin_after`, the frame carrying the last byte gets FIN.
+  size_t SendData(Stream& stream, std::string_view data, bool fin_after);
   void MaybeFinish(Stream& stream);
   void Remove(Stream& stream, const absl::Status& status, bool notify);
   void ReturnLinkCredit(size_t bytes);

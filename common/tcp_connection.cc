@@ -182,6 +182,18 @@ void TcpConnection::OnReadCb(uv_stream_t* stream, ssize_t nread, const uv_buf_t*
 
 void TcpConnection::Write(std::string_view data) {
   if (handle_ == nullptr || shutdown_requested_ || data.empty()) return;
+  if (!write_in_flight_ && out_.empty()) {
+    // Nothing queued: hand the caller's bytes to the kernel directly and copy only what it
+    // did not take.
+    uv_buf_t buf = uv_buf_init(const_cast<char*>(data.data()), static_cast<unsigned>(data.size()));
+    int written = uv_try_write(reinterpret_cast<uv_stream_t*>(handle_), &buf, 1);
+    if (written < 0 && written != UV_EAGAIN) {
+      if (handler_) handler_->OnError(absl::UnavailableError(UvError(written)));
+      return;
+    }
+    if (written > 0) data.remove_prefix(static_cast<size_t>(written));
+    if (data.empty()) return;
+  }
   out_.append(data);
   queued_bytes_ += data.size();
   if (!write_in_flight_) StartWrite();

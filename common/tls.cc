@@ -18,6 +18,10 @@ namespace rdv {
 namespace {
 
 constexpr size_t kMaxRecordPlaintext = 16 * 1024;
+// AES-128-GCM first: as strong as links need and markedly cheaper per byte than AES-256 on
+// AES-NI machines; both ends prefer it, ChaCha20 remains for CPUs without AES instructions.
+constexpr const char* kLinkCipherSuites =
+    "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
 thread_local char tls_read_buffer[64 * 1024];
 
 int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
@@ -123,6 +127,7 @@ absl::StatusOr<ServerTlsIdentity> CreateLinkServerContext(const std::string& cer
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
+  SSL_CTX_set_ciphersuites(ctx, kLinkCipherSuites);
   if (SSL_CTX_use_certificate_chain_file(ctx, cert_path.c_str()) != 1) {
     return absl::InvalidArgumentError(
         StrCat("cannot load certificate ", cert_path, ": ", OpenSslErrors()));
@@ -142,6 +147,7 @@ absl::StatusOr<SslCtxPtr> CreateLinkClientContext(const std::string& ca_file) {
   SSL_CTX_set_mode(ctx.get(), SSL_MODE_RELEASE_BUFFERS);
   static const unsigned char kWire[] = {5, 'r', 'd', 'v', '/', '1'};
   SSL_CTX_set_alpn_protos(ctx.get(), kWire, sizeof(kWire));
+  SSL_CTX_set_ciphersuites(ctx.get(), kLinkCipherSuites);
   if (!ca_file.empty()) {
     if (SSL_CTX_load_verify_locations(ctx.get(), ca_file.c_str(), nullptr) != 1) {
       return absl::InvalidArgumentError(
