@@ -7,7 +7,9 @@
 #include <openssl/x509.h>
 #include <sys/stat.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 
 #include "absl/strings/escaping.h"
@@ -22,7 +24,7 @@ constexpr size_t kMaxRecordPlaintext = 16 * 1024;
 // AES-NI machines; both ends prefer it, ChaCha20 remains for CPUs without AES instructions.
 constexpr const char* kLinkCipherSuites =
     "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
-thread_local char tls_read_buffer[64 * 1024];
+thread_local char tls_read_buffer[256 * 1024];
 
 int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
                unsigned int inlen, void*) {
@@ -79,6 +81,44 @@ absl::Status GenerateSelfSigned(const std::string& cert_path, const std::string&
 }
 
 }  // namespace
+
+// A BIO that reads ciphertext straight from the socket's read buffer, and collects the records
+// OpenSSL writes so that one loop iteration's records reach the socket in one write (FlushNow).
+int TlsSession::BioWrite(BIO* bio, const char* data, int length) {
+  auto* self = static_cast<TlsSession*>(BIO_get_data(bio));
+  if (self == nullptr || self->closed_) return -1;
+  self->cipher_out_.append(data, static_cast<size_t>(length));
+  self->ScheduleFlush();
+  return length;
+}
+
+int TlsSession::BioRead(BIO* bio, char* out, int length) {
+  auto* self = static_cast<TlsSession*>(BIO_get_data(bio));
+  BIO_clear_retry_flags(bio);
+  if (self == nullptr || self->input_.empty()) {
+    BIO_set_retry_read(bio);
+    return -1;
+  }
+  size_t n = std::min(self->input_.size(), static_cast<size_t>(length));
+  std::memcpy(out, self->input_.data(), n);
+  self->input_.remove_prefix(n);
+  return static_cast<int>(n);
+}
+
+long TlsSession::BioCtrl(BIO*, int command, long, void*) {
+  return command == BIO_CTRL_FLUSH ? 1 : 0;
+}
+
+BIO_METHOD* TlsSession::SocketBioMethod() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "rdv-socket");
+    BIO_meth_set_write(m, BioWrite);
+    BIO_meth_set_read(m, BioRead);
+    BIO_meth_set_ctrl(m, BioCtrl);
+    return m;
+  }();
+  return method;
+}
 
 std::string OpenSslErrors() {
   std::string out;
@@ -249,12 +289,12 @@ TlsSession::TlsSession(std::unique_ptr<TcpConnection> tcp, SSL* ssl, LoopTasks& 
                        std::string expected_fingerprint)
     : tcp_(std::move(tcp)),
       ssl_(ssl),
-      rbio_(BIO_new(BIO_s_mem())),
-      wbio_(BIO_new(BIO_s_mem())),
       tasks_(tasks),
       expected_fingerprint_(std::move(expected_fingerprint)) {
-  BIO_set_mem_eof_return(rbio_, -1);
-  SSL_set_bio(ssl_, rbio_, wbio_);
+  BIO* bio = BIO_new(SocketBioMethod());
+  BIO_set_data(bio, this);
+  BIO_set_init(bio, 1);
+  SSL_set_bio(ssl_, bio, bio);
 }
 
 TlsSession::~TlsSession() {
@@ -285,7 +325,6 @@ void TlsSession::Fail(const absl::Status& status) {
 
 void TlsSession::DriveHandshake() {
   int rc = SSL_do_handshake(ssl_);
-  DrainCiphertext();
   if (closed_) return;
   if (rc == 1) {
     handshake_done_ = true;
@@ -312,27 +351,56 @@ void TlsSession::DriveHandshake() {
 
 void TlsSession::OnRead(std::string_view data) {
   if (closed_) return;
-  BIO_write(rbio_, data.data(), static_cast<int>(data.size()));
+  // OpenSSL pulls ciphertext from `input_` through BioRead. A record cut by the end of this read
+  // stays in OpenSSL's own buffer; `carry_` only holds bytes left when reading stopped early.
+  std::string held;
+  if (!carry_.empty()) {
+    held.swap(carry_);
+    held.append(data);
+    data = held;
+  }
+  input_ = data;
   if (!handshake_done_) {
     DriveHandshake();
-    if (closed_ || !handshake_done_) return;
+    if (closed_) return;
+    if (!handshake_done_) {
+      if (!input_.empty()) carry_.assign(input_);
+      input_ = {};
+      return;
+    }
   }
+  // Decrypt several records before handing them on, so the handler sees (and writes onward)
+  // large chunks rather than one 16 KiB record at a time.
+  size_t filled = 0;
+  auto deliver = [&] {
+    if (filled > 0 && handler_ && !closed_) {
+      handler_->OnTlsData(std::string_view(tls_read_buffer, filled));
+    }
+    filled = 0;
+  };
   while (!closed_) {
-    int n = SSL_read(ssl_, tls_read_buffer, sizeof(tls_read_buffer));
+    int n = SSL_read(ssl_, tls_read_buffer + filled,
+                     static_cast<int>(sizeof(tls_read_buffer) - filled));
     if (n > 0) {
-      if (handler_) handler_->OnTlsData(std::string_view(tls_read_buffer, static_cast<size_t>(n)));
+      filled += static_cast<size_t>(n);
+      if (sizeof(tls_read_buffer) - filled < kMaxRecordPlaintext) deliver();
       continue;
     }
+    // Read the error before delivering: the handler may write, which resets OpenSSL's state.
     int err = SSL_get_error(ssl_, n);
+    std::string errors = err == SSL_ERROR_WANT_READ ? "" : OpenSslErrors();
+    deliver();
+    if (closed_) return;
     if (err == SSL_ERROR_WANT_READ) break;
     if (err == SSL_ERROR_ZERO_RETURN) {
       Fail(absl::CancelledError("peer closed the TLS session"));
       return;
     }
-    Fail(absl::DataLossError(StrCat("TLS error: ", OpenSslErrors())));
+    Fail(absl::DataLossError(StrCat("TLS error: ", errors)));
     return;
   }
-  DrainCiphertext();  // post-handshake messages, alerts
+  if (!closed_ && !input_.empty()) carry_.assign(input_);
+  input_ = {};
 }
 
 void TlsSession::OnEof() {
@@ -348,36 +416,57 @@ void TlsSession::OnDrained() {
 
 void TlsSession::Send(std::string_view plaintext) {
   if (closed_) return;
-  plain_out_.append(plaintext);
-  if (!scheduled_) {
-    scheduled_ = true;
-    tasks_.Schedule(this);
+  if (handshake_done_ && plain_out_.size() + plaintext.size() >= kMaxRecordPlaintext) {
+    // Enough for full records: top up what is pending to one record, then encrypt whole records
+    // straight from the caller's bytes; only the tail waits for the end-of-iteration flush.
+    size_t top_up =
+        plain_out_.size() < kMaxRecordPlaintext ? kMaxRecordPlaintext - plain_out_.size() : 0;
+    top_up = std::min(top_up, plaintext.size());
+    plain_out_.append(plaintext.substr(0, top_up));
+    plaintext.remove_prefix(top_up);
+    if (!WriteRecords(plain_out_)) return;
+    plain_out_.clear();
+    size_t whole = plaintext.size() - plaintext.size() % kMaxRecordPlaintext;
+    if (!WriteRecords(plaintext.substr(0, whole))) return;
+    plaintext.remove_prefix(whole);
   }
+  if (plaintext.empty()) return;
+  plain_out_.append(plaintext);
+  ScheduleFlush();
+}
+
+void TlsSession::ScheduleFlush() {
+  if (scheduled_ || closed_) return;
+  scheduled_ = true;
+  tasks_.Schedule(this);
+}
+
+bool TlsSession::WriteRecords(std::string_view plaintext) {
+  while (!plaintext.empty()) {
+    size_t n = std::min(kMaxRecordPlaintext, plaintext.size());
+    int rc = SSL_write(ssl_, plaintext.data(), static_cast<int>(n));
+    if (closed_) return false;  // the socket failed underneath
+    if (rc <= 0) {
+      Fail(absl::DataLossError(StrCat("TLS write failed: ", OpenSslErrors())));
+      return false;
+    }
+    plaintext.remove_prefix(static_cast<size_t>(rc));
+  }
+  return true;
 }
 
 void TlsSession::FlushNow() {
   scheduled_ = false;
-  if (closed_ || !handshake_done_) return;
-  size_t offset = 0;
-  while (offset < plain_out_.size()) {
-    size_t n = std::min(kMaxRecordPlaintext, plain_out_.size() - offset);
-    int rc = SSL_write(ssl_, plain_out_.data() + offset, static_cast<int>(n));
-    if (rc <= 0) {
-      Fail(absl::DataLossError(StrCat("TLS write failed: ", OpenSslErrors())));
-      return;
-    }
-    offset += static_cast<size_t>(rc);
+  if (closed_) return;
+  if (handshake_done_ && !plain_out_.empty()) {
+    if (!WriteRecords(plain_out_)) return;
+    plain_out_.clear();
   }
-  plain_out_.clear();
-  DrainCiphertext();
-}
-
-void TlsSession::DrainCiphertext() {
-  char* data = nullptr;
-  long pending = BIO_get_mem_data(wbio_, &data);
-  if (pending <= 0) return;
-  tcp_->Write(std::string_view(data, static_cast<size_t>(pending)));
-  (void)BIO_reset(wbio_);
+  if (cipher_out_.empty()) return;
+  tcp_->Write(cipher_out_);
+  cipher_out_.clear();
+  // A link that moved bulk data should not keep a bulk-sized buffer while it idles.
+  if (cipher_out_.capacity() > kMaxRecordPlaintext * 4) std::string().swap(cipher_out_);
 }
 
 std::string TlsSession::ExportKeyingMaterial(std::string_view label) const {

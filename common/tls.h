@@ -2,8 +2,9 @@
 // session layered on a TcpConnection through memory BIOs.
 //
 // Write path: Send() appends plaintext; once per loop iteration (uv_check) the session encrypts
-// everything pending in records of up to 16 KiB and hands the ciphertext to the socket in one
-// write. That coalesces the many small frames a link produces without adding a hop.
+// everything pending in records of up to 16 KiB. That coalesces the many small frames a link
+// produces; bulk data fills whole records at once and is encrypted from the caller's bytes.
+// Ciphertext goes through a BIO of our own straight between the socket and OpenSSL's buffers.
 #ifndef RDV_COMMON_TLS_H_
 #define RDV_COMMON_TLS_H_
 
@@ -96,7 +97,9 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
 
   void Start(Handler& handler);
   void Send(std::string_view plaintext);
-  size_t QueuedBytes() const { return plain_out_.size() + tcp_->queued_bytes(); }
+  size_t QueuedBytes() const {
+    return plain_out_.size() + cipher_out_.size() + tcp_->queued_bytes();
+  }
   void PauseReading() { tcp_->PauseReading(); }
   void ResumeReading() { tcp_->ResumeReading(); }
   void Close();
@@ -118,17 +121,23 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   TlsSession(std::unique_ptr<TcpConnection> tcp, SSL* ssl, LoopTasks& tasks,
              std::string expected_fingerprint);
   void DriveHandshake();
-  void DrainCiphertext();
+  bool WriteRecords(std::string_view plaintext);  // false: the session failed
+  void ScheduleFlush();
+  static BIO_METHOD* SocketBioMethod();
+  static int BioWrite(BIO* bio, const char* data, int length);
+  static int BioRead(BIO* bio, char* out, int length);
+  static long BioCtrl(BIO* bio, int command, long number, void* pointer);
   void Fail(const absl::Status& status);
 
   std::unique_ptr<TcpConnection> tcp_;
   SSL* ssl_;
-  BIO* rbio_;
-  BIO* wbio_;
+  std::string_view input_;  // ciphertext of the current read, consumed by BioRead
+  std::string carry_;       // ciphertext left over when reading stopped early
   LoopTasks& tasks_;
   std::string expected_fingerprint_;
   Handler* handler_ = nullptr;
-  std::string plain_out_;
+  std::string plain_out_;   // plaintext waiting to be sealed
+  std::string cipher_out_;  // sealed records waiting for FlushNow
   bool handshake_done_ = false;
   bool closed_ = false;
   bool scheduled_ = false;
