@@ -401,6 +401,9 @@ void TlsSession::OnRead(std::string_view data) {
   }
   if (!closed_ && !input_.empty()) carry_.assign(input_);
   input_ = {};
+  // Idle links dominate a relay's memory: after a small read (control traffic, pings) give the
+  // 17 KiB record buffer back; OpenSSL allocates it again when traffic comes. Bulk reads keep it.
+  if (!closed_ && data.size() < 4096) SSL_free_buffers(ssl_);
 }
 
 void TlsSession::OnEof() {

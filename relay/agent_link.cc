@@ -137,6 +137,7 @@ void AgentLink::Close(const absl::Status& status) {
     counted_for_credential_ = false;
   }
   link_.Close(status);  // fails open streams; their handlers answer their clients
+  worker_.NoteLinkChurn();
   uv_timer_stop(timer_);
   tls_->Close();
   worker_.LinkClosed(*this);
@@ -252,6 +253,7 @@ void AgentLink::HandleProof(const link::Proof& proof) {
   counted_active_ = true;
   LinksActive().Inc();
   CounterOf("rdv_links_accepted_total", "Agent links authenticated").Inc();
+  worker_.NoteLinkChurn();
   link::Control control;
   control.mutable_auth_result()->set_ok(true);
   link_.SendControl(control);

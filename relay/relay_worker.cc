@@ -1,5 +1,7 @@
 #include "relay/relay_worker.h"
 
+#include <malloc.h>
+
 #include "common/metrics.h"
 #include "common/str_cat.h"
 #include "common/stream_splice.h"
@@ -68,12 +70,30 @@ RelayWorker::RelayWorker(Relay& relay, int index, uv_loop_t* loop)
       loop_(InitLoop(loop, own_loop_)),
       tasks_(loop_),
       wakeup_(new uv_async_t),
+      trim_timer_(new uv_timer_t),
       // Link ids carry the worker in their low bits, so logs name links uniquely.
       next_link_id_(static_cast<uint64_t>(index) + 1) {
   wakeup_->data = this;
   uv_async_init(loop_, wakeup_, [](uv_async_t* async) {
     if (async->data) static_cast<RelayWorker*>(async->data)->DrainHandoffs();
   });
+  trim_timer_->data = this;
+  uv_timer_init(loop_, trim_timer_);
+}
+
+void RelayWorker::NoteLinkChurn() {
+  if (trim_armed_ || stopped_) return;
+  trim_armed_ = true;
+  constexpr uint64_t kTrimDelayMs = 200;  // let a burst of handshakes finish first
+  uv_timer_start(
+      trim_timer_,
+      [](uv_timer_t* timer) {
+        auto* self = static_cast<RelayWorker*>(timer->data);
+        if (self == nullptr) return;
+        self->trim_armed_ = false;
+        malloc_trim(0);
+      },
+      kTrimDelayMs, 0);
 }
 
 RelayWorker::~RelayWorker() {
@@ -219,6 +239,9 @@ void RelayWorker::Stop() {
   sessions_.clear();
   links_.clear();
   tasks_.Close();
+  trim_timer_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(trim_timer_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
   wakeup_->data = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(wakeup_),
            [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });

@@ -74,6 +74,10 @@ class RelayWorker {
   void Join();
 
   void LinkClosed(AgentLink& link);
+  // A link finished its handshake or went away. TLS handshakes leave freed memory scattered
+  // through the heap; shortly after a burst of them the worker returns it to the OS, so that a
+  // relay holding many idle links stays small.
+  void NoteLinkChurn();
   void Adopt(std::unique_ptr<RelaySession> session);
   void Finish(RelaySession* session);
 
@@ -89,6 +93,8 @@ class RelayWorker {
   uv_loop_t* loop_;
   LoopTasks tasks_;
   uv_async_t* wakeup_;
+  uv_timer_t* trim_timer_;
+  bool trim_armed_ = false;
   std::thread thread_;
   std::vector<std::unique_ptr<TcpListener>> listeners_;
   absl::flat_hash_map<AgentLink*, std::unique_ptr<AgentLink>> links_;

@@ -127,6 +127,24 @@ def rss_kib(pid):
     raise BenchError(f"no VmRSS for pid {pid}")
 
 
+def settled_rss_kib(pid, timeout=10.0):
+    """RSS once it has stopped moving: the links or streams are idle, not still settling in.
+
+    Samples every 0.25 s until five samples in a row (one second) are within 0.5% of each other
+    (the relay returns memory freed by a burst of handshakes 0.2 s after it), or the timeout
+    passes.
+    """
+    deadline = time.monotonic() + timeout
+    samples = [rss_kib(pid)]
+    while time.monotonic() < deadline:
+        time.sleep(0.25)
+        samples.append(rss_kib(pid))
+        last = samples[-5:]
+        if len(last) == 5 and max(last) - min(last) <= max(last) * 0.005:
+            break
+    return samples[-1]
+
+
 # ---------------------------------------------------------------------------------------------
 # Processes
 
@@ -688,7 +706,7 @@ services:
             agents.append(self.start_agent(relay, [("tcp", f"idle-{i}", hold)], links=n))
             left -= n
         self.wait_metric(relay, "rdv_links_active", links, LINKS_TIMEOUT, procs=agents)
-        after = rss_kib(relay["proc"].pid)
+        after = settled_rss_kib(relay["proc"].pid)
         log(f"rss: {links} links up in {time.monotonic() - t0:.1f}s with {len(agents)} agent(s); "
             f"relay RSS {before} -> {after} KiB")
         self.emit("relay_rss_base_kib", "rendezvous", before, "KiB")
