@@ -216,6 +216,14 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
 }
 
 void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open) {
+  if (state_ != State::kReady) {
+    // A relay that opens streams before authenticating us breaks the protocol.
+    CounterOf("rdv_frame_errors_total", "Links closed for a malformed or illegal frame",
+              "reason=\"open_before_auth\"")
+        .Inc();
+    link_->Close(absl::InvalidArgumentError("relay opened a stream before authentication"));
+    return;
+  }
   for (const ServiceConfig& service : agent_.config().services) {
     if (WireKind(service.kind) == open.service().kind() &&
         (service.name == open.service().name() ||

@@ -38,7 +38,9 @@ class LinkTransport {
   virtual ~LinkTransport() = default;
   // Queues bytes for the peer; must not call back into the link synchronously.
   virtual void Send(std::string_view bytes) = 0;
-  // Bytes accepted by Send that have not reached the kernel yet.
+  // Bytes accepted by Send that have not reached the kernel yet. Contract: once this has been
+  // at or above LinkOptions::transport_high_watermark, the owner calls Link::OnTransportDrained()
+  // when it drains, or DATA held back by the watermark is never sent.
   virtual size_t QueuedBytes() const = 0;
 };
 

@@ -470,6 +470,9 @@ void TlsSession::FlushNow() {
   cipher_out_.clear();
   // A link that moved bulk data should not keep a bulk-sized buffer while it idles.
   if (cipher_out_.capacity() > kMaxRecordPlaintext * 4) std::string().swap(cipher_out_);
+  // The kernel took everything at once: no write callback will report the drain, so report it
+  // here (a link holding DATA back for the watermark resumes on it).
+  if (!closed_ && tcp_->queued_bytes() == 0 && handler_) handler_->OnTlsDrained();
 }
 
 std::string TlsSession::ExportKeyingMaterial(std::string_view label) const {
