@@ -15,7 +15,7 @@ namespace {
 
 // One read buffer per loop thread: every read is consumed synchronously by its handler, so
 // connections need not hold a buffer of their own while idle.
-constexpr size_t kReadBufferSize = 256 * 1024;
+constexpr size_t kReadBufferSize = 1024 * 1024;
 thread_local char read_buffer[kReadBufferSize];
 
 struct WriteRequest {

@@ -24,7 +24,7 @@ constexpr size_t kMaxRecordPlaintext = 16 * 1024;
 // AES-NI machines; both ends prefer it, ChaCha20 remains for CPUs without AES instructions.
 constexpr const char* kLinkCipherSuites =
     "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
-thread_local char tls_read_buffer[256 * 1024];
+thread_local char tls_read_buffer[1024 * 1024];
 
 int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
                unsigned int inlen, void*) {
