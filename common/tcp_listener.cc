@@ -5,11 +5,32 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "common/str_cat.h"
 #include "common/tcp_connection.h"
 
 namespace rdv {
+
+absl::Status CheckAddressFree(const std::string& host, uint16_t port) {
+  absl::StatusOr<sockaddr_storage> address = ResolveNumeric(host, port);
+  if (!address.ok()) return address.status();
+  auto* sa = reinterpret_cast<const sockaddr*>(&*address);
+  int fd = ::socket(sa->sa_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return absl::UnavailableError(StrCat("socket: ", std::strerror(errno)));
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // TIME_WAIT is not "in use"
+  if (sa->sa_family == AF_INET6) setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  socklen_t len = sa->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in);
+  int rc = ::bind(fd, sa, len);
+  int error = errno;
+  ::close(fd);
+  if (rc != 0) {
+    return absl::UnavailableError(
+        StrCat("cannot listen on ", FormatSockaddr(sa), ": ", std::strerror(error)));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<std::unique_ptr<TcpListener>> TcpListener::Create(uv_loop_t* loop,
                                                                  const std::string& host,

@@ -14,6 +14,11 @@
 
 namespace rdv {
 
+// Fails with a clear message when `host:port` is already bound by anyone. SO_REUSEPORT listeners
+// check this first, so that a second relay started on the same port fails instead of silently
+// sharing the port's connections with the first.
+absl::Status CheckAddressFree(const std::string& host, uint16_t port);
+
 class TcpListener {
  public:
   // Called for every pending connection; call TcpConnection::Accept(server) in it.

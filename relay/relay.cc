@@ -59,6 +59,9 @@ absl::Status Relay::ListenEverywhere(const std::vector<HostPort>& addresses,
   for (const HostPort& address : addresses) {
     // Port 0 on several addresses: the first picks, the rest (and the other workers) follow.
     uint16_t port = address.port == 0 ? first_port : address.port;
+    if (port != 0) {
+      if (absl::Status free = CheckAddressFree(address.host, port); !free.ok()) return free;
+    }
     for (auto& worker : workers_) {
       RelayWorker* w = worker.get();
       TcpListener::AcceptCallback on_accept;
