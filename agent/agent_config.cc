@@ -32,11 +32,9 @@ bool IsValidLabel(std::string_view label) {
 }
 
 absl::Status ParseRelays(const YamlMap& root, AgentConfig* config) {
-  absl::StatusOr<YamlValue> relays = root.Require("relays");
-  if (!relays.ok()) return relays.status();
-  absl::StatusOr<std::vector<YamlValue>> items = relays->AsList();
+  absl::StatusOr<std::vector<YamlValue>> items =
+      root.RequireNonEmptyList("relays", "at least one relay address is required");
   if (!items.ok()) return items.status();
-  if (items->empty()) return relays->Error("at least one relay address is required");
   for (const YamlValue& item : *items) {
     absl::StatusOr<HostPort> relay =
         item.AsHostPort(/*allow_port_zero=*/false, /*require_ip_literal=*/false);
@@ -182,11 +180,9 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
 }
 
 absl::Status ParseServices(const YamlMap& root, AgentConfig* config) {
-  absl::StatusOr<YamlValue> services = root.Require("services");
-  if (!services.ok()) return services.status();
-  absl::StatusOr<std::vector<YamlValue>> items = services->AsList();
+  absl::StatusOr<std::vector<YamlValue>> items =
+      root.RequireNonEmptyList("services", "at least one service is required");
   if (!items.ok()) return items.status();
-  if (items->empty()) return services->Error("at least one service is required");
   std::map<std::pair<ServiceConfig::Kind, std::string>, std::string> name_owner;
   std::map<std::string, std::string> alias_owner;
   std::map<uint16_t, std::string> port_owner;
@@ -258,14 +254,10 @@ absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
     absl::StatusOr<YamlMap> map = reconnect->AsMap();
     if (!map.ok()) return map.status();
     if (absl::Status s = map->CheckKeys({"initial_ms", "max_ms"}); !s.ok()) return s;
-    if (absl::Status s = map->ReadDurationMs("initial_ms", kMinConfigTimeoutMs, kMaxConfigTimeoutMs,
-                                             &config.reconnect.initial);
-        !s.ok()) {
+    if (absl::Status s = map->ReadTimeoutMs("initial_ms", &config.reconnect.initial); !s.ok()) {
       return s;
     }
-    if (absl::Status s = map->ReadDurationMs("max_ms", kMinConfigTimeoutMs, kMaxConfigTimeoutMs,
-                                             &config.reconnect.max);
-        !s.ok()) {
+    if (absl::Status s = map->ReadTimeoutMs("max_ms", &config.reconnect.max); !s.ok()) {
       return s;
     }
     if (config.reconnect.max < config.reconnect.initial) {
@@ -276,8 +268,7 @@ absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
                               absl::ToInt64Milliseconds(config.reconnect.initial), ")"));
     }
   }
-  if (absl::Status s = root->ReadDurationMs("connect_timeout_ms", kMinConfigTimeoutMs,
-                                            kMaxConfigTimeoutMs, &config.connect_timeout);
+  if (absl::Status s = root->ReadTimeoutMs("connect_timeout_ms", &config.connect_timeout);
       !s.ok()) {
     return s;
   }
@@ -327,16 +318,13 @@ absl::StatusOr<std::string> NormalizeFingerprint(std::string_view text) {
 }
 
 absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path) {
-  absl::StatusOr<YamlDocument> document = YamlDocument::LoadFile(path);
-  if (!document.ok()) return document.status();
-  return ParseAgentDocument(*document);
+  return ParseConfigDocument(YamlDocument::LoadFile(path), ParseAgentDocument);
 }
 
 absl::StatusOr<AgentConfig> ParseAgentConfig(std::string_view yaml_text,
                                              std::string_view file_name_for_errors) {
-  absl::StatusOr<YamlDocument> document = YamlDocument::Parse(yaml_text, file_name_for_errors);
-  if (!document.ok()) return document.status();
-  return ParseAgentDocument(*document);
+  return ParseConfigDocument(YamlDocument::Parse(yaml_text, file_name_for_errors),
+                             ParseAgentDocument);
 }
 
 }  // namespace rdv

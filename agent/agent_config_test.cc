@@ -3,11 +3,11 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <string>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
+#include "common/config_test_support.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -18,7 +18,7 @@ using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::StartsWith;
 
-std::string Message(const absl::Status& status) { return std::string(status.message()); }
+using config_test::Message;
 
 constexpr std::string_view kFingerprint =
     "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
@@ -73,27 +73,15 @@ absl::StatusOr<AgentConfig> Parse(std::string_view text) {
   return ParseAgentConfig(text, "agent.yaml");
 }
 
+// Replaces the first occurrence of `from` in the full config.
 std::string FullWith(std::string_view from, std::string_view to) {
-  std::string text(kFullConfig);
-  size_t at = text.find(from);
-  EXPECT_NE(at, std::string::npos) << from;
-  if (at != std::string::npos) text.replace(at, from.size(), to);
-  return text;
+  return config_test::ReplaceFirst(kFullConfig, from, to);
 }
 
-std::string ErrorOf(std::string_view text) {
-  absl::StatusOr<AgentConfig> config = Parse(text);
-  EXPECT_FALSE(config.ok()) << text;
-  if (config.ok()) return "";
-  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
-  return Message(config.status());
-}
+std::string ErrorOf(std::string_view text) { return config_test::ParseErrorOf(Parse(text), text); }
 
 std::string WriteTempFile(std::string_view name, std::string_view contents) {
-  std::string path = ::testing::TempDir() + "/agent_config_test_" + std::string(name);
-  std::ofstream out(path, std::ios::binary);
-  out << contents;
-  return path;
+  return config_test::WriteTempFile("agent_config_test_", name, contents);
 }
 
 TEST(AgentConfigTest, FullExample) {

@@ -301,6 +301,16 @@ absl::StatusOr<YamlValue> YamlMap::Require(std::string_view key) const {
       absl::StrCat(value_.Location(), ": missing required key ", Quote(key), " ", where));
 }
 
+absl::StatusOr<std::vector<YamlValue>> YamlMap::RequireNonEmptyList(
+    std::string_view key, std::string_view empty_message) const {
+  absl::StatusOr<YamlValue> list = Require(key);
+  if (!list.ok()) return list.status();
+  absl::StatusOr<std::vector<YamlValue>> items = list->AsList();
+  if (!items.ok()) return items.status();
+  if (items->empty()) return list->Error(empty_message);
+  return items;
+}
+
 absl::Status YamlMap::ReadString(std::string_view key, std::string* value) const {
   std::optional<YamlValue> found = Find(key);
   if (!found) return absl::OkStatus();

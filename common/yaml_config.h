@@ -135,6 +135,10 @@ class YamlMap {
   std::optional<YamlValue> Find(std::string_view key) const;
   // Like Find, but absence is an error: "file:line: missing required key 'name' in 'x'".
   absl::StatusOr<YamlValue> Require(std::string_view key) const;
+  // The items of the list under `key`, which is required and must not be empty: an empty list
+  // fails with "file:line: path.key: <empty_message>".
+  absl::StatusOr<std::vector<YamlValue>> RequireNonEmptyList(std::string_view key,
+                                                             std::string_view empty_message) const;
   // Error attributed to this map: "file:line: path: message".
   absl::Status Error(std::string_view message) const { return value_.Error(message); }
   // Dotted path of a child key ("http.listen").
@@ -147,6 +151,10 @@ class YamlMap {
   absl::Status ReadBool(std::string_view key, bool* value) const;
   absl::Status ReadDurationMs(std::string_view key, int64_t min_ms, int64_t max_ms,
                               absl::Duration* value) const;
+  // A *_ms timeout within [kMinConfigTimeoutMs, kMaxConfigTimeoutMs].
+  absl::Status ReadTimeoutMs(std::string_view key, absl::Duration* value) const {
+    return ReadDurationMs(key, kMinConfigTimeoutMs, kMaxConfigTimeoutMs, value);
+  }
   absl::Status ReadStringList(std::string_view key, std::vector<std::string>* value) const;
   absl::Status ReadHostPortList(std::string_view key, bool allow_port_zero, bool require_ip_literal,
                                 std::vector<HostPort>* value) const;
@@ -194,6 +202,18 @@ class YamlDocument {
 
   YamlValue root_;
 };
+
+// Turns a loaded or parsed document into a config with `parse_document`, passing on the error
+// of a document that did not load. It gives LoadRelayConfig/ParseRelayConfig (and the agent's
+// pair) one shape:
+//   return ParseConfigDocument(YamlDocument::LoadFile(path), ParseRelayDocument);
+template <typename Config>
+absl::StatusOr<Config> ParseConfigDocument(
+    const absl::StatusOr<YamlDocument>& document,
+    absl::StatusOr<Config> (*parse_document)(const YamlDocument&)) {
+  if (!document.ok()) return document.status();
+  return parse_document(*document);
+}
 
 // Reads a whole (small) file, e.g. a secret_file. Errors: "cannot read 'path': reason".
 absl::StatusOr<std::string> ReadSmallFile(const std::string& path);

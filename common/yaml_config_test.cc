@@ -6,6 +6,7 @@
 #include <fstream>
 #include <string>
 
+#include "common/config_test_support.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -14,8 +15,7 @@ namespace {
 
 using ::testing::HasSubstr;
 
-// absl::string_view (Debian's is not std::string_view) prints badly in gtest failures.
-std::string Message(const absl::Status& status) { return std::string(status.message()); }
+using config_test::Message;
 using ::testing::StartsWith;
 
 // ---- HostPort ------------------------------------------------------------------------------

@@ -20,18 +20,18 @@ std::string DefaultRelayId() {
   return name;
 }
 
-absl::StatusOr<std::vector<HostPort>> ReadListen(const YamlMap& map, bool allow_empty,
-                                                 std::vector<HostPort> defaults) {
-  std::vector<HostPort> listen = std::move(defaults);
+// Reads a section's `listen` list over the defaults already in `*listen`. The defaults are never
+// empty, so an empty list was written, and is an error unless `allow_empty`.
+absl::Status ReadListen(const YamlMap& map, bool allow_empty, std::vector<HostPort>* listen) {
   if (absl::Status s = map.ReadHostPortList("listen", /*allow_port_zero=*/true,
-                                            /*require_ip_literal=*/true, &listen);
+                                            /*require_ip_literal=*/true, listen);
       !s.ok()) {
     return s;
   }
-  if (!allow_empty && listen.empty()) {
+  if (!allow_empty && listen->empty()) {
     return map.Find("listen")->Error("at least one address is required");
   }
-  return listen;
+  return absl::OkStatus();
 }
 
 absl::Status ParseAgentListener(const YamlMap& map, AgentListenerConfig* config) {
@@ -39,18 +39,14 @@ absl::Status ParseAgentListener(const YamlMap& map, AgentListenerConfig* config)
       !s.ok()) {
     return s;
   }
-  absl::StatusOr<std::vector<HostPort>> listen =
-      ReadListen(map, /*allow_empty=*/false, config->listen);
-  if (!listen.ok()) return listen.status();
-  config->listen = *std::move(listen);
+  if (absl::Status s = ReadListen(map, /*allow_empty=*/false, &config->listen); !s.ok()) return s;
   if (absl::Status s = map.ReadReadablePath("cert_file", &config->cert_file); !s.ok()) return s;
   if (absl::Status s = map.ReadReadablePath("key_file", &config->key_file); !s.ok()) return s;
   if (config->cert_file.empty() != config->key_file.empty()) {
     std::string_view set_key = config->cert_file.empty() ? "key_file" : "cert_file";
     return map.Find(set_key)->Error("cert_file and key_file must be set together (or neither)");
   }
-  return map.ReadDurationMs("handshake_timeout_ms", kMinConfigTimeoutMs, kMaxConfigTimeoutMs,
-                            &config->handshake_timeout);
+  return map.ReadTimeoutMs("handshake_timeout_ms", &config->handshake_timeout);
 }
 
 absl::Status ParseHttp(const YamlMap& map, HttpEntrypointConfig* config) {
@@ -59,10 +55,7 @@ absl::Status ParseHttp(const YamlMap& map, HttpEntrypointConfig* config) {
       !s.ok()) {
     return s;
   }
-  absl::StatusOr<std::vector<HostPort>> listen =
-      ReadListen(map, /*allow_empty=*/false, config->listen);
-  if (!listen.ok()) return listen.status();
-  config->listen = *std::move(listen);
+  if (absl::Status s = ReadListen(map, /*allow_empty=*/false, &config->listen); !s.ok()) return s;
   if (absl::Status s = map.ReadString("zone", &config->zone); !s.ok()) return s;
   if (!config->zone.empty()) {
     std::string zone = absl::AsciiStrToLower(config->zone);
@@ -80,13 +73,10 @@ absl::Status ParseHttp(const YamlMap& map, HttpEntrypointConfig* config) {
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = map.ReadDurationMs("head_timeout_ms", kMinConfigTimeoutMs,
-                                          kMaxConfigTimeoutMs, &config->head_timeout);
-      !s.ok()) {
+  if (absl::Status s = map.ReadTimeoutMs("head_timeout_ms", &config->head_timeout); !s.ok()) {
     return s;
   }
-  return map.ReadDurationMs("idle_timeout_ms", kMinConfigTimeoutMs, kMaxConfigTimeoutMs,
-                            &config->idle_timeout);
+  return map.ReadTimeoutMs("idle_timeout_ms", &config->idle_timeout);
 }
 
 absl::Status ParseTcp(const YamlMap& map, TcpEntrypointConfig* config) {
@@ -145,11 +135,7 @@ absl::Status ParseTcp(const YamlMap& map, TcpEntrypointConfig* config) {
 
 absl::Status ParseAdmin(const YamlMap& map, AdminConfig* config) {
   if (absl::Status s = map.CheckKeys({"listen"}); !s.ok()) return s;
-  absl::StatusOr<std::vector<HostPort>> listen =
-      ReadListen(map, /*allow_empty=*/true, config->listen);
-  if (!listen.ok()) return listen.status();
-  config->listen = *std::move(listen);
-  return absl::OkStatus();
+  return ReadListen(map, /*allow_empty=*/true, &config->listen);
 }
 
 absl::Status ParseLink(const YamlMap& map, LinkConfig* config) {
@@ -170,14 +156,10 @@ absl::Status ParseLink(const YamlMap& map, LinkConfig* config) {
       !s.ok()) {
     return s;
   }
-  if (absl::Status s = map.ReadDurationMs("ping_interval_ms", kMinConfigTimeoutMs,
-                                          kMaxConfigTimeoutMs, &config->ping_interval);
-      !s.ok()) {
+  if (absl::Status s = map.ReadTimeoutMs("ping_interval_ms", &config->ping_interval); !s.ok()) {
     return s;
   }
-  if (absl::Status s = map.ReadDurationMs("idle_timeout_ms", kMinConfigTimeoutMs,
-                                          kMaxConfigTimeoutMs, &config->idle_timeout);
-      !s.ok()) {
+  if (absl::Status s = map.ReadTimeoutMs("idle_timeout_ms", &config->idle_timeout); !s.ok()) {
     return s;
   }
   if (config->idle_timeout <= config->ping_interval) {
@@ -311,50 +293,32 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   }
 
   // A section written with nothing under it ("http:") is the section with all defaults.
-  auto parse_section = [&](std::string_view key, auto parse) -> absl::Status {
+  // `parse` is one of the Parse<Section>(const YamlMap&, <Section>Config*) functions above.
+  auto parse_section = [&](std::string_view key, auto parse, auto* section) -> absl::Status {
     std::optional<YamlValue> value = root->Find(key);
     if (!value) return absl::OkStatus();
     absl::StatusOr<YamlMap> map = value->AsMap();
     if (!map.ok()) return map.status();
-    return parse(*map);
+    return parse(*map, section);
   };
-  if (absl::Status s = parse_section(
-          "agent_listener",
-          [&](const YamlMap& map) { return ParseAgentListener(map, &config.agent_listener); });
+  if (absl::Status s = parse_section("agent_listener", ParseAgentListener, &config.agent_listener);
       !s.ok()) {
     return s;
   }
   // Unlike other sections, http is opt-in: present (even empty) enables the entrypoint.
   if (root->HasKey("http")) {
-    config.http.emplace();
-    if (absl::Status s = parse_section(
-            "http", [&](const YamlMap& map) { return ParseHttp(map, &*config.http); });
-        !s.ok()) {
+    if (absl::Status s = parse_section("http", ParseHttp, &config.http.emplace()); !s.ok()) {
       return s;
     }
   }
-  if (absl::Status s =
-          parse_section("tcp", [&](const YamlMap& map) { return ParseTcp(map, &config.tcp); });
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = parse_section(
-          "admin", [&](const YamlMap& map) { return ParseAdmin(map, &config.admin); });
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s =
-          parse_section("link", [&](const YamlMap& map) { return ParseLink(map, &config.link); });
-      !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = parse_section("tcp", ParseTcp, &config.tcp); !s.ok()) return s;
+  if (absl::Status s = parse_section("admin", ParseAdmin, &config.admin); !s.ok()) return s;
+  if (absl::Status s = parse_section("link", ParseLink, &config.link); !s.ok()) return s;
   if (absl::Status s = CheckListenersDistinct(*root, config); !s.ok()) return s;
 
-  absl::StatusOr<YamlValue> credentials = root->Require("credentials");
-  if (!credentials.ok()) return credentials.status();
-  absl::StatusOr<std::vector<YamlValue>> items = credentials->AsList();
+  absl::StatusOr<std::vector<YamlValue>> items =
+      root->RequireNonEmptyList("credentials", "at least one credential is required");
   if (!items.ok()) return items.status();
-  if (items->empty()) return credentials->Error("at least one credential is required");
   std::map<std::string, std::string> name_owner;
   for (const YamlValue& item : *items) {
     absl::StatusOr<CredentialConfig> credential = ParseCredential(item);
@@ -386,16 +350,13 @@ const CredentialConfig* RelayConfig::FindCredential(std::string_view name) const
 }
 
 absl::StatusOr<RelayConfig> LoadRelayConfig(const std::string& path) {
-  absl::StatusOr<YamlDocument> document = YamlDocument::LoadFile(path);
-  if (!document.ok()) return document.status();
-  return ParseRelayDocument(*document);
+  return ParseConfigDocument(YamlDocument::LoadFile(path), ParseRelayDocument);
 }
 
 absl::StatusOr<RelayConfig> ParseRelayConfig(std::string_view yaml_text,
                                              std::string_view file_name_for_errors) {
-  absl::StatusOr<YamlDocument> document = YamlDocument::Parse(yaml_text, file_name_for_errors);
-  if (!document.ok()) return document.status();
-  return ParseRelayDocument(*document);
+  return ParseConfigDocument(YamlDocument::Parse(yaml_text, file_name_for_errors),
+                             ParseRelayDocument);
 }
 
 }  // namespace rdv

@@ -5,9 +5,9 @@
 #include <unistd.h>
 
 #include <cstdio>
-#include <fstream>
 #include <string>
 
+#include "common/config_test_support.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -17,7 +17,7 @@ namespace {
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
-std::string Message(const absl::Status& status) { return std::string(status.message()); }
+using config_test::Message;
 
 // The spec's example, with a secret long enough to be accepted.
 constexpr std::string_view kFullConfig = R"(relay_id: relay-1
@@ -72,26 +72,13 @@ absl::StatusOr<RelayConfig> Parse(std::string_view text) {
 
 // Replaces the first occurrence of `from` in the full config.
 std::string FullWith(std::string_view from, std::string_view to) {
-  std::string text(kFullConfig);
-  size_t at = text.find(from);
-  EXPECT_NE(at, std::string::npos) << from;
-  if (at != std::string::npos) text.replace(at, from.size(), to);
-  return text;
+  return config_test::ReplaceFirst(kFullConfig, from, to);
 }
 
-std::string ErrorOf(std::string_view text) {
-  absl::StatusOr<RelayConfig> config = Parse(text);
-  EXPECT_FALSE(config.ok()) << text;
-  if (config.ok()) return "";
-  EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
-  return Message(config.status());
-}
+std::string ErrorOf(std::string_view text) { return config_test::ParseErrorOf(Parse(text), text); }
 
 std::string WriteTempFile(std::string_view name, std::string_view contents) {
-  std::string path = ::testing::TempDir() + "/relay_config_test_" + std::string(name);
-  std::ofstream out(path, std::ios::binary);
-  out << contents;
-  return path;
+  return config_test::WriteTempFile("relay_config_test_", name, contents);
 }
 
 TEST(RelayConfigTest, FullExample) {
