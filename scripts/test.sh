@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Quickstart, part two: install dependencies, build, and run every test.
-#   1. unit tests under AddressSanitizer + UndefinedBehaviorSanitizer   (build-asan/, label unit)
-#   2. the whole suite against the normal build: unit, integration, slow (build/)
+#   1. unit and integration tests against AddressSanitizer + UndefinedBehaviorSanitizer builds
+#      (build-asan/; a sanitizer report in rdv-relay or rdv-agent fails the test that ran it)
+#   2. the whole suite against the normal build: lint, unit, integration, slow (build/)
 # Pass a CTest label regex to run a part instead: scripts/test.sh integration
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -11,11 +12,11 @@ labels=${1:-}
 scripts/install-deps.sh
 jobs=$(nproc)
 
-if [[ -z "$labels" || "$labels" == unit ]]; then
-  echo "== unit tests under ASan/UBSan"
+if [[ -z "$labels" || "$labels" == unit || "$labels" == integration ]]; then
+  echo "== ${labels:-unit and integration} tests under ASan/UBSan"
   scripts/build.sh build-asan Debug -DRDV_SANITIZE=ON
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
-    ctest --test-dir build-asan -L unit --output-on-failure -j "$jobs"
+    ctest --test-dir build-asan -L "${labels:-unit|integration}" --output-on-failure -j "$jobs"
 fi
 
 echo "== test suite${labels:+ (labels: $labels)}"
