@@ -292,6 +292,24 @@ class ConfigErrorTest(harness.IntegrationTest):
                 self.assertRegex(output, rf"(?i)(?:{re.escape(path)}:\s*|\bline\s*:?\s*){line}\b",
                                  f"message does not name line {line} (as file:{line} or line {line})")
 
+    def test_relay_port_in_use_is_refused(self):
+        # Workers share listening ports through SO_REUSEPORT; a port some other process already
+        # listens on must still fail the start, not be silently shared.
+        holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        try:
+            path, _ = self.config("relay", lambda t: t.replace(
+                '  listen: ["127.0.0.1:0"]\nadmin:', f'  listen: ["127.0.0.1:{port}"]\nadmin:'))
+            status, output = harness.run_expect_exit([self.binary("relay"), "--config", path])
+            self.assertEqual(status, 2, output)
+            self.assertIn(f"127.0.0.1:{port}", output)
+            self.assertIn("in use", output)
+        finally:
+            holder.close()
+
     def test_relay_valid_config_checks(self):
         path, _ = self.config("relay")
         status, output = harness.run_expect_exit([self.binary("relay"), "--check-config",
