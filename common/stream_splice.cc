@@ -46,7 +46,7 @@ void StreamSplice::OnError(const absl::Status& status) {
 
 void StreamSplice::OnDrained() {
   ReturnCredit();
-  if (stream_closed_) Finish(absl::OkStatus());
+  if (stream_closed_ && socket_->queued_bytes() == 0) Finish(absl::OkStatus());
 }
 
 void StreamSplice::ReturnCredit() {

@@ -250,7 +250,9 @@ void TcpConnection::OnWriteCb(uv_write_t* req, int status) {
     return;
   }
   self->StartWrite();
-  if (self->handle_ != nullptr && self->queued_bytes_ == 0 && self->handler_) {
+  // Report room as soon as the queue is low, not only when it is empty: a producer that waits
+  // for empty leaves the socket idle while it refills.
+  if (self->handle_ != nullptr && self->queued_bytes_ < kDrainedWatermark && self->handler_) {
     self->handler_->OnDrained();
   }
 }

@@ -22,6 +22,8 @@ namespace rdv {
 
 class TcpConnection {
  public:
+  static constexpr size_t kDrainedWatermark = 256 * 1024;
+
   class Handler {
    public:
     virtual ~Handler() = default;
@@ -29,7 +31,8 @@ class TcpConnection {
     virtual void OnEof() = 0;
     // A read or write error; the connection should be closed.
     virtual void OnError(const absl::Status& status) = 0;
-    // Queued bytes fell to zero after having been above zero.
+    // A write completed and fewer than kDrainedWatermark bytes remain queued (check
+    // queued_bytes() for zero before closing).
     virtual void OnDrained() {}
   };
 

@@ -414,7 +414,7 @@ void TlsSession::OnEof() {
 void TlsSession::OnError(const absl::Status& status) { Fail(status); }
 
 void TlsSession::OnDrained() {
-  if (!closed_ && handler_ && plain_out_.empty()) handler_->OnTlsDrained();
+  if (!closed_ && handler_) handler_->OnTlsDrained();
 }
 
 void TlsSession::Send(std::string_view plaintext) {

@@ -334,7 +334,7 @@ void HttpSession::OnEof() {
 void HttpSession::OnError(const absl::Status& status) { Finish(); }
 
 void HttpSession::OnDrained() {
-  if (closing_ && client_eof_) {
+  if (closing_ && client_eof_ && client_->queued_bytes() == 0) {
     Finish();
     return;
   }
