@@ -97,7 +97,9 @@ absl::Status ParseCredential(const YamlMap& root, AgentConfig* config) {
 absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   absl::StatusOr<YamlMap> map = item.AsMap();
   if (!map.ok()) return map.status();
-  if (absl::Status s = map->CheckKeys({"name", "kind", "target", "alias", "port"}); !s.ok()) {
+  if (absl::Status s =
+          map->CheckKeys({"name", "kind", "target", "alias", "port", "proxy_protocol"});
+      !s.ok()) {
     return s;
   }
   ServiceConfig service;
@@ -142,6 +144,12 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
       target_value->AsHostPort(/*allow_port_zero=*/false, /*require_ip_literal=*/false);
   if (!target.ok()) return target.status();
   service.target = *std::move(target);
+
+  if (absl::Status s =
+          map->ReadEnum("proxy_protocol", {"off", "v1", "v2"}, &service.proxy_protocol);
+      !s.ok()) {
+    return s;
+  }
 
   std::optional<YamlValue> alias_value = map->Find("alias");
   std::optional<YamlValue> port_value = map->Find("port");

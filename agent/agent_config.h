@@ -30,6 +30,9 @@ struct ServiceConfig {
   std::string alias;
   // tcp only: the relay port to request; 0 = the relay's fixed mapping or an allocated port.
   uint16_t port = 0;
+  // "off", "v1" or "v2": the PROXY protocol header the agent sends the target first, carrying
+  // the original client's address.
+  std::string proxy_protocol = "off";
 
   std::string_view kind_name() const { return kind == Kind::kHttp ? "http" : "tcp"; }
 };

@@ -381,3 +381,20 @@ TEST(AgentConfigTest, DefaultAlias) {
 
 }  // namespace
 }  // namespace rdv
+
+namespace rdv {
+namespace {
+
+TEST(AgentConfigTest, ProxyProtocol) {
+  absl::StatusOr<AgentConfig> config = ParseAgentConfig(
+      FullWith("    port: 2020\n", "    port: 2020\n    proxy_protocol: v2\n"), "agent.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  for (const ServiceConfig& service : config->services) {
+    EXPECT_EQ(service.proxy_protocol, service.name == "db" ? "v2" : "off") << service.name;
+  }
+  EXPECT_EQ(ErrorOf(FullWith("    port: 2020\n", "    port: 2020\n    proxy_protocol: v3\n")),
+            "agent.yaml:32: services[3].proxy_protocol: expected one of off|v1|v2, got 'v3'");
+}
+
+}  // namespace
+}  // namespace rdv

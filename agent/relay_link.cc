@@ -6,6 +6,7 @@
 
 #include "common/auth.h"
 #include "common/metrics.h"
+#include "common/proxy_protocol.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -249,17 +250,19 @@ void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) 
   };
   std::weak_ptr<RelayLink*> weak = alive_;
   Resolve(agent_.loop(), service.target,
-          [this, weak, link, stream_id, refuse](absl::StatusOr<sockaddr_storage> address) {
+          [this, weak, link, stream_id, refuse,
+           proxy = service.proxy_protocol](absl::StatusOr<sockaddr_storage> address) {
             if (weak.expired() || link != link_.get()) return;
             if (!address.ok()) {
               refuse(address.status());
               return;
             }
-            ConnectResolved(stream_id, *address, refuse);
+            ConnectResolved(stream_id, *address, proxy, refuse);
           });
 }
 
 void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& address,
+                                const std::string& proxy_protocol,
                                 std::function<void(const absl::Status&)> refuse) {
   Link* link = link_.get();
   // The timer and the connect race; whichever comes first settles the stream.
@@ -285,7 +288,7 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
   };
   TcpConnection::Connect(
       agent_.loop(), reinterpret_cast<const sockaddr*>(&address),
-      [this, weak, pending, release, refuse, link,
+      [this, weak, pending, release, refuse, link, proxy_protocol,
        stream_id](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
         bool late = pending->settled;
         pending->settled = true;
@@ -302,6 +305,12 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
         if (stream == nullptr) {
           (*tcp)->Close();
           return;
+        }
+        if (proxy_protocol != "off") {
+          // The target learns the real client before any of the client's bytes.
+          (*tcp)->Write(EncodeProxyHeader(
+              proxy_protocol == "v1" ? ProxyProtocolVersion::kV1 : ProxyProtocolVersion::kV2,
+              stream->open().client_address(), stream->open().local_address()));
         }
         auto splice = std::make_unique<StreamSplice>(
             std::move(*tcp), stream,

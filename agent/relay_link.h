@@ -51,6 +51,7 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
   void OnTimer();
   void ConnectTarget(uint32_t stream_id, const ServiceConfig& service);
   void ConnectResolved(uint32_t stream_id, const sockaddr_storage& address,
+                       const std::string& proxy_protocol,
                        std::function<void(const absl::Status&)> refuse);
 
   Agent& agent_;

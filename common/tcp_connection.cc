@@ -275,6 +275,14 @@ void TcpConnection::Close() {
   handler_ = nullptr;
 }
 
+std::string TcpConnection::local_address() const {
+  if (handle_ == nullptr) return "";
+  sockaddr_storage local{};
+  int len = sizeof(local);
+  if (uv_tcp_getsockname(handle_, reinterpret_cast<sockaddr*>(&local), &len) != 0) return "";
+  return FormatSockaddr(reinterpret_cast<sockaddr*>(&local));
+}
+
 absl::StatusOr<int> TcpConnection::DetachFd() {
   if (handle_ == nullptr) return absl::FailedPreconditionError("connection closed");
   uv_os_fd_t fd;

@@ -62,6 +62,8 @@ class TcpConnection {
   bool closed() const { return handle_ == nullptr; }
   const std::string& peer_address() const { return peer_; }  // "ip:port"
   const sockaddr_storage& peer_sockaddr() const { return peer_storage_; }
+  // "ip:port" of this end of the connection.
+  std::string local_address() const;
   uv_loop_t* loop() const { return loop_; }
   // Detaches the socket for handing to another loop: returns a dup of the fd and closes this.
   absl::StatusOr<int> DetachFd();

@@ -387,7 +387,7 @@ class Nginx(Process):
 
     `locations` is the body of the one `server {}` block (location blocks)."""
 
-    def __init__(self, harness, name, locations, host="127.0.0.1"):
+    def __init__(self, harness, name, locations, host="127.0.0.1", listen_options=""):
         self.dir = harness.path(name)
         os.makedirs(self.dir, exist_ok=True)
         for attempt in range(5):
@@ -412,7 +412,7 @@ class Nginx(Process):
                         default_type text/plain;
                         keepalive_requests 1000;
                         server {{
-                            listen {listen};
+                            listen {listen} {listen_options};
                             server_name _;
                     """) + textwrap.indent(textwrap.dedent(locations).strip(), " " * 8) +
                     "\n    }\n}\n")
@@ -887,9 +887,10 @@ class Harness:
         self.processes.append(proc)
         return proc
 
-    def nginx(self, locations, name=None, host="127.0.0.1"):
+    def nginx(self, locations, name=None, host="127.0.0.1", listen_options=""):
+        """`listen_options` go on the listen line, e.g. "proxy_protocol"."""
         name = name or self._unique("nginx")
-        proc = Nginx(self, name, locations, host)
+        proc = Nginx(self, name, locations, host, listen_options)
         self.processes.append(proc)
         return proc
 

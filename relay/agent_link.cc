@@ -345,12 +345,13 @@ void AgentLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
 
 void AgentLink::OnPong(Link& link, uint64_t sent_ms) { rtt_ms_ = uv_now(worker_.loop()) - sent_ms; }
 
-Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const std::string& client_address,
+Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const TcpConnection& client,
                               const std::string& entrypoint, StreamHandler& handler) {
   if (state_ != State::kReady) return nullptr;
   link::Open open;
   *open.mutable_service() = service;
-  open.set_client_address(client_address);
+  open.set_client_address(client.peer_address());
+  open.set_local_address(client.local_address());
   open.set_entrypoint(entrypoint);
   Stream* stream = link_.OpenStream(std::move(open), handler);
   if (stream != nullptr) CounterOf("rdv_streams_opened_total", "Streams opened to agents").Inc();

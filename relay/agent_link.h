@@ -33,7 +33,7 @@ class AgentLink : public StreamCarrier,
 
   void Start();
   // Opens a stream to the agent for a client; nullptr if the link cannot take one now.
-  Stream* OpenStream(const link::ServiceSpec& service, const std::string& client_address,
+  Stream* OpenStream(const link::ServiceSpec& service, const TcpConnection& client,
                      const std::string& entrypoint, StreamHandler& handler);
   void GoAway(std::string_view reason);
   void Close(const absl::Status& status);

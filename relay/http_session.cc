@@ -177,8 +177,8 @@ bool HttpSession::RouteHead() {
       HandOff(route.worker, head);
       return false;
     }
-    stream_ = static_cast<AgentLink*>(route.carrier)
-                  ->OpenStream(route.service, client_->peer_address(), "http", *this);
+    stream_ =
+        static_cast<AgentLink*>(route.carrier)->OpenStream(route.service, *client_, "http", *this);
     if (stream_ == nullptr) {
       SendError(503,
                 StrCat("the agent link for '", route.service.name(), "' cannot take streams now"));

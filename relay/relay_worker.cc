@@ -39,8 +39,7 @@ class TcpClientSession : public RelaySession {
   // Opens the stream; false when the link cannot take one.
   bool Start(AgentLink& carrier, const link::ServiceSpec& service, uint16_t port,
              std::string_view initial) {
-    Stream* stream = carrier.OpenStream(service, splice_->socket().peer_address(),
-                                        StrCat("tcp:", port), *splice_);
+    Stream* stream = carrier.OpenStream(service, splice_->socket(), StrCat("tcp:", port), *splice_);
     if (stream == nullptr) return false;
     splice_->Attach(*stream);
     splice_->Start(initial);
