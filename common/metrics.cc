@@ -39,8 +39,8 @@ std::string Metrics::RenderPrometheus() const {
   for (const auto& [name, family] : families_) {
     StrAppend(out, "# HELP ", name, " ", family.help, "\n# TYPE ", name,
               family.is_gauge ? " gauge\n" : " counter\n");
-    auto series = [&](const std::string& labels) {
-      return labels.empty() ? name : StrCat(name, "{", labels, "}");
+    auto series = [&family_name = name](const std::string& labels) {
+      return labels.empty() ? family_name : StrCat(family_name, "{", labels, "}");
     };
     for (const auto& [labels, counter] : family.counters) {
       StrAppend(out, series(labels), " ", counter->value(), "\n");

@@ -6,7 +6,7 @@
 #   --runtime  only the shared libraries the built binaries need (container images)
 set -euo pipefail
 
-build=(build-essential cmake ninja-build pkg-config git clang-format
+build=(build-essential cmake ninja-build pkg-config git clang-format clang libclang-rt-14-dev
        libuv1-dev libssl-dev openssl libprotobuf-dev protobuf-compiler
        libyaml-cpp-dev libabsl-dev libhttp-parser-dev libspdlog-dev libcli11-dev libgtest-dev libgmock-dev)
 test=(curl nginx-light python3 python3-websockets iproute2 procps netcat-openbsd)

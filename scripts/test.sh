@@ -2,7 +2,8 @@
 # Quickstart, part two: install dependencies, build, and run every test.
 #   1. unit and integration tests against AddressSanitizer + UndefinedBehaviorSanitizer builds
 #      (build-asan/; a sanitizer report in rdv-relay or rdv-agent fails the test that ran it)
-#   2. the whole suite against the normal build: lint, unit, integration, slow (build/)
+#   2. libFuzzer targets (HTTP framing, the link) for a bounded time each (build-fuzz/, clang)
+#   3. the whole suite against the normal build: lint, unit, integration, slow (build/)
 # Pass a CTest label regex to run a part instead: scripts/test.sh integration
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -17,6 +18,14 @@ if [[ -z "$labels" || "$labels" == unit || "$labels" == integration ]]; then
   scripts/build.sh build-asan Debug -DRDV_SANITIZE=ON
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1 \
     ctest --test-dir build-asan -L "${labels:-unit|integration}" --output-on-failure -j "$jobs"
+fi
+
+if [[ -z "$labels" || "$labels" == fuzz ]]; then
+  echo "== fuzz targets, ${RDV_FUZZ_SECONDS:-20} s each"
+  CC=clang CXX=clang++ scripts/build.sh build-fuzz RelWithDebInfo -DRDV_FUZZ=ON -DRDV_WERROR=OFF \
+    -DRDV_FUZZ_SECONDS="${RDV_FUZZ_SECONDS:-20}"
+  ctest --test-dir build-fuzz -L fuzz --output-on-failure
+  [[ "$labels" == fuzz ]] && exit 0
 fi
 
 echo "== test suite${labels:+ (labels: $labels)}"
