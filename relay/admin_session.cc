@@ -5,10 +5,35 @@
 
 namespace rdv {
 
-AdminSession::AdminSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client)
-    : worker_(worker), client_(std::move(client)), framer_(HttpRequestFramer::Limits{8192, 50}) {}
+namespace {
+constexpr uint64_t kAdminTimeoutMs = 10000;
+}  // namespace
 
-AdminSession::~AdminSession() { client_->Close(); }
+AdminSession::AdminSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client)
+    : worker_(worker),
+      client_(std::move(client)),
+      framer_(HttpRequestFramer::Limits{8192, 50}),
+      timer_(new uv_timer_t) {
+  uv_timer_init(worker.loop(), timer_);
+  timer_->data = this;
+}
+
+AdminSession::~AdminSession() {
+  timer_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(timer_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  client_->Close();
+}
+
+void AdminSession::Start() {
+  uv_timer_start(
+      timer_,
+      [](uv_timer_t* t) {
+        if (t->data) static_cast<AdminSession*>(t->data)->Finish();
+      },
+      kAdminTimeoutMs, 0);
+  client_->Start(*this);
+}
 
 void AdminSession::OnRead(std::string_view data) {
   if (responded_) return;
@@ -50,6 +75,7 @@ void AdminSession::OnDrained() {}
 void AdminSession::Finish() {
   if (finished_) return;
   finished_ = true;
+  uv_timer_stop(timer_);
   client_->Close();
   worker_.Finish(this);
 }

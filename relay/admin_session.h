@@ -1,5 +1,6 @@
 // One connection on the admin listener: GET /metrics (Prometheus text), GET /healthz.
-// Anything else gets 404/405; garbage gets 400 and a counter.
+// Anything else gets 404/405; garbage gets 400 and a counter. A connection gets one answer and
+// at most kAdminTimeoutMs in all, so idle or slow clients cannot pile up.
 #ifndef RDV_RELAY_ADMIN_SESSION_H_
 #define RDV_RELAY_ADMIN_SESSION_H_
 
@@ -16,7 +17,7 @@ class AdminSession : public RelaySession, public TcpConnection::Handler {
  public:
   AdminSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client);
   ~AdminSession() override;
-  void Start() { client_->Start(*this); }
+  void Start();
 
   void OnRead(std::string_view data) override;
   void OnEof() override { Finish(); }
@@ -32,6 +33,7 @@ class AdminSession : public RelaySession, public TcpConnection::Handler {
   HttpRequestFramer framer_;
   bool responded_ = false;
   bool finished_ = false;
+  uv_timer_t* timer_;
 };
 
 }  // namespace rdv
