@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/loop_tasks.h"
 #include "common/tcp_connection.h"
 
 namespace rdv {
@@ -46,35 +47,6 @@ absl::StatusOr<ServerTlsIdentity> CreateLinkServerContext(const std::string& cer
 absl::StatusOr<SslCtxPtr> CreateLinkClientContext(const std::string& ca_file);
 
 std::string CertificateFingerprint(X509* cert);
-
-// Per-loop work that must run after the current callbacks return, once per iteration
-// (uv_check): flushing coalesced TLS writes, and destroying objects that asked to be
-// destroyed from inside their own callbacks (STYLE 5).
-class LoopTasks {
- public:
-  explicit LoopTasks(uv_loop_t* loop);
-  ~LoopTasks();
-  class Client {
-   public:
-    virtual ~Client() = default;
-    virtual void FlushNow() = 0;
-  };
-  void Schedule(Client* client);
-  void Cancel(Client* client);
-  // Runs `task` after the current callbacks (typically: delete an object).
-  void Defer(std::function<void()> task);
-  void Close();
-  uv_loop_t* loop() const { return loop_; }
-
- private:
-  static void OnCheck(uv_check_t* check);
-  void Arm();
-  uv_loop_t* loop_;
-  uv_check_t* check_;
-  std::vector<Client*> dirty_;
-  std::vector<std::function<void()>> deferred_;
-  uv_idle_t* idle_;  // keeps the loop from blocking in poll while deferred work waits
-};
 
 class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
  public:
