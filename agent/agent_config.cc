@@ -98,7 +98,7 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   absl::StatusOr<YamlMap> map = item.AsMap();
   if (!map.ok()) return map.status();
   if (absl::Status s =
-          map->CheckKeys({"name", "kind", "target", "alias", "port", "proxy_protocol"});
+          map->CheckKeys({"name", "kind", "target", "alias", "port", "proxy_protocol", "balance"});
       !s.ok()) {
     return s;
   }
@@ -107,31 +107,37 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   absl::StatusOr<YamlValue> kind_value = map->Require("kind");
   if (!kind_value.ok()) return kind_value.status();
   absl::StatusOr<std::string> kind = kind_value->AsString();
-  if (kind.ok() && *kind == "http") {
-    service.kind = ServiceConfig::Kind::kHttp;
-  } else if (kind.ok() && *kind == "tcp") {
-    service.kind = ServiceConfig::Kind::kTcp;
-  } else {
-    return kind_value->Error(absl::StrCat("expected one of http|tcp, ", kind_value->Got()));
+  static constexpr std::pair<std::string_view, ServiceConfig::Kind> kKinds[] = {
+      {"http", ServiceConfig::Kind::kHttp},
+      {"tcp", ServiceConfig::Kind::kTcp},
+      {"tls", ServiceConfig::Kind::kTls},
+      {"smtp", ServiceConfig::Kind::kSmtp},
+      {"udp", ServiceConfig::Kind::kUdp}};
+  auto known = std::find_if(std::begin(kKinds), std::end(kKinds),
+                            [&](const auto& entry) { return kind.ok() && *kind == entry.first; });
+  if (known == std::end(kKinds)) {
+    return kind_value->Error(
+        absl::StrCat("expected one of http|tcp|tls|smtp|udp, ", kind_value->Got()));
   }
+  service.kind = known->second;
 
   absl::StatusOr<YamlValue> name_value = map->Require("name");
   if (!name_value.ok()) return name_value.status();
   absl::StatusOr<std::string> name = name_value->AsString();
   if (!name.ok()) return name.status();
-  if (service.kind == ServiceConfig::Kind::kHttp) {
+  if (service.named_by_host()) {
     std::string lower = absl::AsciiStrToLower(*name);
     if (!IsValidHostPattern(lower)) {
-      return name_value->Error(absl::StrCat(
-          "expected a host name or *.suffix for an http service, e.g. www.example.com or "
-          "*.example.com, ",
-          name_value->Got()));
+      return name_value->Error(
+          absl::StrCat("expected a host name or *.suffix for an ", AbslView(service.kind_name()),
+                       " service, e.g. www.example.com or *.example.com, ", name_value->Got()));
     }
     service.name = std::move(lower);
   } else {
     if (!IsValidServiceName(*name)) {
       return name_value->Error(
-          absl::StrCat("expected a tcp service name (a letter, then letters, digits, '.', '_', "
+          absl::StrCat("expected a ", AbslView(service.kind_name()),
+                       " service name (a letter, then letters, digits, '.', '_', "
                        "'-'; at most 63), ",
                        name_value->Got()));
     }
@@ -151,10 +157,21 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
     return s;
   }
 
+  if (absl::Status s = map->ReadEnum("balance", {"round_robin", "least_streams", "client_ip_hash"},
+                                     &service.balance);
+      !s.ok()) {
+    return s;
+  }
+
   std::optional<YamlValue> alias_value = map->Find("alias");
   std::optional<YamlValue> port_value = map->Find("port");
+  if (service.named_by_host()) {
+    if (port_value) return port_value->Error("port is only valid for tcp and udp services");
+    if (alias_value && service.kind != ServiceConfig::Kind::kHttp) {
+      return alias_value->Error("alias is only valid for http services");
+    }
+  }
   if (service.kind == ServiceConfig::Kind::kHttp) {
-    if (port_value) return port_value->Error("port is only valid for tcp services");
     std::string alias;
     if (alias_value) {
       absl::StatusOr<std::string> text = alias_value->AsString();
@@ -176,7 +193,7 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
       }
     }
     service.alias = std::move(alias);
-  } else {
+  } else if (!service.named_by_host()) {
     if (alias_value) return alias_value->Error("alias is only valid for http services");
     if (port_value) {
       absl::StatusOr<uint64_t> port = port_value->AsUint(0, 65535);
@@ -193,7 +210,7 @@ absl::Status ParseServices(const YamlMap& root, AgentConfig* config) {
   if (!items.ok()) return items.status();
   std::map<std::pair<ServiceConfig::Kind, std::string>, std::string> name_owner;
   std::map<std::string, std::string> alias_owner;
-  std::map<uint16_t, std::string> port_owner;
+  std::map<std::pair<ServiceConfig::Kind, uint16_t>, std::string> port_owner;
   for (const YamlValue& item : *items) {
     absl::StatusOr<ServiceConfig> service = ParseService(item);
     if (!service.ok()) return service.status();
@@ -215,7 +232,9 @@ absl::Status ParseServices(const YamlMap& root, AgentConfig* config) {
       }
     }
     if (service->port != 0) {
-      if (auto [it, inserted] = port_owner.emplace(service->port, item.path()); !inserted) {
+      if (auto [it, inserted] =
+              port_owner.emplace(std::make_pair(service->kind, service->port), item.path());
+          !inserted) {
         return map->Find("port")->Error(
             absl::StrCat("port ", service->port, " is already requested by ", it->second));
       }

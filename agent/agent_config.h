@@ -18,9 +18,10 @@
 namespace rdv {
 
 struct ServiceConfig {
-  enum class Kind { kHttp, kTcp };
+  enum class Kind { kHttp, kTcp, kTls, kSmtp, kUdp };
 
-  // http: a host name or "*.suffix", lowercase. tcp: a service name (see IsValidServiceName).
+  // http, tls (SNI), smtp (recipient domain): a host name or "*.suffix", lowercase.
+  // tcp, udp: a service name (see IsValidServiceName).
   std::string name;
   Kind kind = Kind::kHttp;
   HostPort target;  // port is never 0
@@ -28,13 +29,35 @@ struct ServiceConfig {
   // dropped, '.' turned into '-', and leading/trailing '-' trimmed ("*.orang.com" ->
   // "orang-com"). Always a valid DNS label; empty for tcp.
   std::string alias;
-  // tcp only: the relay port to request; 0 = the relay's fixed mapping or an allocated port.
+  // tcp and udp only: the relay port to request; 0 = the relay's fixed mapping or an allocated
+  // port.
   uint16_t port = 0;
   // "off", "v1" or "v2": the PROXY protocol header the agent sends the target first, carrying
   // the original client's address.
   std::string proxy_protocol = "off";
 
-  std::string_view kind_name() const { return kind == Kind::kHttp ? "http" : "tcp"; }
+  // How the relay spreads streams when several agents serve this name under one credential:
+  // "round_robin", "least_streams" or "client_ip_hash".
+  std::string balance = "round_robin";
+
+  bool named_by_host() const {
+    return kind == Kind::kHttp || kind == Kind::kTls || kind == Kind::kSmtp;
+  }
+  std::string_view kind_name() const {
+    switch (kind) {
+      case Kind::kHttp:
+        return "http";
+      case Kind::kTcp:
+        return "tcp";
+      case Kind::kTls:
+        return "tls";
+      case Kind::kSmtp:
+        return "smtp";
+      case Kind::kUdp:
+        return "udp";
+    }
+    return "?";
+  }
 };
 
 struct AgentCredentialConfig {

@@ -276,8 +276,8 @@ TEST(AgentConfigTest, Services) {
   EXPECT_EQ(ErrorOf(MinimalConfig("")),
             "agent.yaml:1: missing required key 'services' at top level");
   EXPECT_EQ(ErrorOf(FullWith("    kind: tcp\n    target: 127.0.0.1:6379",
-                             "    kind: udp\n    target: 127.0.0.1:6379")),
-            "agent.yaml:33: services[4].kind: expected one of http|tcp, got 'udp'");
+                             "    kind: ftp\n    target: 127.0.0.1:6379")),
+            "agent.yaml:33: services[4].kind: expected one of http|tcp|tls|smtp|udp, got 'ftp'");
   EXPECT_EQ(ErrorOf(FullWith("  - name: cache\n    kind: tcp\n", "  - name: cache\n")),
             "agent.yaml:32: missing required key 'kind' in 'services[4]'");
   EXPECT_EQ(ErrorOf(FullWith("    target: 127.0.0.1:6379\n", "")),
@@ -332,7 +332,7 @@ TEST(AgentConfigTest, AliasAndPortRules) {
                              "alias: cache")),
             "agent.yaml:35: services[4].alias: alias is only valid for http services");
   EXPECT_EQ(ErrorOf(FullWith("    alias: API", "    alias: API\n    port: 80")),
-            "agent.yaml:28: services[2].port: port is only valid for tcp services");
+            "agent.yaml:28: services[2].port: port is only valid for tcp and udp services");
   EXPECT_EQ(ErrorOf(FullWith("    alias: API", "    alias: api.x")),
             "agent.yaml:27: services[2].alias: expected a single DNS label (letters, digits, "
             "'-'; at most 63), got 'api.x'");

@@ -4,6 +4,7 @@
 
 #include <random>
 
+#include "absl/strings/ascii.h"
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/proxy_protocol.h"
@@ -19,7 +20,19 @@ constexpr uint64_t kPingIntervalMs = 10000;
 constexpr uint64_t kIdleTimeoutMs = 30000;
 
 link::ServiceKind WireKind(ServiceConfig::Kind kind) {
-  return kind == ServiceConfig::Kind::kHttp ? link::HTTP : link::TCP;
+  switch (kind) {
+    case ServiceConfig::Kind::kHttp:
+      return link::HTTP;
+    case ServiceConfig::Kind::kTcp:
+      return link::TCP;
+    case ServiceConfig::Kind::kTls:
+      return link::TLS;
+    case ServiceConfig::Kind::kSmtp:
+      return link::SMTP;
+    case ServiceConfig::Kind::kUdp:
+      return link::UDP;
+  }
+  return link::SERVICE_KIND_UNSPECIFIED;
 }
 
 // Resolves host:port (numeric or by DNS) and calls `done` on the loop.
@@ -188,13 +201,14 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
         spec->set_name(service.name);
         spec->set_port(service.port);
         spec->set_alias(service.alias);
+        spec->set_balance(service.balance);
       }
       link_->SendControl(reg);
       return;
     }
     case link::Control::kRegistered: {
       const link::Registered& registered = control.registered();
-      std::string_view kind = registered.service().kind() == link::HTTP ? "http" : "tcp";
+      std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(registered.service().kind()));
       if (registered.ok()) {
         spdlog::info("registered {} {} {}", kind, registered.service().name(),
                      registered.routes_size() > 0 ? registered.routes(0) : "");
@@ -228,8 +242,7 @@ void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
   for (const ServiceConfig& service : agent_.config().services) {
     if (WireKind(service.kind) == open.service().kind() &&
         (service.name == open.service().name() ||
-         (service.kind == ServiceConfig::Kind::kHttp &&
-          NormalizeHost(service.name) == open.service().name()))) {
+         (service.named_by_host() && NormalizeHost(service.name) == open.service().name()))) {
       ConnectTarget(stream.id(), service);
       return;
     }

@@ -266,8 +266,8 @@ absl::StatusOr<Grant> ParseGrant(std::string_view text) {
   return absl::InternalError("unreachable grant kind");
 }
 
-bool Grant::AllowsHttpName(std::string_view name) const {
-  if (kind_ != GrantKind::kHttp) return false;
+bool Grant::AllowsHostName(GrantKind kind, std::string_view name) const {
+  if (kind_ != kind) return false;
   std::string lower = ToLower(name);
   if (!IsValidHostPattern(lower)) return false;
   if (!pattern_.starts_with(kWildcardPrefix)) return lower == pattern_;
@@ -276,8 +276,8 @@ bool Grant::AllowsHttpName(std::string_view name) const {
   return WildcardMatches(pattern_, lower);
 }
 
-bool Grant::AllowsTcp(std::string_view service_name, uint16_t port) const {
-  if (kind_ != GrantKind::kTcp) return false;
+bool Grant::AllowsPort(GrantKind kind, std::string_view service_name, uint16_t port) const {
+  if (kind_ != kind) return false;
   if (IsPortRange()) {
     return port == 0 || (port >= port_low_ && port <= port_high_);
   }

@@ -72,19 +72,27 @@ std::string_view GrantKindName(GrantKind kind);
 //   tcp:2020             same, single port
 //   tcp:db               the service named "db", on any port
 //   tcp:*                any service name, on any port
-// tls and smtp take host patterns like http, udp takes ports like tcp; they parse so configs
-// can carry them, but nothing is allowed by them yet.
+//   tls:*.orang.com      TLS services by SNI name, patterns as for http
+//   smtp:orang.com       mail domains, patterns as for http
+//   udp:5353-5360        udp services, patterns as for tcp
 class Grant {
  public:
   const std::string& pattern() const { return pattern_; }
   GrantKind kind() const { return kind_; }
 
-  // Whether an HTTP registration of `name` (a host name or "*.suffix") is covered.
-  bool AllowsHttpName(std::string_view name) const;
-  // Whether a TCP registration of `service_name` on relay `port` is covered. Port 0 means the
-  // port is not chosen yet: allowed iff this grant names the service (or is "*") or is a port
-  // range, from which the relay may then allocate (see PortRange()).
-  bool AllowsTcp(std::string_view service_name, uint16_t port) const;
+  // Whether a registration of `name` (a host name or "*.suffix") of `kind` (http, tls, smtp)
+  // is covered.
+  bool AllowsHostName(GrantKind kind, std::string_view name) const;
+  bool AllowsHttpName(std::string_view name) const {
+    return AllowsHostName(GrantKind::kHttp, name);
+  }
+  // Whether a registration of `service_name` on relay `port` of `kind` (tcp, udp) is covered.
+  // Port 0 means the port is not chosen yet: allowed iff this grant names the service (or is
+  // "*") or is a port range, from which the relay may then allocate (see PortRange()).
+  bool AllowsPort(GrantKind kind, std::string_view service_name, uint16_t port) const;
+  bool AllowsTcp(std::string_view service_name, uint16_t port) const {
+    return AllowsPort(GrantKind::kTcp, service_name, port);
+  }
 
   // For tcp/udp port grants: the inclusive range; {0, 0} for name grants.
   bool IsPortRange() const { return port_low_ != 0; }

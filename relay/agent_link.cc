@@ -289,12 +289,23 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
     return result;
   };
   std::string name = spec.name();
-  if (spec.kind() == link::HTTP) {
+  if (spec.kind() == link::HTTP || spec.kind() == link::TLS || spec.kind() == link::SMTP) {
+    GrantKind grant_kind = spec.kind() == link::HTTP  ? GrantKind::kHttp
+                           : spec.kind() == link::TLS ? GrantKind::kTls
+                                                      : GrantKind::kSmtp;
     name = NormalizeHost(spec.name());
     if (!IsValidHostPattern(name)) return refuse("invalid", "invalid host name");
     bool granted = false;
-    for (const Grant& grant : credential_->grants) granted |= grant.AllowsHttpName(name);
+    for (const Grant& grant : credential_->grants) {
+      granted |= grant.AllowsHostName(grant_kind, name);
+    }
     if (!granted) return refuse("not_granted", "name not granted to this credential");
+    if (spec.kind() == link::TLS && !worker_.config().tls) {
+      return refuse("no_entrypoint", "this relay has no tls entrypoint");
+    }
+    if (spec.kind() == link::SMTP && !worker_.config().smtp) {
+      return refuse("no_entrypoint", "this relay has no smtp entrypoint");
+    }
     result.mutable_service()->set_name(name);
   } else if (spec.kind() == link::TCP) {
     if (!IsValidServiceName(name)) return refuse("invalid", "invalid service name");
@@ -332,7 +343,7 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
   ServicesRegistered().Inc();
   ++registered_;
   spdlog::info("agent link {} ({}, credential {}): registered {} {}", id_, agent_id_,
-               credential_name_, spec.kind() == link::HTTP ? "http" : "tcp",
+               credential_name_, absl::AsciiStrToLower(link::ServiceKind_Name(spec.kind())),
                result.service().name());
   return result;
 }

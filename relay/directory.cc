@@ -65,17 +65,20 @@ RouteResult InMemoryDirectory::Pick(Entry& entry, int worker) {
   return result;
 }
 
-RouteResult InMemoryDirectory::RouteHttp(const std::string& host, int worker) {
+RouteResult InMemoryDirectory::RouteHost(link::ServiceKind kind, const std::string& host,
+                                         int worker) {
   absl::MutexLock lock(&mu_);
-  if (auto it = entries_.find(Key(link::HTTP, host)); it != entries_.end()) {
+  if (auto it = entries_.find(Key(kind, host)); it != entries_.end()) {
     return Pick(it->second, worker);
   }
-  if (auto it = http_alias_.find(host); it != http_alias_.end()) {
-    return Pick(entries_[it->second], worker);
+  if (kind == link::HTTP) {
+    if (auto it = http_alias_.find(host); it != http_alias_.end()) {
+      return Pick(entries_[it->second], worker);
+    }
   }
   // Longest wildcard: try "*.b.c" before "*.c" for host "a.b.c".
   for (size_t dot = host.find('.'); dot != std::string::npos; dot = host.find('.', dot + 1)) {
-    auto it = entries_.find(Key(link::HTTP, StrCat("*", host.substr(dot))));
+    auto it = entries_.find(Key(kind, StrCat("*", host.substr(dot))));
     if (it != entries_.end()) return Pick(it->second, worker);
   }
   return RouteResult{};

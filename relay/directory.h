@@ -53,8 +53,13 @@ class Directory {
   // Routes an HTTP host (already normalized: lowercase, no port): exact name, then
   // `<alias>.<zone>`, then the longest matching `*.suffix`. Among the links serving the name,
   // those on `worker` are preferred (no hand-off), round robin within the choice.
-  virtual RouteResult RouteHttp(const std::string& host, int worker) = 0;
-  // Routes a tcp service by name.
+  RouteResult RouteHttp(const std::string& host, int worker) {
+    return RouteHost(link::HTTP, host, worker);
+  }
+  // Routes a host name of `kind` (http, tls: SNI, smtp: recipient domain): exact name, then
+  // (http only) `<alias>.<zone>`, then the longest matching `*.suffix`.
+  virtual RouteResult RouteHost(link::ServiceKind kind, const std::string& host, int worker) = 0;
+  // Routes a tcp or udp service by name.
   virtual RouteResult RouteService(link::ServiceKind kind, const std::string& name, int worker) = 0;
 };
 
@@ -66,7 +71,7 @@ class InMemoryDirectory : public Directory {
   absl::Status Claim(const link::ServiceSpec& service, const std::string& alias,
                      StreamCarrier& carrier) override;
   void Release(StreamCarrier& carrier) override;
-  RouteResult RouteHttp(const std::string& host, int worker) override;
+  RouteResult RouteHost(link::ServiceKind kind, const std::string& host, int worker) override;
   RouteResult RouteService(link::ServiceKind kind, const std::string& name, int worker) override;
 
  private:

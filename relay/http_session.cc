@@ -217,8 +217,11 @@ void HttpSession::HandOff(int worker, const HttpRequestHead& head) {
   static Counter& handoffs =
       CounterOf("rdv_worker_handoffs_total", "Client connections moved to another worker loop");
   handoffs.Inc();
-  worker_.relay().worker(worker).HandOff(
-      Handoff{Handoff::Kind::kHttp, *fd, std::move(bytes), std::string(), 0});
+  Handoff handoff;
+  handoff.kind = Handoff::Kind::kHttp;
+  handoff.fd = *fd;
+  handoff.bytes = std::move(bytes);
+  worker_.relay().worker(worker).HandOff(std::move(handoff));
 }
 
 void HttpSession::DropStream() {

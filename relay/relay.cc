@@ -55,6 +55,10 @@ absl::StatusOr<std::unique_ptr<Relay>> Relay::Create(RelayConfig config, uv_loop
 
 absl::Status Relay::ListenEverywhere(const std::vector<HostPort>& addresses,
                                      const std::string& role) {
+  static const std::map<std::string, Entrypoint> kEntrypoints = {{"http", Entrypoint::kHttp},
+                                                                 {"tls", Entrypoint::kTls},
+                                                                 {"smtp", Entrypoint::kSmtp},
+                                                                 {"proxy", Entrypoint::kProxy}};
   uint16_t first_port = 0;
   for (const HostPort& address : addresses) {
     // Port 0 on several addresses: the first picks, the rest (and the other workers) follow.
@@ -68,7 +72,10 @@ absl::Status Relay::ListenEverywhere(const std::vector<HostPort>& addresses,
       if (role == "agent") {
         on_accept = [w](uv_stream_t* server) { w->AcceptAgent(server); };
       } else {
-        on_accept = [w](uv_stream_t* server) { w->AcceptHttp(server); };
+        Entrypoint entrypoint = kEntrypoints.at(role);
+        on_accept = [w, entrypoint](uv_stream_t* server) {
+          w->AcceptEntrypoint(server, entrypoint);
+        };
       }
       absl::StatusOr<TcpListener*> listener =
           w->Listen(address.host, port, std::move(on_accept), /*reuse_port=*/true);
@@ -77,7 +84,7 @@ absl::Status Relay::ListenEverywhere(const std::vector<HostPort>& addresses,
       if (first_port == 0) first_port = port;
       if (w->index() == 0) spdlog::info("listening {} {}", role, (*listener)->address());
     }
-    if (role == "http" && http_port_ == 0) http_port_ = port;
+    if (uint16_t& first = entry_ports_[role]; first == 0) first = port;
   }
   return absl::OkStatus();
 }
@@ -91,6 +98,15 @@ absl::Status Relay::Start() {
   if (absl::Status s = ListenEverywhere(config_.agent_listener.listen, "agent"); !s.ok()) return s;
   if (config_.http) {
     if (absl::Status s = ListenEverywhere(config_.http->listen, "http"); !s.ok()) return s;
+  }
+  if (config_.tls) {
+    if (absl::Status s = ListenEverywhere(config_.tls->listen, "tls"); !s.ok()) return s;
+  }
+  if (config_.smtp) {
+    if (absl::Status s = ListenEverywhere(config_.smtp->listen, "smtp"); !s.ok()) return s;
+  }
+  if (config_.proxy) {
+    if (absl::Status s = ListenEverywhere(config_.proxy->listen, "proxy"); !s.ok()) return s;
   }
   RelayWorker& main = *workers_[0];
   uint16_t admin_port = 0;
@@ -227,11 +243,20 @@ absl::StatusOr<uint16_t> Relay::EnsureTcpPort(const std::string& service, uint16
 std::vector<std::string> Relay::RoutesFor(const link::ServiceSpec& service,
                                           const std::string& alias) {
   std::vector<std::string> routes;
+  auto entry_port = [&](const std::string& role) -> uint16_t {
+    auto it = entry_ports_.find(role);
+    return it == entry_ports_.end() ? 0 : it->second;
+  };
   if (service.kind() == link::HTTP) {
-    routes.push_back(StrCat("http://", service.name(), ":", http_port_, "/"));
+    uint16_t http_port = entry_port("http");
+    routes.push_back(StrCat("http://", service.name(), ":", http_port, "/"));
     if (config_.http && !config_.http->zone.empty() && !alias.empty()) {
-      routes.push_back(StrCat("http://", alias, ".", config_.http->zone, ":", http_port_, "/"));
+      routes.push_back(StrCat("http://", alias, ".", config_.http->zone, ":", http_port, "/"));
     }
+  } else if (service.kind() == link::TLS) {
+    routes.push_back(StrCat("tls://", service.name(), ":", entry_port("tls")));
+  } else if (service.kind() == link::SMTP) {
+    routes.push_back(StrCat("smtp://", service.name(), ":", entry_port("smtp")));
   } else {
     routes.push_back(
         StrCat("tcp://", config_.tcp.bind.empty() ? "" : config_.tcp.bind[0], ":", service.port()));

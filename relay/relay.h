@@ -63,7 +63,9 @@ class Relay {
   ServerTlsIdentity identity_;
   std::unique_ptr<Directory> directory_;
   std::vector<std::unique_ptr<RelayWorker>> workers_;
-  uint16_t http_port_ = 0;
+  // The first port of each entrypoint ("http", "tls", ...), for the routes agents are told.
+  // Written by Start() before any worker thread runs.
+  std::map<std::string, uint16_t> entry_ports_;
 
   absl::Mutex mu_;
   std::map<std::string, uint16_t> tcp_ports_ ABSL_GUARDED_BY(mu_);  // service -> relay port

@@ -79,23 +79,30 @@ absl::Status ParseHttp(const YamlMap& map, HttpEntrypointConfig* config) {
   return map.ReadTimeoutMs("idle_timeout_ms", &config->idle_timeout);
 }
 
-absl::Status ParseTcp(const YamlMap& map, TcpEntrypointConfig* config) {
-  if (absl::Status s = map.CheckKeys({"bind", "ports"}); !s.ok()) return s;
-  if (std::optional<YamlValue> bind = map.Find("bind")) {
-    absl::StatusOr<std::vector<YamlValue>> items = bind->AsList();
-    if (!items.ok()) return items.status();
-    config->bind.clear();
-    for (const YamlValue& item : *items) {
-      absl::StatusOr<std::string> address = item.AsString();
-      if (!address.ok()) return address.status();
-      if (!IsIpLiteral(*address)) {
-        return item.Error(
-            absl::StrCat("expected an IP address without port, e.g. 0.0.0.0 or ::, ", item.Got()));
-      }
-      config->bind.push_back(*std::move(address));
+// `bind`: IP literals (no port) that service ports bind on.
+absl::Status ReadBind(const YamlMap& map, std::vector<std::string>* bind_list) {
+  std::optional<YamlValue> bind = map.Find("bind");
+  if (!bind) return absl::OkStatus();
+  absl::StatusOr<std::vector<YamlValue>> items = bind->AsList();
+  if (!items.ok()) return items.status();
+  bind_list->clear();
+  for (const YamlValue& item : *items) {
+    absl::StatusOr<std::string> address = item.AsString();
+    if (!address.ok()) return address.status();
+    if (!IsIpLiteral(*address)) {
+      return item.Error(
+          absl::StrCat("expected an IP address without port, e.g. 0.0.0.0 or ::, ", item.Got()));
     }
-    if (config->bind.empty()) return bind->Error("at least one address is required");
+    bind_list->push_back(*std::move(address));
   }
+  if (bind_list->empty()) return bind->Error("at least one address is required");
+  return absl::OkStatus();
+}
+
+// `ports`: a list of {service, port}, services and ports each unique. `Mapping` is
+// TcpPortMapping or UdpPortMapping.
+template <typename Mapping>
+absl::Status ReadPortMappings(const YamlMap& map, std::vector<Mapping>* mappings) {
   std::optional<YamlValue> ports = map.Find("ports");
   if (!ports) return absl::OkStatus();
   absl::StatusOr<std::vector<YamlValue>> items = ports->AsList();
@@ -128,7 +135,96 @@ absl::Status ParseTcp(const YamlMap& map, TcpEntrypointConfig* config) {
         !inserted) {
       return port_value->Error(absl::StrCat("port ", *port, " is already used by ", it->second));
     }
-    config->ports.push_back({*std::move(service), static_cast<uint16_t>(*port)});
+    mappings->push_back({*std::move(service), static_cast<uint16_t>(*port)});
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseTcp(const YamlMap& map, TcpEntrypointConfig* config) {
+  if (absl::Status s = map.CheckKeys({"bind", "ports"}); !s.ok()) return s;
+  if (absl::Status s = ReadBind(map, &config->bind); !s.ok()) return s;
+  return ReadPortMappings(map, &config->ports);
+}
+
+absl::Status ParseUdp(const YamlMap& map, UdpEntrypointConfig* config) {
+  if (absl::Status s = map.CheckKeys({"bind", "ports", "session_idle_timeout_ms"}); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ReadBind(map, &config->bind); !s.ok()) return s;
+  if (absl::Status s = ReadPortMappings(map, &config->ports); !s.ok()) return s;
+  return map.ReadTimeoutMs("session_idle_timeout_ms", &config->session_idle_timeout);
+}
+
+absl::Status ParseTls(const YamlMap& map, TlsEntrypointConfig* config) {
+  if (absl::Status s = map.CheckKeys({"listen", "hello_timeout_ms"}); !s.ok()) return s;
+  if (absl::Status s = ReadListen(map, /*allow_empty=*/false, &config->listen); !s.ok()) return s;
+  return map.ReadTimeoutMs("hello_timeout_ms", &config->hello_timeout);
+}
+
+absl::Status ParseSmtp(const YamlMap& map, SmtpEntrypointConfig* config) {
+  if (absl::Status s = map.CheckKeys({"listen", "hostname", "cert_file", "key_file",
+                                      "max_message_bytes", "max_commands", "command_timeout_ms"});
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = ReadListen(map, /*allow_empty=*/false, &config->listen); !s.ok()) return s;
+  if (absl::Status s = map.ReadString("hostname", &config->hostname); !s.ok()) return s;
+  if (!config->hostname.empty() && !IsValidHostName(absl::AsciiStrToLower(config->hostname))) {
+    std::optional<YamlValue> where = map.Find("hostname");
+    return where->Error(absl::StrCat("expected a DNS name, e.g. mx.example.com, ", where->Got()));
+  }
+  if (absl::Status s = map.ReadReadablePath("cert_file", &config->cert_file); !s.ok()) return s;
+  if (absl::Status s = map.ReadReadablePath("key_file", &config->key_file); !s.ok()) return s;
+  if (config->cert_file.empty() != config->key_file.empty()) {
+    std::string_view set_key = config->cert_file.empty() ? "key_file" : "cert_file";
+    return map.Find(set_key)->Error("cert_file and key_file must be set together (or neither)");
+  }
+  if (absl::Status s = map.ReadUint<uint64_t>("max_message_bytes", 1024, uint64_t{1} << 40,
+                                              &config->max_message_bytes);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = map.ReadUint<uint32_t>("max_commands", 5, 10000, &config->max_commands);
+      !s.ok()) {
+    return s;
+  }
+  return map.ReadTimeoutMs("command_timeout_ms", &config->command_timeout);
+}
+
+absl::Status ParseProxy(const YamlMap& map, ProxyEntrypointConfig* config) {
+  if (absl::Status s = map.CheckKeys({"listen", "users", "head_timeout_ms"}); !s.ok()) return s;
+  if (absl::Status s = ReadListen(map, /*allow_empty=*/false, &config->listen); !s.ok()) return s;
+  if (absl::Status s = map.ReadTimeoutMs("head_timeout_ms", &config->head_timeout); !s.ok()) {
+    return s;
+  }
+  std::optional<YamlValue> users = map.Find("users");
+  if (!users) return absl::OkStatus();
+  absl::StatusOr<std::vector<YamlValue>> items = users->AsList();
+  if (!items.ok()) return items.status();
+  std::map<std::string, std::string> name_owner;
+  for (const YamlValue& item : *items) {
+    absl::StatusOr<YamlMap> entry = item.AsMap();
+    if (!entry.ok()) return entry.status();
+    if (absl::Status s = entry->CheckKeys({"name", "password", "password_file"}); !s.ok()) return s;
+    absl::StatusOr<YamlValue> name_value = entry->Require("name");
+    if (!name_value.ok()) return name_value.status();
+    absl::StatusOr<std::string> name = name_value->AsString();
+    if (!name.ok()) return name.status();
+    // RFC 1929 carries each in one length byte.
+    if (name->empty() || name->size() > 255 || name->find(':') != std::string::npos) {
+      return name_value->Error(
+          absl::StrCat("expected 1 to 255 characters without ':', ", name_value->Got()));
+    }
+    absl::StatusOr<std::string> password = entry->ReadSecret("password", "password_file", 1);
+    if (!password.ok()) return password.status();
+    if (password->empty() || password->size() > 255) {
+      return item.Error("the password must have 1 to 255 characters");
+    }
+    if (auto [it, inserted] = name_owner.emplace(*name, item.path()); !inserted) {
+      return name_value->Error(
+          absl::StrCat("duplicate user '", *name, "' (also ", it->second, ")"));
+    }
+    config->users.push_back({*std::move(name), *std::move(password)});
   }
   return absl::OkStatus();
 }
@@ -260,15 +356,24 @@ absl::Status CheckListenersDistinct(const YamlMap& root, const RelayConfig& conf
   if (config.http) {
     if (absl::Status s = claim("http", config.http->listen); !s.ok()) return s;
   }
+  if (config.tls) {
+    if (absl::Status s = claim("tls", config.tls->listen); !s.ok()) return s;
+  }
+  if (config.smtp) {
+    if (absl::Status s = claim("smtp", config.smtp->listen); !s.ok()) return s;
+  }
+  if (config.proxy) {
+    if (absl::Status s = claim("proxy", config.proxy->listen); !s.ok()) return s;
+  }
   return claim("admin", config.admin.listen);
 }
 
 absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   absl::StatusOr<YamlMap> root = document.Root();
   if (!root.ok()) return root.status();
-  if (absl::Status s =
-          root->CheckKeys({"relay_id", "state_dir", "workers", "log_level", "agent_listener",
-                           "http", "tcp", "admin", "link", "credentials"});
+  if (absl::Status s = root->CheckKeys({"relay_id", "state_dir", "workers", "log_level",
+                                        "agent_listener", "http", "tcp", "tls", "smtp", "proxy",
+                                        "udp", "admin", "link", "credentials"});
       !s.ok()) {
     return s;
   }
@@ -311,7 +416,22 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
       return s;
     }
   }
+  if (root->HasKey("tls")) {
+    if (absl::Status s = parse_section("tls", ParseTls, &config.tls.emplace()); !s.ok()) return s;
+  }
+  if (root->HasKey("smtp")) {
+    if (absl::Status s = parse_section("smtp", ParseSmtp, &config.smtp.emplace()); !s.ok()) {
+      return s;
+    }
+    if (config.smtp->hostname.empty()) config.smtp->hostname = config.relay_id;
+  }
+  if (root->HasKey("proxy")) {
+    if (absl::Status s = parse_section("proxy", ParseProxy, &config.proxy.emplace()); !s.ok()) {
+      return s;
+    }
+  }
   if (absl::Status s = parse_section("tcp", ParseTcp, &config.tcp); !s.ok()) return s;
+  if (absl::Status s = parse_section("udp", ParseUdp, &config.udp); !s.ok()) return s;
   if (absl::Status s = parse_section("admin", ParseAdmin, &config.admin); !s.ok()) return s;
   if (absl::Status s = parse_section("link", ParseLink, &config.link); !s.ok()) return s;
   if (absl::Status s = CheckListenersDistinct(*root, config); !s.ok()) return s;
@@ -337,6 +457,13 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
 
 uint16_t TcpEntrypointConfig::FixedPortFor(std::string_view service) const {
   for (const TcpPortMapping& mapping : ports) {
+    if (mapping.service == service) return mapping.port;
+  }
+  return 0;
+}
+
+uint16_t UdpEntrypointConfig::FixedPortFor(std::string_view service) const {
+  for (const UdpPortMapping& mapping : ports) {
     if (mapping.service == service) return mapping.port;
   }
   return 0;

@@ -52,6 +52,54 @@ struct TcpEntrypointConfig {
   uint16_t FixedPortFor(std::string_view service) const;
 };
 
+// Routes TLS connections by the SNI of their ClientHello to `tls` services, passing the TLS
+// session through untouched.
+struct TlsEntrypointConfig {
+  std::vector<HostPort> listen = {{"0.0.0.0", 8443}, {"::", 8443}};
+  absl::Duration hello_timeout = absl::Milliseconds(10000);  // for the whole ClientHello
+};
+
+// Speaks the server side of SMTP up to the first RCPT TO and routes by the recipient's domain
+// to `smtp` services.
+struct SmtpEntrypointConfig {
+  std::vector<HostPort> listen = {{"0.0.0.0", 2525}, {"::", 2525}};
+  std::string hostname;  // in the greeting and EHLO reply; default: relay_id
+  // STARTTLS is offered only when both are set.
+  std::string cert_file;
+  std::string key_file;
+  uint64_t max_message_bytes = 52428800;  // advertised as SIZE
+  uint32_t max_commands = 100;            // before routing
+  absl::Duration command_timeout = absl::Milliseconds(300000);
+};
+
+struct ProxyUser {
+  std::string name;
+  std::string password;
+};
+
+// The relay as the client's configured proxy: HTTP CONNECT and absolute-form requests, and
+// SOCKS5, to virtual addresses.
+struct ProxyEntrypointConfig {
+  std::vector<HostPort> listen = {{"127.0.0.1", 1080}};
+  // Empty: no authentication. Otherwise SOCKS5 username/password (RFC 1929) and HTTP
+  // Proxy-Authorization Basic are required.
+  std::vector<ProxyUser> users;
+  absl::Duration head_timeout = absl::Milliseconds(10000);
+};
+
+struct UdpPortMapping {
+  std::string service;
+  uint16_t port = 0;
+};
+
+struct UdpEntrypointConfig {
+  std::vector<std::string> bind = {"0.0.0.0", "::"};
+  std::vector<UdpPortMapping> ports;
+  absl::Duration session_idle_timeout = absl::Milliseconds(60000);
+
+  uint16_t FixedPortFor(std::string_view service) const;
+};
+
 struct AdminConfig {
   // Empty = no admin listener.
   std::vector<HostPort> listen = {{"127.0.0.1", 9100}};
@@ -89,6 +137,10 @@ struct RelayConfig {
   AgentListenerConfig agent_listener;
   std::optional<HttpEntrypointConfig> http;  // absent: no HTTP entrypoint
   TcpEntrypointConfig tcp;
+  std::optional<TlsEntrypointConfig> tls;      // absent: no TLS entrypoint
+  std::optional<SmtpEntrypointConfig> smtp;    // absent: no SMTP entrypoint
+  std::optional<ProxyEntrypointConfig> proxy;  // absent: no proxy entrypoint
+  UdpEntrypointConfig udp;
   AdminConfig admin;
   LinkConfig link;
   std::vector<CredentialConfig> credentials;  // at least one, unique names

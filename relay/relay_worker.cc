@@ -2,22 +2,26 @@
 
 #include <malloc.h>
 
+#include "absl/strings/ascii.h"
 #include "common/metrics.h"
 #include "common/str_cat.h"
 #include "common/stream_splice.h"
 #include "relay/admin_session.h"
 #include "relay/agent_link.h"
 #include "relay/http_session.h"
+#include "relay/proxy_entrypoint.h"
 #include "relay/relay.h"
+#include "relay/smtp_entrypoint.h"
+#include "relay/tls_entrypoint.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {
 namespace {
 
-Counter& TcpNoAgent() {
-  static Counter& counter =
-      CounterOf("rdv_tcp_no_agent_total", "tcp clients closed because no agent serves the port");
-  return counter;
+Counter& NoAgent(link::ServiceKind kind) {
+  return CounterOf("rdv_splice_no_agent_total",
+                   "Clients closed because no agent link serves their service",
+                   StrCat("kind=\"", absl::AsciiStrToLower(link::ServiceKind_Name(kind)), "\""));
 }
 
 Counter& Handoffs() {
@@ -37,9 +41,9 @@ class TcpClientSession : public RelaySession {
         });
   }
   // Opens the stream; false when the link cannot take one.
-  bool Start(AgentLink& carrier, const link::ServiceSpec& service, uint16_t port,
+  bool Start(AgentLink& carrier, const link::ServiceSpec& service, const std::string& entrypoint,
              std::string_view initial) {
-    Stream* stream = carrier.OpenStream(service, splice_->socket(), StrCat("tcp:", port), *splice_);
+    Stream* stream = carrier.OpenStream(service, splice_->socket(), entrypoint, *splice_);
     if (stream == nullptr) return false;
     splice_->Attach(*stream);
     splice_->Start(initial);
@@ -132,13 +136,27 @@ void RelayWorker::AcceptAgent(uv_stream_t* server) {
   raw->Start();
 }
 
-void RelayWorker::AcceptHttp(uv_stream_t* server) {
+void RelayWorker::AcceptEntrypoint(uv_stream_t* server, Entrypoint entrypoint) {
   absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Accept(server);
   if (!client.ok()) return;
-  auto session = std::make_unique<HttpSession>(*this, std::move(*client));
-  HttpSession* raw = session.get();
-  Adopt(std::move(session));
-  raw->Start("");
+  switch (entrypoint) {
+    case Entrypoint::kHttp: {
+      auto session = std::make_unique<HttpSession>(*this, std::move(*client));
+      HttpSession* raw = session.get();
+      Adopt(std::move(session));
+      raw->Start("");
+      return;
+    }
+    case Entrypoint::kTls:
+      ServeTlsEntrypoint(*this, std::move(*client));
+      return;
+    case Entrypoint::kSmtp:
+      ServeSmtpEntrypoint(*this, std::move(*client));
+      return;
+    case Entrypoint::kProxy:
+      ServeProxyEntrypoint(*this, std::move(*client));
+      return;
+  }
 }
 
 void RelayWorker::AcceptAdmin(uv_stream_t* server) {
@@ -156,14 +174,17 @@ void RelayWorker::AcceptTcp(uv_stream_t* server, const std::string& service, uin
   static Counter& accepted =
       CounterOf("rdv_tcp_connections_total", "Connections accepted on tcp service ports");
   accepted.Inc();
-  ServeTcp(std::move(*client), service, port, "");
+  SpliceToService(std::move(*client), link::TCP, service, StrCat("tcp:", port), "");
 }
 
-void RelayWorker::ServeTcp(std::unique_ptr<TcpConnection> client, const std::string& service,
-                           uint16_t port, std::string initial) {
-  RouteResult route = directory().RouteService(link::TCP, service, index_);
+void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
+                                  const std::string& name, std::string entrypoint,
+                                  std::string initial) {
+  RouteResult route = kind == link::TCP || kind == link::UDP
+                          ? directory().RouteService(kind, name, index_)
+                          : directory().RouteHost(kind, name, index_);
   if (route.outcome != RouteResult::Outcome::kFound) {
-    TcpNoAgent().Inc();
+    NoAgent(kind).Inc();
     client->Close();
     return;
   }
@@ -171,15 +192,21 @@ void RelayWorker::ServeTcp(std::unique_ptr<TcpConnection> client, const std::str
     absl::StatusOr<int> fd = client->DetachFd();
     if (!fd.ok()) return;
     Handoffs().Inc();
-    relay_.worker(route.worker)
-        .HandOff(Handoff{Handoff::Kind::kTcp, *fd, std::move(initial), service, port});
+    Handoff handoff;
+    handoff.kind = Handoff::Kind::kSplice;
+    handoff.fd = *fd;
+    handoff.bytes = std::move(initial);
+    handoff.service_kind = kind;
+    handoff.service = name;
+    handoff.entrypoint = std::move(entrypoint);
+    relay_.worker(route.worker).HandOff(std::move(handoff));
     return;
   }
   auto session = std::make_unique<TcpClientSession>(*this, std::move(client));
   TcpClientSession* raw = session.get();
   Adopt(std::move(session));
-  if (!raw->Start(*static_cast<AgentLink*>(route.carrier), route.service, port, initial)) {
-    TcpNoAgent().Inc();
+  if (!raw->Start(*static_cast<AgentLink*>(route.carrier), route.service, entrypoint, initial)) {
+    NoAgent(kind).Inc();
     Finish(raw);
   }
 }
@@ -207,8 +234,9 @@ void RelayWorker::DrainHandoffs() {
     }
     absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Adopt(loop_, handoff.fd);
     if (!client.ok()) continue;
-    if (handoff.kind == Handoff::Kind::kTcp) {
-      ServeTcp(std::move(*client), handoff.service, handoff.port, std::move(handoff.bytes));
+    if (handoff.kind == Handoff::Kind::kSplice) {
+      SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
+                      std::move(handoff.entrypoint), std::move(handoff.bytes));
     } else {
       auto session = std::make_unique<HttpSession>(*this, std::move(*client));
       HttpSession* raw = session.get();

@@ -35,13 +35,20 @@ class RelaySession {
 
 // A client connection moving to another worker.
 struct Handoff {
-  enum class Kind { kHttp, kTcp };
+  enum class Kind {
+    kHttp,    // an HTTP entrypoint client: a new HttpSession processes `bytes` first
+    kSplice,  // route (service_kind, service) again there and splice the client onto a stream
+  };
   Kind kind = Kind::kHttp;
   int fd = -1;
-  std::string bytes;    // already read from the client, to be processed first
-  std::string service;  // kTcp: the service name
-  uint16_t port = 0;    // kTcp: the relay port it arrived on
+  std::string bytes;  // already read from the client: to be processed (kHttp) or sent (kSplice)
+  link::ServiceKind service_kind = link::TCP;  // kSplice
+  std::string service;                         // kSplice: service name or host
+  std::string entrypoint;                      // kSplice: for Open, e.g. "tcp:2020", "tls"
 };
+
+// The client-facing listeners bound on every worker.
+enum class Entrypoint { kHttp, kTls, kSmtp, kProxy };
 
 class RelayWorker {
  public:
@@ -61,9 +68,16 @@ class RelayWorker {
                                       TcpListener::AcceptCallback on_accept, bool reuse_port);
   void ListenAgents(const std::string& host, uint16_t port);  // after Listen succeeded
   void AcceptAgent(uv_stream_t* server);
-  void AcceptHttp(uv_stream_t* server);
+  void AcceptEntrypoint(uv_stream_t* server, Entrypoint entrypoint);
   void AcceptAdmin(uv_stream_t* server);
   void AcceptTcp(uv_stream_t* server, const std::string& service, uint16_t port);
+
+  // Routes `name` of `kind` (host routing for http/tls/smtp, by service name for tcp/udp) and
+  // splices `client` onto a new stream to it, sending `initial` (bytes already read) first.
+  // Hands the client to the worker owning the chosen link when that is another one. No route
+  // or no stream: the client is closed and counted.
+  void SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
+                       const std::string& name, std::string entrypoint, std::string initial);
 
   // Thread-safe: queue a client for this worker.
   void HandOff(Handoff handoff);
@@ -84,8 +98,6 @@ class RelayWorker {
  private:
   void DrainHandoffs();
   void Stop();
-  void ServeTcp(std::unique_ptr<TcpConnection> client, const std::string& service, uint16_t port,
-                std::string initial);
 
   Relay& relay_;
   const int index_;

@@ -1,0 +1,17 @@
+// The smtp entrypoint: see relay_config.h (SmtpEntrypointConfig).
+#ifndef RDV_RELAY_SMTP_ENTRYPOINT_H_
+#define RDV_RELAY_SMTP_ENTRYPOINT_H_
+
+#include <memory>
+
+#include "common/tcp_connection.h"
+#include "relay/relay_worker.h"
+
+namespace rdv {
+
+// Takes a client accepted on the smtp entrypoint; the worker owns the session from then on.
+void ServeSmtpEntrypoint(RelayWorker& worker, std::unique_ptr<TcpConnection> client);
+
+}  // namespace rdv
+
+#endif  // RDV_RELAY_SMTP_ENTRYPOINT_H_
