@@ -20,6 +20,15 @@
 
 namespace rdv {
 
+// "1.2.3.4:5" -> "1.2.3.4"; "[::1]:5" -> "::1" (the form peer_address() and local_address()
+// give).
+inline std::string HostOfAddress(const std::string& address) {
+  if (!address.empty() && address.front() == '[') {
+    return address.substr(1, address.find(']') - 1);
+  }
+  return address.substr(0, address.rfind(':'));
+}
+
 class TcpConnection {
  public:
   static constexpr size_t kDrainedWatermark = 256 * 1024;

@@ -66,7 +66,7 @@ RouteResult InMemoryDirectory::Pick(Entry& entry, int worker) {
 }
 
 RouteResult InMemoryDirectory::RouteHost(link::ServiceKind kind, const std::string& host,
-                                         int worker) {
+                                         int worker, std::string_view client_ip) {
   absl::MutexLock lock(&mu_);
   if (auto it = entries_.find(Key(kind, host)); it != entries_.end()) {
     return Pick(it->second, worker);
@@ -85,7 +85,7 @@ RouteResult InMemoryDirectory::RouteHost(link::ServiceKind kind, const std::stri
 }
 
 RouteResult InMemoryDirectory::RouteService(link::ServiceKind kind, const std::string& name,
-                                            int worker) {
+                                            int worker, std::string_view client_ip) {
   absl::MutexLock lock(&mu_);
   auto it = entries_.find(Key(kind, name));
   if (it == entries_.end()) return RouteResult{};

@@ -14,6 +14,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -53,14 +54,17 @@ class Directory {
   // Routes an HTTP host (already normalized: lowercase, no port): exact name, then
   // `<alias>.<zone>`, then the longest matching `*.suffix`. Among the links serving the name,
   // those on `worker` are preferred (no hand-off), round robin within the choice.
-  RouteResult RouteHttp(const std::string& host, int worker) {
-    return RouteHost(link::HTTP, host, worker);
+  RouteResult RouteHttp(const std::string& host, int worker, std::string_view client_ip) {
+    return RouteHost(link::HTTP, host, worker, client_ip);
   }
   // Routes a host name of `kind` (http, tls: SNI, smtp: recipient domain): exact name, then
   // (http only) `<alias>.<zone>`, then the longest matching `*.suffix`.
-  virtual RouteResult RouteHost(link::ServiceKind kind, const std::string& host, int worker) = 0;
+  // `client_ip` (an address literal, "" when unknown) feeds the client_ip_hash balance policy.
+  virtual RouteResult RouteHost(link::ServiceKind kind, const std::string& host, int worker,
+                                std::string_view client_ip) = 0;
   // Routes a tcp or udp service by name.
-  virtual RouteResult RouteService(link::ServiceKind kind, const std::string& name, int worker) = 0;
+  virtual RouteResult RouteService(link::ServiceKind kind, const std::string& name, int worker,
+                                   std::string_view client_ip) = 0;
 };
 
 // Single-relay directory held in memory, shared by the worker loops.
@@ -71,8 +75,10 @@ class InMemoryDirectory : public Directory {
   absl::Status Claim(const link::ServiceSpec& service, const std::string& alias,
                      StreamCarrier& carrier) override;
   void Release(StreamCarrier& carrier) override;
-  RouteResult RouteHost(link::ServiceKind kind, const std::string& host, int worker) override;
-  RouteResult RouteService(link::ServiceKind kind, const std::string& name, int worker) override;
+  RouteResult RouteHost(link::ServiceKind kind, const std::string& host, int worker,
+                        std::string_view client_ip) override;
+  RouteResult RouteService(link::ServiceKind kind, const std::string& name, int worker,
+                           std::string_view client_ip) override;
 
  private:
   struct Member {

@@ -19,14 +19,6 @@ Counter& HttpErrors(int code) {
                    StrCat("code=\"", code, "\""));
 }
 
-std::string ClientIp(const std::string& address) {
-  // "1.2.3.4:5" -> "1.2.3.4"; "[::1]:5" -> "::1"
-  if (!address.empty() && address.front() == '[') {
-    return address.substr(1, address.find(']') - 1);
-  }
-  return address.substr(0, address.rfind(':'));
-}
-
 }  // namespace
 
 HttpSession::HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client)
@@ -148,7 +140,8 @@ void HttpSession::Process() {
 bool HttpSession::RouteHead() {
   const HttpRequestHead& head = framer_.head();
   std::string host = NormalizeHost(head.host);
-  RouteResult route = worker_.directory().RouteHttp(host, worker_.index());
+  RouteResult route =
+      worker_.directory().RouteHttp(host, worker_.index(), HostOfAddress(client_->peer_address()));
   bool same_service = stream_ != nullptr && route.outcome == RouteResult::Outcome::kFound &&
                       route.service.name() == stream_service_;
   // A head for another service waits until the current stream has answered everything, so
@@ -189,7 +182,7 @@ bool HttpSession::RouteHead() {
     response_bytes_for_current_ = false;
   }
   std::string forwarded_for = std::string(head.Header("X-Forwarded-For"));
-  std::string client_ip = ClientIp(client_->peer_address());
+  std::string client_ip = HostOfAddress(client_->peer_address());
   forwarded_for = forwarded_for.empty() ? client_ip : StrCat(forwarded_for, ", ", client_ip);
   std::array<std::string_view, 3> drop = {"X-Forwarded-For", "X-Forwarded-Proto",
                                           "X-Forwarded-Host"};

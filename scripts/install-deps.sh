@@ -9,7 +9,8 @@ set -euo pipefail
 build=(build-essential cmake ninja-build pkg-config git clang-format clang libclang-rt-14-dev
        libuv1-dev libssl-dev openssl libprotobuf-dev protobuf-compiler
        libyaml-cpp-dev libabsl-dev libhttp-parser-dev libspdlog-dev libcli11-dev libgtest-dev libgmock-dev)
-test=(curl nginx-light python3 python3-websockets iproute2 procps netcat-openbsd)
+test=(curl nginx-light python3 python3-websockets iproute2 procps netcat-openbsd
+      postfix swaks dnsmasq-base bind9-dnsutils chromium)
 bench=(iperf3 wrk haproxy openssh-server openssh-client)
 
 runtime=(libuv1 libssl3 libprotobuf32 libyaml-cpp0.7 libhttp-parser2.9 libspdlog1.10
@@ -35,5 +36,8 @@ sudo=""
 [[ $(id -u) -ne 0 ]] && sudo="sudo"
 export DEBIAN_FRONTEND=noninteractive
 $sudo apt-get update -qq
+# Postfix is a test peer run with its own configuration directories; the system instance stays
+# unconfigured (and so does not start).
+echo "postfix postfix/main_mailer_type select No configuration" | $sudo debconf-set-selections
 # nginx-light starts a service on install where systemd runs; keep it from grabbing port 80.
 $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
