@@ -97,8 +97,8 @@ absl::Status ParseCredential(const YamlMap& root, AgentConfig* config) {
 absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   absl::StatusOr<YamlMap> map = item.AsMap();
   if (!map.ok()) return map.status();
-  if (absl::Status s =
-          map->CheckKeys({"name", "kind", "target", "alias", "port", "proxy_protocol", "balance"});
+  if (absl::Status s = map->CheckKeys(
+          {"name", "kind", "target", "alias", "port", "proxy_protocol", "balance", "rewrite_html"});
       !s.ok()) {
     return s;
   }
@@ -161,6 +161,12 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
                                      &service.balance);
       !s.ok()) {
     return s;
+  }
+
+  if (absl::Status s = map->ReadBool("rewrite_html", &service.rewrite_html); !s.ok()) return s;
+  if (std::optional<YamlValue> rewrite = map->Find("rewrite_html");
+      rewrite && service.kind != ServiceConfig::Kind::kHttp) {
+    return rewrite->Error("rewrite_html is only valid for http services");
   }
 
   std::optional<YamlValue> alias_value = map->Find("alias");

@@ -40,6 +40,9 @@ struct ServiceConfig {
   // "round_robin", "least_streams" or "client_ip_hash".
   std::string balance = "round_robin";
 
+  // http only: ask the relay to rewrite links in text/html bodies of /TUNNEL:<name>/ responses.
+  bool rewrite_html = false;
+
   bool named_by_host() const {
     return kind == Kind::kHttp || kind == Kind::kTls || kind == Kind::kSmtp;
   }

@@ -396,5 +396,24 @@ TEST(AgentConfigTest, ProxyProtocol) {
             "agent.yaml:32: services[3].proxy_protocol: expected one of off|v1|v2, got 'v3'");
 }
 
+TEST(AgentConfigTest, RewriteHtml) {
+  absl::StatusOr<AgentConfig> config = Parse(MinimalConfig());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->services[0].rewrite_html);
+  config =
+      Parse(MinimalConfig("services:\n  - {name: www.orang.com, kind: http, target: 127.0.0.1:81, "
+                          "rewrite_html: true}\n"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->services[0].rewrite_html);
+  EXPECT_NE(ErrorOf(MinimalConfig("services:\n  - {name: db, kind: tcp, target: 127.0.0.1:81, "
+                                  "rewrite_html: true}\n"))
+                .find("rewrite_html is only valid for http services"),
+            std::string::npos);
+  EXPECT_NE(ErrorOf(MinimalConfig("services:\n  - {name: www.orang.com, kind: http, target: "
+                                  "127.0.0.1:81, rewrite_html: maybe}\n"))
+                .find("rewrite_html"),
+            std::string::npos);
+}
+
 }  // namespace
 }  // namespace rdv

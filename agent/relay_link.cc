@@ -202,6 +202,7 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
         spec->set_port(service.port);
         spec->set_alias(service.alias);
         spec->set_balance(service.balance);
+        spec->set_rewrite_html(service.rewrite_html);
       }
       link_->SendControl(reg);
       return;
