@@ -1,6 +1,7 @@
 #include "relay/http_session.h"
 
 #include <array>
+#include <vector>
 
 #include "common/auth.h"
 #include "common/metrics.h"
@@ -139,11 +140,15 @@ void HttpSession::Process() {
 
 bool HttpSession::RouteHead() {
   const HttpRequestHead& head = framer_.head();
-  std::string host = NormalizeHost(head.host);
+  // `/TUNNEL:<name>/...` routes by <name>, whatever relay host name the client used.
+  std::optional<TunnelTarget> tunnel = ParseTunnelTarget(head.target);
+  std::string host = tunnel ? tunnel->name : NormalizeHost(head.host);
   RouteResult route =
       worker_.directory().RouteHttp(host, worker_.index(), HostOfAddress(client_->peer_address()));
   bool same_service = stream_ != nullptr && route.outcome == RouteResult::Outcome::kFound &&
-                      route.service.name() == stream_service_;
+                      route.service.name() == stream_service_ &&
+                      tunnel.has_value() == (tunnel_stage_ != nullptr) &&
+                      !(tunnel && tunnel->target.empty());
   // A head for another service waits until the current stream has answered everything, so
   // responses stay in request order.
   if (!same_service && stream_ != nullptr && responses_ && responses_->pending_responses() > 0) {
@@ -152,6 +157,19 @@ bool HttpSession::RouteHead() {
     return false;
   }
   head_pending_ = false;
+  if (tunnel && (host.empty() || route.outcome == RouteResult::Outcome::kUnknown)) {
+    SendError(404, StrCat("no service is registered for '/TUNNEL:", host, "/'"));
+    return false;
+  }
+  if (tunnel && tunnel->target.empty()) {  // "/TUNNEL:name": relative links need the slash
+    static Counter& redirects = CounterOf("rdv_http_tunnel_redirects_total",
+                                          "Redirects from /TUNNEL:<name> to /TUNNEL:<name>/");
+    redirects.Inc();
+    client_->Write(StrCat("HTTP/1.1 301 Moved Permanently\r\nLocation: ", tunnel->redirect,
+                          "\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"));
+    CloseWhenFlushed();
+    return false;
+  }
   if (host.empty()) {
     SendError(400, "the request has no Host header");
     return false;
@@ -180,6 +198,8 @@ bool HttpSession::RouteHead() {
     stream_service_ = route.service.name();
     responses_.emplace();
     response_bytes_for_current_ = false;
+    tunnel_stage_.reset();
+    if (tunnel) tunnel_stage_ = std::make_unique<TunnelResponseStage>();
   }
   std::string forwarded_for = std::string(head.Header("X-Forwarded-For"));
   std::string client_ip = HostOfAddress(client_->peer_address());
@@ -191,11 +211,47 @@ bool HttpSession::RouteHead() {
                                      HttpHeader{"X-Forwarded-Host", head.host}};
   responses_->ExpectResponseTo(head.method);
   uv_timer_stop(timer_);
-  if (!stream_->Write(SerializeRequestHead(head, drop, extra))) {
+  std::string head_bytes =
+      tunnel ? TunnelledHead(head, *tunnel, forwarded_for, route.service.rewrite_html())
+             : SerializeRequestHead(head, drop, extra);
+  if (!stream_->Write(head_bytes)) {
     client_->PauseReading();
     reading_paused_ = true;
   }
   return true;
+}
+
+std::string HttpSession::TunnelledHead(const HttpRequestHead& head, const TunnelTarget& tunnel,
+                                       const std::string& forwarded_for, bool rewrite_html) {
+  static Counter& tunnelled =
+      CounterOf("rdv_http_tunnel_requests_total", "Requests for /TUNNEL:<name>/ paths");
+  tunnelled.Inc();
+  TunnelResponseStage::Request request;
+  request.method = head.method;
+  request.tunnel = MakeTunnelContext(tunnel.name, tunnel.target);
+  request.rewrite_html = rewrite_html;
+  request.client_http10 = head.version_minor == 0;
+  std::vector<HttpHeader> extra = {
+      HttpHeader{"Host", tunnel.name}, HttpHeader{"X-Forwarded-For", forwarded_for},
+      HttpHeader{"X-Forwarded-Proto", "http"}, HttpHeader{"X-Forwarded-Host", head.host},
+      HttpHeader{"X-Forwarded-Prefix", request.tunnel.prefix}};
+  // The browser's Referer and Origin name the page inside the prefix on the relay's host; the
+  // service expects its own.
+  if (std::string_view referer = head.Header("Referer"); !referer.empty()) {
+    extra.push_back({"Referer", RewriteRefererOutOfTunnel(referer, head.host, tunnel.name)});
+  }
+  if (std::string_view origin = head.Header("Origin"); !origin.empty()) {
+    extra.push_back({"Origin", RewriteOriginOutOfTunnel(origin, head.host, tunnel.name)});
+  }
+  std::vector<std::string_view> drop = {
+      "Host",    "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "X-Forwarded-Prefix",
+      "Referer", "Origin"};
+  // Links can only be rewritten in bodies the relay can read.
+  if (rewrite_html) drop.push_back("Accept-Encoding");
+  HttpRequestHead rewritten = head;
+  rewritten.target = tunnel.target;
+  tunnel_stage_->ExpectResponseTo(std::move(request));
+  return SerializeRequestHead(rewritten, drop, extra);
 }
 
 void HttpSession::HandOff(int worker, const HttpRequestHead& head) {
@@ -222,6 +278,7 @@ void HttpSession::DropStream() {
   Stream* stream = stream_;
   stream_ = nullptr;
   responses_.reset();
+  tunnel_stage_.reset();
   stream->Reset("request routed to another service");
 }
 
@@ -244,7 +301,7 @@ void HttpSession::OnStreamData(Stream& stream, std::string_view data) {
     if (progress->responses_completed > 0) response_bytes_for_current_ = false;
     if (progress->connection_close) close_after_response_ = true;
   }
-  client_->Write(data);
+  WriteToClient(data, false);
   unreturned_credit_ += data.size();
   ReturnCredit();
   if (responses_ && !responses_->tunneling() && responses_->pending_responses() == 0) {
@@ -259,6 +316,17 @@ void HttpSession::OnStreamData(Stream& stream, std::string_view data) {
       Process();
     }
   }
+}
+
+void HttpSession::WriteToClient(std::string_view data, bool end_stream) {
+  if (tunnel_stage_ == nullptr) {
+    if (!data.empty()) client_->Write(data);
+    return;
+  }
+  std::string out;
+  tunnel_stage_->OnData(data, end_stream, out);
+  if (tunnel_stage_->close_after_response()) close_after_response_ = true;
+  if (!out.empty()) client_->Write(out);
 }
 
 void HttpSession::ReturnCredit() {
@@ -279,6 +347,7 @@ void HttpSession::OnStreamEnd(Stream& stream) {
       return;
     }
   }
+  WriteToClient({}, true);  // a response read until close may end here
   CloseWhenFlushed();
 }
 

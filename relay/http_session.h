@@ -10,6 +10,9 @@
 //    stay in request order)
 // An Upgrade (WebSocket) or CONNECT that the target accepts turns the connection into a raw
 // tunnel in both directions.
+// A request for `/TUNNEL:<name>/rest` (tunnel_path.h) routes by <name> on any Host, reaches the
+// target as `/rest` with `Host: <name>`, and its stream's responses pass through a
+// TunnelResponseStage that maps them back under the prefix.
 #ifndef RDV_RELAY_HTTP_SESSION_H_
 #define RDV_RELAY_HTTP_SESSION_H_
 
@@ -23,6 +26,8 @@
 #include "common/tcp_connection.h"
 #include "relay/http_codec.h"
 #include "relay/relay_worker.h"
+#include "relay/tunnel_path.h"
+#include "relay/tunnel_response_stage.h"
 
 namespace rdv {
 
@@ -48,6 +53,9 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
   void Process();
   bool RouteHead();  // false: blocked or finished
   void SendError(int code, std::string_view detail);
+  std::string TunnelledHead(const HttpRequestHead& head, const TunnelTarget& tunnel,
+                            const std::string& forwarded_for, bool rewrite_html);
+  void WriteToClient(std::string_view data, bool end_stream);
   void HandOff(int worker, const HttpRequestHead& head);
   void DropStream();
   void CloseWhenFlushed();
@@ -64,6 +72,8 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
   bool head_bytes_seen_ = false;  // some bytes of the next head have arrived
   Stream* stream_ = nullptr;
   std::string stream_service_;  // name of the service stream_ belongs to
+  // Set when stream_ carries /TUNNEL: requests (a stream carries either kind, never both).
+  std::unique_ptr<TunnelResponseStage> tunnel_stage_;
   std::optional<HttpResponseFramer> responses_;
   bool response_bytes_for_current_ = false;  // some bytes of the oldest pending response sent
   bool client_eof_ = false;
