@@ -231,10 +231,11 @@ std::string HttpSession::TunnelledHead(const HttpRequestHead& head, const Tunnel
   request.tunnel = MakeTunnelContext(tunnel.name, tunnel.target);
   request.rewrite_html = rewrite_html;
   request.client_http10 = head.version_minor == 0;
-  std::vector<HttpHeader> extra = {
-      HttpHeader{"Host", tunnel.name}, HttpHeader{"X-Forwarded-For", forwarded_for},
-      HttpHeader{"X-Forwarded-Proto", "http"}, HttpHeader{"X-Forwarded-Host", head.host},
-      HttpHeader{"X-Forwarded-Prefix", request.tunnel.prefix}};
+  std::vector<HttpHeader> extra = {HttpHeader{"Host", tunnel.name},
+                                   HttpHeader{"X-Forwarded-For", forwarded_for},
+                                   HttpHeader{"X-Forwarded-Proto", "http"},
+                                   HttpHeader{"X-Forwarded-Prefix", request.tunnel.prefix}};
+  if (!head.host.empty()) extra.push_back({"X-Forwarded-Host", head.host});  // none from HTTP/1.0
   // The browser's Referer and Origin name the page inside the prefix on the relay's host; the
   // service expects its own.
   if (std::string_view referer = head.Header("Referer"); !referer.empty()) {
