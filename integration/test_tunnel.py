@@ -5,6 +5,7 @@ Topology:
   relay   http on 127.0.0.1:0 (zone relay.test)
   agent   www.orang.com   -> nginx (rewrite_html: true)
           plain.orang.com -> the same nginx (rewrite_html off: headers only)
+          ws.orang.com    -> a websockets echo server (Upgrade inside the prefix)
   nginx   a small web app that only the agent can reach: index.html with a relative stylesheet, a
           root-relative script and image, links; /go (302), /login (cookie with Path=/account, 302
           to /account/), /account/ (echoes the cookie), /refresh, /gz (a gzip-encoded html body).
@@ -101,7 +102,7 @@ location = /echo {{
 """
 
 
-def agent_yaml(relay, nginx_target):
+def agent_yaml(relay, nginx_target, ws_target):
     return textwrap.dedent(f"""\
         agent_id: agent-tunnel
         relays: ["{harness.format_addr(relay.address('agent'))}"]
@@ -119,6 +120,10 @@ def agent_yaml(relay, nginx_target):
           - name: plain.orang.com
             kind: http
             target: {nginx_target}
+          - name: ws.orang.com
+            kind: http
+            target: {ws_target}
+            rewrite_html: true
         """)
 
 
@@ -162,9 +167,11 @@ class TunnelTest(harness.IntegrationTest):
                 grants: ["http:*.orang.com", "http:www.orang.com"]
             """, name="relay")
         cls.http_addr = cls.relay.address("http")
-        cls.agent = h.agent(agent_yaml(cls.relay, cls.nginx.target()), name="agent")
+        ws_target = harness.format_addr(h.ws_echo_server())
+        cls.agent = h.agent(agent_yaml(cls.relay, cls.nginx.target(), ws_target), name="agent")
         cls.agent.wait_registered("www.orang.com", "http")
         cls.agent.wait_registered("plain.orang.com", "http")
+        cls.agent.wait_registered("ws.orang.com", "http")
         cls.base = f"http://{harness.format_addr(cls.http_addr)}"
         cls.relay_host = harness.format_addr(cls.http_addr)
 
@@ -245,6 +252,27 @@ class TunnelTest(harness.IntegrationTest):
                 self.assertFalse(resp.will_close)
         finally:
             conn.close()
+
+    def test_websocket_inside_prefix(self):
+        import asyncio
+        import websockets
+
+        async def run():
+            url = f"ws://{self.relay_host}/TUNNEL:ws.orang.com/echo"
+            async with websockets.connect(url, open_timeout=10, max_size=None) as ws:
+                await ws.send("hello inside the prefix")
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), "hello inside the prefix")
+                blob = os.urandom(128 * 1024)
+                await ws.send(blob)
+                self.assertEqual(await asyncio.wait_for(ws.recv(), 10), blob)
+        asyncio.run(run())
+
+    def test_head_and_post(self):
+        result = self.curl("/TUNNEL:www.orang.com/", ["-I"])
+        self.assertEqual(result.status, 200, result)
+        result = self.curl("/TUNNEL:www.orang.com/echo", ["--data-binary", "x" * 100000])
+        self.assertEqual(result.status, 200, result)
+        self.assertTrue(result.body.startswith("www.orang.com|/echo|"), result)
 
     # -- response headers ----------------------------------------------------------------------
 
@@ -366,6 +394,7 @@ class TunnelTest(harness.IntegrationTest):
             dom = self.dump_dom(f"/TUNNEL:{service}/login", profile=profile)
             self.assertIn("cookie s3cr3t", dom, dom)
             self.assertIn(f"path /TUNNEL:{service}/account/", dom, dom)
+        self.assertGreaterEqual(self.relay.metric("rdv_http_tunnel_html_rewritten_total"), 1)
 
     def test_chromium_page_without_rewriting(self):
         dom = self.dump_dom("/TUNNEL:plain.orang.com/", profile="chromium-plain")

@@ -326,8 +326,12 @@ void HttpSession::WriteToClient(std::string_view data, bool end_stream) {
     if (!data.empty()) client_->Write(data);
     return;
   }
+  static Counter& html_rewritten = CounterOf("rdv_http_tunnel_html_rewritten_total",
+                                             "HTML bodies whose links were mapped into /TUNNEL:");
+  const int rewritten_before = tunnel_stage_->bodies_rewritten();
   std::string out;
   tunnel_stage_->OnData(data, end_stream, out);
+  if (tunnel_stage_->bodies_rewritten() != rewritten_before) html_rewritten.Inc();
   if (tunnel_stage_->close_after_response()) close_after_response_ = true;
   if (!out.empty()) client_->Write(out);
 }
