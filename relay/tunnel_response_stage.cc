@@ -153,7 +153,8 @@ void TunnelResponseStage::OnData(std::string_view data, bool end_stream, std::st
     out_ = nullptr;
     const http_errno error = HTTP_PARSER_ERRNO(parser);
     if (error != HPE_OK && error != HPE_PAUSED) {
-      GoRaw(data, out);
+      // What the rewriter already took in on_body went out rewritten.
+      GoRaw(rewriter_ != nullptr ? data.substr(parsed) : data, out);
       return;
     }
     if (paused_in_head_) {

@@ -183,5 +183,15 @@ TEST(TunnelResponseStage, GarbageGoesRaw) {
   EXPECT_EQ(RunStage({}, unsolicited), unsolicited);
 }
 
+TEST(TunnelResponseStage, BadChunkInRewrittenBodyGoesRawWithoutRepeating) {
+  std::string in =
+      "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n"
+      "5\r\n<p>ok\r\nZZ\r\n<a href=/x>";
+  std::string out = RunStage({Req("GET", true)}, in);
+  EXPECT_EQ(out,
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n"
+            "5\r\n<p>ok\r\nZZ\r\n<a href=/x>");
+}
+
 }  // namespace
 }  // namespace rdv
