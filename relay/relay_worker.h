@@ -46,6 +46,8 @@ struct Handoff {
   link::ServiceKind service_kind = link::TCP;  // kSplice
   std::string service;                         // kSplice: service name or host
   std::string entrypoint;                      // kSplice: for Open, e.g. "tcp:2020", "tls"
+  // The client's address when it is not the socket's peer (a PROXY header named it).
+  std::string peer_address;
 };
 
 // The client-facing listeners bound on every worker.
@@ -104,6 +106,11 @@ class RelayWorker {
  private:
   void DrainHandoffs();
   void Stop();
+  // Passes `client` to `serve`, first through a ProxyHeaderSession when it comes from a
+  // proxy_protocol_from network.
+  void ServeClient(std::unique_ptr<TcpConnection> client,
+                   std::function<void(std::unique_ptr<TcpConnection>)> serve);
+  void ServeEntrypoint(std::unique_ptr<TcpConnection> client, Entrypoint entrypoint);
 
   Relay& relay_;
   const int index_;
