@@ -66,9 +66,10 @@ def send_and_read_until_closed(addr, data):
         return harness.read_until_closed(sock)
 
 
-def trickled_https_get(addr, server_name, cafile, pause=0.001):
-    """HTTPS GET whose ClientHello goes out one byte per TCP segment; the rest of the handshake
-    and the request run normally. Returns (response bytes, peer certificate dict)."""
+def trickled_https_get(addr, server_name, cafile, pause=0.001, prefix=b""):
+    """HTTPS GET whose ClientHello goes out one byte per TCP segment (pause=None: in one write,
+    after `prefix`, e.g. a PROXY header); the rest of the handshake and the request run normally.
+    Returns (response bytes, peer certificate dict)."""
     ctx = ssl.create_default_context(cafile=cafile)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_name)
@@ -79,9 +80,13 @@ def trickled_https_get(addr, server_name, cafile, pause=0.001):
         except ssl.SSLWantReadError:
             pass
         hello = outgoing.read()
-        for i in range(len(hello)):
-            sock.sendall(hello[i:i + 1])
-            time.sleep(pause)  # pacing, so that each byte leaves as a segment of its own
+        if pause is None:
+            sock.sendall(prefix + hello)
+        else:
+            sock.sendall(prefix)
+            for i in range(len(hello)):
+                sock.sendall(hello[i:i + 1])
+                time.sleep(pause)  # pacing, so that each byte leaves as a segment of its own
         while True:
             try:
                 obj.do_handshake()
@@ -312,6 +317,58 @@ class TlsEntrypointTest(harness.IntegrationTest):
             self.assert_www_works()
             rc, body, _, _, err = curl_https("mail.example.org", self.tls_addr, self.ca.cert)
             self.assertEqual((rc, body.strip()), (0, "mail"), err)
+
+
+class TlsBehindLoadBalancerTest(harness.IntegrationTest):
+    """A load balancer in front of the relay (proxy_protocol_from) sends a PROXY header and the
+    ClientHello in one segment: the relay routes by the SNI after the header, and the client the
+    header names reaches the target in the agent's own PROXY header."""
+
+    @classmethod
+    def setUpClass(cls):
+        h = cls.shared_harness()
+        cls.ca = private_ca.PrivateCa(h.path("ca"))
+        cert, key = cls.ca.server("www.orang.com")
+        nginx = h.nginx(f"""\
+            ssl_certificate {cert};
+            ssl_certificate_key {key};
+            location / {{ return 200 "www $proxy_protocol_addr $proxy_protocol_port\\n"; }}
+            """, name="nginx-www", listen_options="ssl proxy_protocol")
+        cls.relay = h.relay(f"""\
+            relay_id: relay-tls-lb
+            state_dir: {h.path('relay-state')}
+            log_level: {harness.LOG_LEVEL}
+            proxy_protocol_from: ["::1/128"]
+            agent_listener:
+              listen: ["127.0.0.1:0"]
+            tls:
+              listen: ["127.0.0.1:0", "[::1]:0"]
+            admin:
+              listen: ["127.0.0.1:0"]
+            credentials:
+              - name: orang
+                secret: "orang-tls-secret"
+                grants: ["tls:www.orang.com"]
+            """, name="relay")
+        agent = h.agent(textwrap.dedent(f"""\
+            agent_id: agent-www
+            relays: ["{harness.format_addr(cls.relay.address('agent'))}"]
+            relay_fingerprint: "sha256:{cls.relay.fingerprint}"
+            credential: {{name: orang, secret: "orang-tls-secret"}}
+            log_level: {harness.LOG_LEVEL}
+            services:
+              - {{name: www.orang.com, kind: tls, target: "{nginx.target()}", proxy_protocol: v2}}
+            """), name="agent-www")
+        agent.wait_registered("www.orang.com", "tls")
+
+    def test_proxy_header_then_client_hello(self):
+        header = b"PROXY TCP4 192.0.2.7 127.0.0.1 5555 443\r\n"
+        response, _ = trickled_https_get(self.relay.address("tls", v6=True), "www.orang.com",
+                                         self.ca.cert, pause=None, prefix=header)
+        self.assertTrue(response.startswith(b"HTTP/1.1 200"), response[:200])
+        # An IPv4 client of an IPv6 relay listener is sent to the target as IPv4-mapped.
+        self.assertRegex(response, rb"\nwww (::ffff:)?192\.0\.2\.7 5555\n")
+        self.assertEqual(self.relay.metric("rdv_tls_routed_total"), 1)
 
 
 if __name__ == "__main__":
