@@ -161,9 +161,10 @@ class TlsEntrypointTest(harness.IntegrationTest):
         cls.tls_addr6 = cls.relay.address("tls", v6=True)
         agent_addr = harness.format_addr(cls.relay.address("agent"))
 
-        def agent(name, credential, secret, services):
+        def agent(name, credential, secret, services, links=2):
             return h.agent(textwrap.dedent(f"""\
                 agent_id: {name}
+                links: {links}
                 relays: ["{agent_addr}"]
                 relay_fingerprint: "sha256:{cls.relay.fingerprint}"
                 credential: {{name: {credential}, secret: "{secret}"}}
@@ -176,7 +177,7 @@ class TlsEntrypointTest(harness.IntegrationTest):
             """)
         cls.agent_mail = agent("agent-mail", "example", "example-tls-secret", f"""\
             - {{name: mail.example.org, kind: tls, target: "{cls.mail.target()}"}}
-            """)
+            """, links=1)  # one link, on one of the two relay workers: the other hands off
         cls.agent_www.wait_registered("www.orang.com", "tls")
         cls.agent_mail.wait_registered("mail.example.org", "tls")
         # A name whose only agent has gone: known to the relay, served by no link.
@@ -311,12 +312,16 @@ class TlsEntrypointTest(harness.IntegrationTest):
         relay.stop()
 
     def test_many_connections_on_both_workers(self):
-        # Two relay workers: some connections land on the worker without the agent's link and
-        # are handed over; every one must arrive.
-        for _ in range(10):
-            self.assert_www_works()
+        # Two relay workers, and mail.example.org has one link: the connections the kernel gives
+        # to the other worker are handed over with the ClientHello already read; every one must
+        # arrive.
+        handoffs = self.relay.metric("rdv_worker_handoffs_total")
+        for _ in range(20):
             rc, body, _, _, err = curl_https("mail.example.org", self.tls_addr, self.ca.cert)
             self.assertEqual((rc, body.strip()), (0, "mail"), err)
+        for _ in range(5):
+            self.assert_www_works()
+        self.assertGreater(self.relay.metric("rdv_worker_handoffs_total"), handoffs)
 
 
 class TlsBehindLoadBalancerTest(harness.IntegrationTest):
