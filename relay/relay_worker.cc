@@ -202,11 +202,15 @@ void RelayWorker::AcceptTcp(uv_stream_t* server, const std::string& service, uin
 
 void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
                                   const std::string& name, std::string entrypoint,
-                                  std::string initial) {
+                                  std::string initial, const RefusedCallback& on_refused) {
   std::string client_ip = HostOfAddress(client->peer_address());
   RouteResult route = kind == link::TCP || kind == link::UDP
                           ? directory().RouteService(kind, name, index_, client_ip)
                           : directory().RouteHost(kind, name, index_, client_ip);
+  if (route.outcome != RouteResult::Outcome::kFound && on_refused) {
+    on_refused(std::move(client), route.outcome);
+    return;
+  }
   if (route.outcome != RouteResult::Outcome::kFound) {
     NoAgent(kind).Inc();
     client->Close();
