@@ -45,6 +45,9 @@ struct Handoff {
   link::ServiceKind service_kind = link::TCP;  // kSplice
   std::string service;                         // kSplice: service name or host
   std::string entrypoint;                      // kSplice: for Open, e.g. "tcp:2020", "tls"
+  // The link the sending worker's route picked: kept there unless it went away meanwhile, so
+  // the balance policy is applied once per client, not once per hop.
+  const StreamCarrier* chosen = nullptr;
 };
 
 // The client-facing listeners bound on every worker.
@@ -76,8 +79,10 @@ class RelayWorker {
   // splices `client` onto a new stream to it, sending `initial` (bytes already read) first.
   // Hands the client to the worker owning the chosen link when that is another one. No route
   // or no stream: the client is closed and counted.
+  // `chosen`: the link a route on another worker picked before handing the client here.
   void SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
-                       const std::string& name, std::string entrypoint, std::string initial);
+                       const std::string& name, std::string entrypoint, std::string initial,
+                       const StreamCarrier* chosen = nullptr);
 
   // Thread-safe: queue a client for this worker.
   void HandOff(Handoff handoff);
