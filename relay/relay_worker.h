@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -48,6 +49,8 @@ struct Handoff {
   // The link the sending worker's route picked: kept there unless it went away meanwhile, so
   // the balance policy is applied once per client, not once per hop.
   const StreamCarrier* chosen = nullptr;
+  // The client's address when it is not the socket's peer (a PROXY header named it).
+  std::string peer_address;
 };
 
 // The client-facing listeners bound on every worker.
@@ -103,6 +106,11 @@ class RelayWorker {
  private:
   void DrainHandoffs();
   void Stop();
+  // Passes `client` to `serve`, first through a ProxyHeaderSession when it comes from a
+  // proxy_protocol_from network.
+  void ServeClient(std::unique_ptr<TcpConnection> client,
+                   std::function<void(std::unique_ptr<TcpConnection>)> serve);
+  void ServeEntrypoint(std::unique_ptr<TcpConnection> client, Entrypoint entrypoint);
 
   Relay& relay_;
   const int index_;
