@@ -83,8 +83,11 @@ absl::Status InMemoryDirectory::Claim(const link::ServiceSpec& service, const st
   }
   if (it != entries_.end()) {
     const Entry& group = it->second;
+    // Links of the same agent do not count: an agent restarted with another policy replaces
+    // its own stale links' choice.
+    std::string agent = AgentKey(carrier);
     bool others = std::any_of(group.members.begin(), group.members.end(),
-                              [&](const Member& m) { return m.carrier != &carrier; });
+                              [&](const Member& m) { return m.agent != agent; });
     if (others && PolicyOf(group.service) != policy) {
       return absl::FailedPreconditionError(
           StrCat(service.name(), " is balanced ", PolicyOf(group.service),

@@ -11,8 +11,8 @@
 // Load-balanced groups: every agent serving a name under its credential is a member of the
 // name's group. Members are agents, not links (an agent keeps several links): the policy picks
 // an agent, then one of that agent's links, preferring a link on the caller's worker. The
-// group's policy (ServiceSpec.balance) is set by the first registration while the group has
-// members; a registration asking another policy is refused. An agent that reported the
+// group's policy (ServiceSpec.balance) is set by the first registration; while other agents
+// are in the group, a registration asking another policy is refused. An agent that reported the
 // service unhealthy (ServiceHealth) gets no new streams until it reports healthy again.
 #ifndef RDV_RELAY_DIRECTORY_H_
 #define RDV_RELAY_DIRECTORY_H_
@@ -71,7 +71,7 @@ class Directory {
   virtual ~Directory() = default;
   // Records that `carrier` serves `service` (kind+name; for http also `alias`). Fails with
   // AlreadyExists when another credential holds the name, InvalidArgument for an unknown
-  // balance policy, FailedPrecondition when the group's members use another policy.
+  // balance policy, FailedPrecondition when other agents of the group use another policy.
   virtual absl::Status Claim(const link::ServiceSpec& service, const std::string& alias,
                              StreamCarrier& carrier) = 0;
   // Forgets every registration of `carrier` (its claims remain with the credential).

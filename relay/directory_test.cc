@@ -273,6 +273,14 @@ TEST(DirectoryTest, PolicyBelongsToTheGroup) {
   ASSERT_TRUE(directory.Claim(Http("www.orang.com", ""), "", b).ok());
   EXPECT_EQ(directory.RouteHttp("www.orang.com", 0, "").service.balance(), "round_robin");
   EXPECT_TRUE(directory.Claim(Http("www.orang.com", "round_robin"), "", a_second).ok());
+  // An agent's own links do not hold the policy against it (a restart with another policy
+  // while its old link lingers), other agents' do.
+  FakeCarrier a_restarted("orang", 1, "a");
+  EXPECT_EQ(directory.Claim(Http("www.orang.com", "least_streams"), "", a_restarted).code(),
+            absl::StatusCode::kFailedPrecondition);  // b is another agent of the group
+  directory.Release(b);
+  EXPECT_TRUE(directory.Claim(Http("www.orang.com", "least_streams"), "", a_restarted).ok());
+  EXPECT_EQ(directory.RouteHttp("www.orang.com", 1, "").service.balance(), "least_streams");
 }
 
 TEST(DirectoryTest, RerouteKeepsTheHandedOffChoice) {
