@@ -81,10 +81,15 @@ class RelayWorker {
   // Routes `name` of `kind` (host routing for http/tls/smtp, by service name for tcp/udp) and
   // splices `client` onto a new stream to it, sending `initial` (bytes already read) first.
   // Hands the client to the worker owning the chosen link when that is another one. No route
-  // or no stream: the client is closed and counted.
+  // or no stream: the client is closed and counted, unless `on_refused` is given: then, when
+  // this worker finds no route or no link, the client is handed back to it (synchronously,
+  // before SpliceToService returns) to refuse in the entrypoint's own protocol and count.
   // `chosen`: the link a route on another worker picked before handing the client here.
+  using RefusedCallback =
+      std::function<void(std::unique_ptr<TcpConnection> client, RouteResult::Outcome outcome)>;
   void SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
                        const std::string& name, std::string entrypoint, std::string initial,
+                       const RefusedCallback& on_refused = nullptr,
                        const StreamCarrier* chosen = nullptr);
 
   // Thread-safe: queue a client for this worker.
