@@ -97,8 +97,8 @@ absl::Status ParseCredential(const YamlMap& root, AgentConfig* config) {
 absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   absl::StatusOr<YamlMap> map = item.AsMap();
   if (!map.ok()) return map.status();
-  if (absl::Status s = map->CheckKeys(
-          {"name", "kind", "target", "alias", "port", "proxy_protocol", "balance", "rewrite_html"});
+  if (absl::Status s = map->CheckKeys({"name", "kind", "target", "alias", "port", "proxy_protocol",
+                                       "balance", "health_check", "rewrite_html"});
       !s.ok()) {
     return s;
   }
@@ -167,6 +167,13 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   if (std::optional<YamlValue> rewrite = map->Find("rewrite_html");
       rewrite && service.kind != ServiceConfig::Kind::kHttp) {
     return rewrite->Error("rewrite_html is only valid for http services");
+  }
+  if (std::optional<YamlValue> health = map->Find("health_check");
+      health || map->HasKey("health_check")) {
+    absl::StatusOr<HealthCheckConfig> check =
+        health ? ParseHealthCheckConfig(*health) : HealthCheckConfig{};
+    if (!check.ok()) return check.status();
+    service.health_check = *std::move(check);
   }
 
   std::optional<YamlValue> alias_value = map->Find("alias");

@@ -33,7 +33,9 @@ namespace rdv {
 
 class HttpSession : public RelaySession, public TcpConnection::Handler, public StreamHandler {
  public:
-  HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client);
+  // `chosen`: the link another worker's route picked for the first request (after a hand-off).
+  HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client,
+              const StreamCarrier* chosen = nullptr);
   ~HttpSession() override;
   // `initial`: bytes already read from the client (a hand-off from another worker).
   void Start(std::string_view initial);
@@ -56,7 +58,7 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
   std::string TunnelledHead(const HttpRequestHead& head, const TunnelTarget& tunnel,
                             const std::string& forwarded_for, bool rewrite_html);
   void WriteToClient(std::string_view data, bool end_stream);
-  void HandOff(int worker, const HttpRequestHead& head);
+  void HandOff(int worker, const HttpRequestHead& head, const StreamCarrier* chosen);
   void DropStream();
   void CloseWhenFlushed();
   void Finish();
@@ -71,7 +73,8 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
   bool head_pending_ = false;     // framer returned a head we have not routed yet
   bool head_bytes_seen_ = false;  // some bytes of the next head have arrived
   Stream* stream_ = nullptr;
-  std::string stream_service_;  // name of the service stream_ belongs to
+  std::string stream_service_;   // name of the service stream_ belongs to
+  const StreamCarrier* chosen_;  // see the constructor; used by the first route only
   // Set when stream_ carries /TUNNEL: requests (a stream carries either kind, never both).
   std::unique_ptr<TunnelResponseStage> tunnel_stage_;
   std::optional<HttpResponseFramer> responses_;
