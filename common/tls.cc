@@ -206,7 +206,8 @@ absl::StatusOr<SslCtxPtr> CreateLinkClientContext(const std::string& ca_file) {
 std::unique_ptr<TlsSession> TlsSession::Create(std::unique_ptr<TcpConnection> tcp, SSL_CTX* ctx,
                                                bool is_server, LoopTasks& tasks,
                                                std::string server_name,
-                                               std::string expected_fingerprint) {
+                                               std::string expected_fingerprint,
+                                               bool require_link_alpn) {
   SSL* ssl = SSL_new(ctx);
   if (is_server) {
     SSL_set_accept_state(ssl);
@@ -217,8 +218,10 @@ std::unique_ptr<TlsSession> TlsSession::Create(std::unique_ptr<TcpConnection> tc
       if (expected_fingerprint.empty()) SSL_set1_host(ssl, server_name.c_str());
     }
   }
-  return std::unique_ptr<TlsSession>(
+  std::unique_ptr<TlsSession> session(
       new TlsSession(std::move(tcp), ssl, tasks, std::move(expected_fingerprint)));
+  session->require_link_alpn_ = require_link_alpn;
+  return session;
 }
 
 TlsSession::TlsSession(std::unique_ptr<TcpConnection> tcp, SSL* ssl, LoopTasks& tasks,
@@ -273,7 +276,8 @@ void TlsSession::DriveHandshake() {
     const unsigned char* alpn = nullptr;
     unsigned int alpn_len = 0;
     SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
-    if (std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != kLinkAlpn) {
+    if (require_link_alpn_ &&
+        std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != kLinkAlpn) {
       Fail(absl::PermissionDeniedError("peer did not negotiate ALPN rdv/1"));
       return;
     }

@@ -61,10 +61,13 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   };
 
   // `expected_fingerprint`: client side pin ("" = rely on the CA verification of the context).
+  // `require_link_alpn`: fail the handshake unless ALPN rdv/1 was negotiated (links); false for
+  // other protocols on TLS (SMTP STARTTLS).
   static std::unique_ptr<TlsSession> Create(std::unique_ptr<TcpConnection> tcp, SSL_CTX* ctx,
                                             bool is_server, LoopTasks& tasks,
                                             std::string server_name,
-                                            std::string expected_fingerprint);
+                                            std::string expected_fingerprint,
+                                            bool require_link_alpn = true);
   ~TlsSession() override;
 
   void Start(Handler& handler);
@@ -110,6 +113,7 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   Handler* handler_ = nullptr;
   std::string plain_out_;   // plaintext waiting to be sealed
   std::string cipher_out_;  // sealed records waiting for FlushNow
+  bool require_link_alpn_ = true;
   bool handshake_done_ = false;
   bool closed_ = false;
   bool scheduled_ = false;

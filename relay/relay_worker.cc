@@ -235,7 +235,9 @@ void RelayWorker::DrainHandoffs() {
     }
     absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Adopt(loop_, handoff.fd);
     if (!client.ok()) continue;
-    if (handoff.kind == Handoff::Kind::kSplice) {
+    if (handoff.kind == Handoff::Kind::kSmtp) {
+      ResumeSmtpEntrypoint(*this, std::move(*client), handoff.bytes);
+    } else if (handoff.kind == Handoff::Kind::kSplice) {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
                       std::move(handoff.entrypoint), std::move(handoff.bytes));
     } else {

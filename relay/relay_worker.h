@@ -38,6 +38,7 @@ struct Handoff {
   enum class Kind {
     kHttp,    // an HTTP entrypoint client: a new HttpSession processes `bytes` first
     kSplice,  // route (service_kind, service) again there and splice the client onto a stream
+    kSmtp,    // an smtp client routed by its first RCPT: `bytes` is its SmtpHandoffState
   };
   Kind kind = Kind::kHttp;
   int fd = -1;
