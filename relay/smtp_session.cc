@@ -464,6 +464,7 @@ void SmtpSession::Route(std::string rcpt_line, std::string domain) {
   rcpt_line_ = std::move(rcpt_line);
   state_ = State::kReplay;
   replay_step_ = ReplayStep::kGreeting;
+  server_pipelining_ = false;
   server_input_.clear();
   server_reply_.clear();
   ArmTimer();
@@ -725,14 +726,18 @@ void SmtpSession::AdvanceReplay(int code, const std::string& reply) {
         AbandonRoute(StrCat(helo_verb_, " answered ", code), "upstream_error");
         return;
       }
+      // A server that offers PIPELINING gets MAIL and RCPT in one write (one round trip less
+      // through the agent); otherwise RCPT waits for the MAIL reply.
+      server_pipelining_ = reply.find("PIPELINING") != std::string::npos;
       ForwardToServer(StrCat(mail_line_, "\r\n"));
+      if (server_pipelining_) ForwardToServer(StrCat(rcpt_line_, "\r\n"));
       replay_step_ = ReplayStep::kMail;
       return;
     case ReplayStep::kMail:
       // A refused sender is the server's word on the transaction: the client gets that reply in
       // place of the RCPT's (the server will refuse the RCPT itself for want of a MAIL).
       if (!IsPositive(code)) substitute_reply_ = reply;
-      ForwardToServer(StrCat(rcpt_line_, "\r\n"));
+      if (!server_pipelining_) ForwardToServer(StrCat(rcpt_line_, "\r\n"));
       replay_step_ = ReplayStep::kDone;
       state_ = State::kSpliced;
       Queue(Expect::Kind::kServer);

@@ -9,7 +9,8 @@
 //    with the envelope so far (a TLS client cannot move; it gets 451 and retries, see docs).
 // 3. open a stream to the agent; replay to the private server, one step at a time: read its
 //    greeting, send EHLO/HELO with the client's name, MAIL FROM as the client sent it, then the
-//    RCPT, whose reply is the server's own and goes to the client.
+//    RCPT (with MAIL when the server offers PIPELINING), whose reply is the server's own and goes
+//    to the client.
 // 4. splice: client commands go to the server and server replies come back, in order. Until the
 //    connection ends the relay still reads the client's command lines (not the message content,
 //    which it only scans for the end-of-data line): a RCPT in a domain served by another service
@@ -152,9 +153,10 @@ class SmtpSession : public RelaySession,
   Stream* stream_ = nullptr;
   std::string routed_service_;  // the registered smtp service the connection is bound to
   ReplayStep replay_step_ = ReplayStep::kGreeting;
-  std::string server_input_;      // server bytes not yet split into lines
-  std::string server_reply_;      // lines of the reply being read
-  std::string substitute_reply_;  // replaces the next server reply (a failed MAIL replay)
+  bool server_pipelining_ = false;  // the server's EHLO reply offered PIPELINING
+  std::string server_input_;        // server bytes not yet split into lines
+  std::string server_reply_;        // lines of the reply being read
+  std::string substitute_reply_;    // replaces the next server reply (a failed MAIL replay)
   std::deque<Expect> expected_;
   bool awaiting_data_reply_ = false;
   bool in_content_ = false;
