@@ -458,5 +458,87 @@ class SmtpTest(harness.IntegrationTest):
                 self.assertNotIn(ext, text)
 
 
+class SmtpWorkersTest(harness.IntegrationTest):
+    """Two relay workers, an agent with one link: connections accepted on the other worker are
+    handed to the link's worker with their envelope (plaintext). Also the command timeout."""
+
+    CONNECTIONS = 12  # each lands on either worker; all twelve on the link's worker: p = 1/4096
+
+    @classmethod
+    def setUpClass(cls):
+        h = cls.shared_harness()
+        cls.pf = Postfix("mxw", "orang.com", ["alice"])
+        cls.addClassCleanup(cls.pf.stop)
+        cls.relay = h.relay(f"""\
+            relay_id: relay-smtp-workers
+            state_dir: {h.path('relay-state')}
+            log_level: {harness.LOG_LEVEL}
+            workers: 2
+            agent_listener:
+              listen: ["127.0.0.1:0"]
+            smtp:
+              listen: ["127.0.0.1:0"]
+              command_timeout_ms: 1500
+            admin:
+              listen: ["127.0.0.1:0"]
+            credentials:
+              - name: orang
+                secret: "orang-smtp-secret"
+                grants: ["smtp:orang.com"]
+            """, name="relay")
+        cls.smtp = cls.relay.address("smtp")
+        agent = h.agent(textwrap.dedent(f"""\
+            agent_id: agent-w
+            relays: ["{harness.format_addr(cls.relay.address('agent'))}"]
+            relay_fingerprint: "sha256:{cls.relay.fingerprint}"
+            credential: {{name: orang, secret: "orang-smtp-secret"}}
+            log_level: {harness.LOG_LEVEL}
+            links: 1
+            services:
+              - {{name: orang.com, kind: smtp, target: "127.0.0.1:{cls.pf.port}",
+                  proxy_protocol: v2}}
+            """), name="agent-w")
+        agent.wait_registered("orang.com", "smtp")
+
+    def dump_logs(self):
+        super().dump_logs()
+        print(f"--- {self.pf.name} maillog (tail):\n{self.pf.log_text()[-2500:]}", flush=True)
+
+    def test_plaintext_clients_on_either_worker_are_delivered(self):
+        tokens = [f"worker-{i}-{uuid.uuid4().hex}" for i in range(self.CONNECTIONS)]
+        before = self.relay.metric("rdv_worker_handoffs_total")
+        for token in tokens:
+            with socket.create_connection(self.smtp, timeout=20) as sock:
+                f = sock.makefile("rb")
+                self.assertEqual(read_reply(f)[0], 220)
+                sock.sendall(b"EHLO w.test\r\n")
+                self.assertEqual(read_reply(f)[0], 250)
+                # DATA pipelined after the RCPT that routes: a hand-off carries the bytes the
+                # first worker read but had not processed.
+                sock.sendall(b"MAIL FROM:<s@client.test>\r\nRCPT TO:<alice@orang.com>\r\n"
+                             b"DATA\r\n")
+                self.assertEqual([read_reply(f)[0] for _ in range(3)], [250, 250, 354])
+                sock.sendall(f"Subject: {token}\r\n\r\n{token}\r\n.\r\nQUIT\r\n".encode())
+                self.assertEqual([read_reply(f)[0] for _ in range(2)], [250, 221])
+        for token in tokens:
+            self.pf.wait_message("alice", token)
+        self.assertGreater(self.relay.metric("rdv_worker_handoffs_total"), before,
+                           "no connection was handed between workers")
+
+    def test_command_timeout(self):
+        before = self.relay.metric("rdv_smtp_refusals_total", reason="timeout")
+        with socket.create_connection(self.smtp, timeout=20) as sock:
+            f = sock.makefile("rb")
+            self.assertEqual(read_reply(f)[0], 220)
+            sock.sendall(b"EHLO idle.test\r\n")
+            self.assertEqual(read_reply(f)[0], 250)
+            started = time.monotonic()
+            code, text = read_reply(f)  # nothing more is sent: the relay times out
+            self.assertEqual(code, 421, text)
+            self.assertGreaterEqual(time.monotonic() - started, 1.0)
+            self.assertEqual(f.read(), b"")
+        self.assertEqual(self.relay.metric("rdv_smtp_refusals_total", reason="timeout"), before + 1)
+
+
 if __name__ == "__main__":
     harness.main()
