@@ -244,7 +244,40 @@ TlsSession::~TlsSession() {
 void TlsSession::Start(Handler& handler) {
   handler_ = &handler;
   tcp_->Start(*this);
-  DriveHandshake();
+  if (!handshake_done_) {
+    DriveHandshake();
+  } else if (!carry_.empty()) {
+    OnRead({});  // an adopted session: decrypt what the previous loop had read
+  }
+}
+
+absl::StatusOr<TlsSession::Detached> TlsSession::Detach() {
+  if (closed_) return absl::FailedPreconditionError("TLS session closed");
+  if (!handshake_done_) return absl::FailedPreconditionError("TLS handshake not finished");
+  FlushNow();
+  if (closed_ || !plain_out_.empty() || !cipher_out_.empty() || tcp_->queued_bytes() != 0) {
+    return absl::UnavailableError("TLS session still has bytes queued");
+  }
+  absl::StatusOr<int> fd = tcp_->DetachFd();
+  if (!fd.ok()) return fd.status();
+  if (scheduled_) tasks_.Cancel(this);
+  scheduled_ = false;
+  BIO_set_data(SSL_get_rbio(ssl_), nullptr);
+  Detached detached{*fd, ssl_, std::move(carry_)};
+  ssl_ = nullptr;
+  closed_ = true;
+  handler_ = nullptr;
+  return detached;
+}
+
+std::unique_ptr<TlsSession> TlsSession::Adopt(std::unique_ptr<TcpConnection> tcp, Detached detached,
+                                              LoopTasks& tasks) {
+  // The constructor gives the SSL a socket BIO of this session (freeing the old one).
+  std::unique_ptr<TlsSession> session(new TlsSession(std::move(tcp), detached.ssl, tasks, ""));
+  session->require_link_alpn_ = false;
+  session->handshake_done_ = true;
+  session->carry_ = std::move(detached.carry);
+  return session;
 }
 
 void TlsSession::Close() {

@@ -70,6 +70,21 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
                                             bool require_link_alpn = true);
   ~TlsSession() override;
 
+  // A server session moving to another loop (an SMTP client after STARTTLS): its socket, its
+  // OpenSSL state and ciphertext read but not yet decrypted.
+  struct Detached {
+    int fd = -1;
+    SSL* ssl = nullptr;  // owned by whoever holds the Detached; SSL_free when not adopted
+    std::string carry;
+  };
+  // Flushes what is pending and gives up the socket and the TLS state; the session is closed
+  // afterwards (without notifying the handler). Fails, changing nothing but the flush, while
+  // bytes are still queued for the socket.
+  absl::StatusOr<Detached> Detach();
+  // Continues a detached, established session on `tcp` (the adopted fd) and this loop's `tasks`.
+  static std::unique_ptr<TlsSession> Adopt(std::unique_ptr<TcpConnection> tcp, Detached detached,
+                                           LoopTasks& tasks);
+
   void Start(Handler& handler);
   void Send(std::string_view plaintext);
   size_t QueuedBytes() const {

@@ -15,6 +15,7 @@ import re
 import shutil
 import smtplib
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -460,7 +461,8 @@ class SmtpTest(harness.IntegrationTest):
 
 class SmtpWorkersTest(harness.IntegrationTest):
     """Two relay workers, an agent with one link: connections accepted on the other worker are
-    handed to the link's worker with their envelope (plaintext). Also the command timeout."""
+    handed to the link's worker with their envelope (and after STARTTLS, their TLS state). Also
+    the command timeout."""
 
     CONNECTIONS = 12  # each lands on either worker; all twelve on the link's worker: p = 1/4096
 
@@ -469,6 +471,10 @@ class SmtpWorkersTest(harness.IntegrationTest):
         h = cls.shared_harness()
         cls.pf = Postfix("mxw", "orang.com", ["alice"])
         cls.addClassCleanup(cls.pf.stop)
+        cert, key = h.path("smtp-cert.pem"), h.path("smtp-key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                        "ec_paramgen_curve:P-256", "-nodes", "-keyout", key, "-out", cert, "-days",
+                        "2", "-subj", "/CN=mx.relay.test"], check=True, capture_output=True)
         cls.relay = h.relay(f"""\
             relay_id: relay-smtp-workers
             state_dir: {h.path('relay-state')}
@@ -479,6 +485,8 @@ class SmtpWorkersTest(harness.IntegrationTest):
             smtp:
               listen: ["127.0.0.1:0"]
               command_timeout_ms: 1500
+              cert_file: {cert}
+              key_file: {key}
             admin:
               listen: ["127.0.0.1:0"]
             credentials:
@@ -524,6 +532,24 @@ class SmtpWorkersTest(harness.IntegrationTest):
             self.pf.wait_message("alice", token)
         self.assertGreater(self.relay.metric("rdv_worker_handoffs_total"), before,
                            "no connection was handed between workers")
+
+    def test_starttls_clients_on_either_worker_are_delivered(self):
+        tokens = [f"worker-tls-{i}-{uuid.uuid4().hex}" for i in range(self.CONNECTIONS)]
+        before = self.relay.metric("rdv_smtp_tls_handoffs_total")
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        for token in tokens:
+            with smtplib.SMTP(*self.smtp, timeout=20) as client:
+                client.ehlo("w.test")
+                client.starttls(context=context)
+                client.ehlo("w.test")
+                client.sendmail("s@client.test", ["alice@orang.com"],
+                                f"Subject: {token}\r\n\r\n{token}\r\n")
+        for token in tokens:
+            self.pf.wait_message("alice", token)
+        self.assertGreater(self.relay.metric("rdv_smtp_tls_handoffs_total"), before,
+                           "no TLS client was handed between workers")
 
     def test_command_timeout(self):
         before = self.relay.metric("rdv_smtp_refusals_total", reason="timeout")

@@ -231,12 +231,16 @@ void RelayWorker::DrainHandoffs() {
   for (Handoff& handoff : pending) {
     if (stop || stopped_) {
       ::close(handoff.fd);
+      SSL_free(handoff.tls);
       continue;
     }
     absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Adopt(loop_, handoff.fd);
-    if (!client.ok()) continue;
+    if (!client.ok()) {
+      SSL_free(handoff.tls);
+      continue;
+    }
     if (handoff.kind == Handoff::Kind::kSmtp) {
-      ResumeSmtpEntrypoint(*this, std::move(*client), handoff.bytes);
+      ResumeSmtpEntrypoint(*this, std::move(*client), handoff.bytes, handoff.tls);
     } else if (handoff.kind == Handoff::Kind::kSplice) {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
                       std::move(handoff.entrypoint), std::move(handoff.bytes));

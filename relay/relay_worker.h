@@ -46,6 +46,7 @@ struct Handoff {
   link::ServiceKind service_kind = link::TCP;  // kSplice
   std::string service;                         // kSplice: service name or host
   std::string entrypoint;                      // kSplice: for Open, e.g. "tcp:2020", "tls"
+  SSL* tls = nullptr;  // kSmtp after STARTTLS: the client's TLS state, owned by the hand-off
 };
 
 // The client-facing listeners bound on every worker.

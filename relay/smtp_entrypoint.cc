@@ -48,10 +48,11 @@ void ServeSmtpEntrypoint(RelayWorker& worker, std::unique_ptr<TcpConnection> cli
 }
 
 void ResumeSmtpEntrypoint(RelayWorker& worker, std::unique_ptr<TcpConnection> client,
-                          const std::string& state) {
+                          const std::string& state, SSL* tls) {
   std::optional<SmtpHandoffState> decoded = SmtpHandoffState::Decode(state);
   if (!decoded) {
     spdlog::error("smtp: malformed hand-off state; closing {}", client->peer_address());
+    SSL_free(tls);
     client->Close();
     return;
   }
@@ -59,7 +60,7 @@ void ResumeSmtpEntrypoint(RelayWorker& worker, std::unique_ptr<TcpConnection> cl
   auto session = std::make_unique<SmtpSession>(worker, std::move(client), SmtpTlsContext(config));
   SmtpSession* raw = session.get();
   worker.Adopt(std::move(session));
-  raw->Resume(std::move(*decoded));
+  raw->Resume(std::move(*decoded), tls);
 }
 
 }  // namespace rdv

@@ -13,9 +13,10 @@ namespace rdv {
 // Takes a client accepted on the smtp entrypoint; the worker owns the session from then on.
 void ServeSmtpEntrypoint(RelayWorker& worker, std::unique_ptr<TcpConnection> client);
 
-// Takes a client handed over by another worker (Handoff::Kind::kSmtp, `state` from its bytes).
+// Takes a client handed over by another worker (Handoff::Kind::kSmtp, `state` from its bytes,
+// `tls` its TLS state after STARTTLS or null; taken over in every case).
 void ResumeSmtpEntrypoint(RelayWorker& worker, std::unique_ptr<TcpConnection> client,
-                          const std::string& state);
+                          const std::string& state, SSL* tls);
 
 }  // namespace rdv
 

@@ -42,6 +42,12 @@ Counter& Routed() {
   return counter;
 }
 
+Counter& TlsHandoffs() {
+  static Counter& counter = CounterOf("rdv_smtp_tls_handoffs_total",
+                                      "SMTP clients moved to another worker with their TLS state");
+  return counter;
+}
+
 Counter& TlsHandshakes(bool ok) {
   return CounterOf("rdv_smtp_starttls_total", "STARTTLS handshakes with SMTP clients",
                    ok ? "result=\"ok\"" : "result=\"failed\"");
@@ -78,7 +84,8 @@ std::string SmtpHandoffState::Encode() const {
   std::string out;
   for (std::string_view field :
        {std::string_view(helo_verb), std::string_view(helo_name), std::string_view(mail_line),
-        std::string_view(rcpt_line), std::string_view(domain), std::string_view(input)}) {
+        std::string_view(rcpt_line), std::string_view(domain), std::string_view(input),
+        std::string_view(tls_carry)}) {
     PutField(out, field);
   }
   PutField(out, StrCat(commands));
@@ -90,7 +97,7 @@ std::optional<SmtpHandoffState> SmtpHandoffState::Decode(std::string_view bytes)
   SmtpHandoffState state;
   std::string commands, hops;
   for (std::string* field : {&state.helo_verb, &state.helo_name, &state.mail_line, &state.rcpt_line,
-                             &state.domain, &state.input, &commands, &hops}) {
+                             &state.domain, &state.input, &state.tls_carry, &commands, &hops}) {
     if (!TakeField(bytes, *field)) return std::nullopt;
   }
   if (!bytes.empty() || !ParseNumber(commands, &state.commands) ||
@@ -135,16 +142,27 @@ void SmtpSession::Start() {
   ArmTimer();
 }
 
-void SmtpSession::Resume(SmtpHandoffState state) {
+void SmtpSession::Resume(SmtpHandoffState state, SSL* tls) {
   helo_verb_ = std::move(state.helo_verb);
   helo_name_ = std::move(state.helo_name);
   mail_line_ = std::move(state.mail_line);
   input_ = std::move(state.input);
   commands_ = state.commands;
   hops_ = state.hops;
-  tcp_->Start(*this);
   ArmTimer();
+  if (tls != nullptr) {
+    TlsHandoffs().Inc();
+    tls_ =
+        TlsSession::Adopt(std::move(tcp_), {-1, tls, std::move(state.tls_carry)}, worker_.tasks());
+  }
+  // Route before reading: bytes the client sent after the RCPT must wait for it.
   Route(std::move(state.rcpt_line), std::move(state.domain));
+  if (finished_) return;
+  if (tls_) {
+    tls_->Start(*this);
+  } else {
+    tcp_->Start(*this);
+  }
   if (state_ == State::kCommand) ProcessInput();
   UpdateReading();
 }
@@ -439,11 +457,10 @@ void SmtpSession::Route(std::string rcpt_line, std::string domain) {
     return;
   }
   if (route.worker != worker_.index()) {
-    if (tls_ || hops_ >= kMaxHops) {
-      // A TLS session cannot move between loops; the sender retries (see docs).
-      Refuse(tls_ ? "tls_other_worker" : "no_agent",
+    if (hops_ >= kMaxHops) {
+      Refuse("handoff_failed",
              StrCat("451 4.4.3 Mail server for ", domain, " is busy; try again later"),
-             StrCat("the link for ", domain, " is on worker ", route.worker));
+             StrCat("the link for ", domain, " moved on to worker ", route.worker));
       return;
     }
     HandOff(route.worker, std::move(rcpt_line), std::move(domain));
@@ -480,8 +497,25 @@ void SmtpSession::HandOff(int worker, std::string rcpt_line, std::string domain)
   state.input = std::move(input_);
   state.commands = commands_;
   state.hops = hops_ + 1;
+  SSL* tls = nullptr;
+  absl::StatusOr<int> fd = absl::UnavailableError("no client");
+  if (tls_) {
+    // The TLS state moves with the socket; it cannot while replies are still queued for it.
+    absl::StatusOr<TlsSession::Detached> detached = tls_->Detach();
+    if (!detached.ok()) {
+      input_ = std::move(state.input);
+      Refuse("handoff_failed",
+             StrCat("451 4.4.3 Mail server for ", state.domain, " is busy; try again later"),
+             StrCat("TLS session cannot move: ", detached.status().message()));
+      return;
+    }
+    fd = detached->fd;
+    tls = detached->ssl;
+    state.tls_carry = std::move(detached->carry);
+  } else {
+    fd = tcp_->DetachFd();
+  }
   input_.clear();
-  absl::StatusOr<int> fd = tcp_->DetachFd();
   finished_ = true;
   uv_timer_stop(timer_);
   worker_.Finish(this);
@@ -494,6 +528,7 @@ void SmtpSession::HandOff(int worker, std::string rcpt_line, std::string domain)
   handoff.service_kind = link::SMTP;
   handoff.service = state.domain;
   handoff.entrypoint = "smtp";
+  handoff.tls = tls;
   worker_.relay().worker(worker).HandOff(std::move(handoff));
 }
 

@@ -5,8 +5,8 @@
 //    handled in order, so pipelined commands get their replies in order. Lines are bounded (500),
 //    commands are counted (max_commands) and timed (command_timeout) -> refuse and close.
 // 2. the first RCPT whose domain an agent registered routes the connection: unknown domain -> 550,
-//    no agent -> 451. The link may live on another worker: a plaintext client is handed there
-//    with the envelope so far (a TLS client cannot move; it gets 451 and retries, see docs).
+//    no agent -> 451. The link may live on another worker: the client is handed there with the
+//    envelope so far (and, after STARTTLS, its TLS state).
 // 3. open a stream to the agent; replay to the private server, one step at a time: read its
 //    greeting, send EHLO/HELO with the client's name, MAIL FROM as the client sent it, then the
 //    RCPT (with MAIL when the server offers PIPELINING), whose reply is the server's own and goes
@@ -45,6 +45,7 @@ struct SmtpHandoffState {
   std::string rcpt_line;  // the RCPT that routed the connection
   std::string domain;     // its domain
   std::string input;      // client bytes after the RCPT line, not yet processed
+  std::string tls_carry;  // after STARTTLS: ciphertext read but not decrypted yet
   uint32_t commands = 0;
   uint32_t hops = 0;  // hand-offs so far (a route that keeps moving is given up on)
 
@@ -63,8 +64,9 @@ class SmtpSession : public RelaySession,
 
   // Sends the greeting and starts reading.
   void Start();
-  // Continues a session handed over from another worker: routes `state.domain` here.
-  void Resume(SmtpHandoffState state);
+  // Continues a session handed over from another worker: routes `state.domain` here. `tls`:
+  // the client's TLS state when it had done STARTTLS (taken over), else null.
+  void Resume(SmtpHandoffState state, SSL* tls);
 
   // TcpConnection::Handler (plaintext client)
   void OnRead(std::string_view data) override;
