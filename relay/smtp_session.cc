@@ -138,8 +138,12 @@ SmtpSession::~SmtpSession() {
 void SmtpSession::Start() {
   Connections().Inc();
   Reply(StrCat("220 ", config_.hostname, " ESMTP"));
+  // Bytes that came with a load balancer's PROXY header (a client that did not wait for the
+  // greeting) are the first commands.
+  input_ = tcp_->TakeUnread();
   tcp_->Start(*this);
   ArmTimer();
+  if (!input_.empty()) ProcessInput();
 }
 
 void SmtpSession::Resume(SmtpHandoffState state, SSL* tls) {
@@ -528,6 +532,7 @@ void SmtpSession::HandOff(int worker, std::string rcpt_line, std::string domain)
   handoff.service_kind = link::SMTP;
   handoff.service = state.domain;
   handoff.entrypoint = "smtp";
+  handoff.peer_address = peer_;  // the client a load balancer's PROXY header named, if any
   handoff.tls = tls;
   worker_.relay().worker(worker).HandOff(std::move(handoff));
 }
