@@ -10,6 +10,7 @@
 #include "relay/agent_link.h"
 #include "relay/http_session.h"
 #include "relay/proxy_entrypoint.h"
+#include "relay/proxy_tunnel.h"
 #include "relay/relay.h"
 #include "relay/smtp_entrypoint.h"
 #include "relay/tls_entrypoint.h"
@@ -238,8 +239,10 @@ void RelayWorker::DrainHandoffs() {
     if (handoff.kind == Handoff::Kind::kSplice) {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
                       std::move(handoff.entrypoint), std::move(handoff.bytes));
+    } else if (handoff.kind == Handoff::Kind::kProxy) {
+      ResumeProxyTunnel(*this, std::move(*client), std::move(handoff));
     } else {
-      auto session = std::make_unique<HttpSession>(*this, std::move(*client));
+      auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.http_proxy);
       HttpSession* raw = session.get();
       Adopt(std::move(session));
       raw->Start(handoff.bytes);

@@ -38,6 +38,7 @@ struct Handoff {
   enum class Kind {
     kHttp,    // an HTTP entrypoint client: a new HttpSession processes `bytes` first
     kSplice,  // route (service_kind, service) again there and splice the client onto a stream
+    kProxy,   // a proxy entrypoint client with its destination known: ResumeProxyTunnel()
   };
   Kind kind = Kind::kHttp;
   int fd = -1;
@@ -45,6 +46,8 @@ struct Handoff {
   link::ServiceKind service_kind = link::TCP;  // kSplice
   std::string service;                         // kSplice: service name or host
   std::string entrypoint;                      // kSplice: for Open, e.g. "tcp:2020", "tls"
+  bool http_proxy = false;                     // kHttp: the HttpSession serves the proxy entrypoint
+  uint8_t proxy_protocol = 0;                  // kProxy: a ProxyProtocol (proxy_refusal.h)
 };
 
 // The client-facing listeners bound on every worker.
