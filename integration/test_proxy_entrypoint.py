@@ -5,9 +5,11 @@ entrypoint -> rdv-agent -> nginx or a data target, by virtual address (name).
 Topology (ProxyEntrypointTest, no proxy users):
   relay   proxy on 127.0.0.1:0 and [::1]:0, head_timeout_ms 1000
   agent   www.orang.com (http) -> nginx serving a page on loopback
+          secure.orang.com (tls) -> nginx with TLS (self-signed), passed through end to end
           db   (tcp) -> data target (byte-exact exchanges, echo)
           gone (tcp) -> a closed port (the agent refuses the stream)
-ProxyAuthTest: the same with proxy users configured (SOCKS5 RFC 1929, HTTP Proxy-Authorization).
+ProxyAuthTest: the same with proxy users configured (SOCKS5 RFC 1929, HTTP Proxy-Authorization),
+  and an agent with a single link, so that clients accepted by the other worker are handed over.
 """
 
 import os
@@ -98,12 +100,14 @@ def relay_yaml(h, name, users=False):
         proxy:
           listen: ["127.0.0.1:0", "[::1]:0"]
           head_timeout_ms: 1000
+        tls:
+          listen: ["127.0.0.1:0"]
         admin:
           listen: ["127.0.0.1:0"]
         credentials:
           - name: orang
             secret: "{SECRET}"
-            grants: ["http:www.orang.com", "tcp:{PORTS[0]}-{PORTS[1]}"]
+            grants: ["http:www.orang.com", "tls:secure.orang.com", "tcp:{PORTS[0]}-{PORTS[1]}"]
         """)
     if users:
         text = text.replace("  head_timeout_ms: 1000\n", "  head_timeout_ms: 1000\n  users:\n"
@@ -111,7 +115,7 @@ def relay_yaml(h, name, users=False):
     return text
 
 
-def agent_yaml(relay, name, nginx, target, closed_port):
+def agent_yaml(relay, name, nginx, tls_nginx, target, closed_port, links):
     return textwrap.dedent(f"""\
         agent_id: {name}
         relays: ["{harness.format_addr(relay.address('agent'))}"]
@@ -119,12 +123,15 @@ def agent_yaml(relay, name, nginx, target, closed_port):
         credential:
           name: orang
           secret: "{SECRET}"
-        links: 2
+        links: {links}
         log_level: {harness.LOG_LEVEL}
         services:
           - name: www.orang.com
             kind: http
             target: {nginx.target()}
+          - name: secure.orang.com
+            kind: tls
+            target: {tls_nginx.target()}
           - name: db
             kind: tcp
             port: 0
@@ -139,17 +146,28 @@ def agent_yaml(relay, name, nginx, target, closed_port):
 PORTS = harness.free_port_range(10)
 
 
-def start_pair(test_class, h, name, users=False):
+def start_pair(test_class, h, name, users=False, links=2):
     test_class.token = "proxy-page-" + name
     test_class.nginx = h.nginx(PAGE.format(token=test_class.token), name=f"nginx-{name}")
+    cert, key = h.path(f"{name}-cert.pem"), h.path(f"{name}-key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2", "-subj",
+                    "/CN=secure.orang.com", "-keyout", key, "-out", cert], check=True,
+                   capture_output=True)
+    test_class.tls_token = "proxy-tls-page-" + name
+    test_class.tls_nginx = h.nginx(
+        f"ssl_certificate {cert};\nssl_certificate_key {key};\n" +
+        PAGE.format(token=test_class.tls_token), name=f"nginx-tls-{name}", listen_options="ssl")
     test_class.target = h.data_target()
     closed_port = harness.free_port()
     test_class.relay = h.relay(relay_yaml(h, name, users), name=name)
     test_class.proxy = test_class.relay.address("proxy")
     test_class.proxy6 = test_class.relay.address("proxy", v6=True)
     test_class.agent = h.agent(agent_yaml(test_class.relay, f"agent-{name}", test_class.nginx,
-                                          test_class.target, closed_port), name=f"agent-{name}")
+                                          test_class.tls_nginx, test_class.target, closed_port,
+                                          links), name=f"agent-{name}")
     test_class.agent.wait_registered("www.orang.com", "http")
+    test_class.agent.wait_registered("secure.orang.com", "tls")
     test_class.agent.wait_registered("db", "tcp")
     test_class.agent.wait_registered("gone", "tcp")
 
@@ -208,6 +226,18 @@ class ProxyEntrypointTest(harness.IntegrationTest):
             "-p", "-x", self.proxy_url(self.proxy6)]))
         self.assert_page(proxy_curl("http://www.orang.com/", [
             "--socks5-hostname", harness.format_addr(self.proxy6)]))
+
+    def test_tls_service_end_to_end(self):
+        # Port 443 selects the tls service; TLS runs between curl and nginx, untouched.
+        for args in (["-x", self.proxy_url()], ["--socks5-hostname",
+                                                harness.format_addr(self.proxy)]):
+            r = proxy_curl("https://secure.orang.com/", args + ["-k"])
+            self.assertEqual(r.status, 200, r)
+            self.assertEqual(r.body.strip(), self.tls_token, r)
+        # The http service of a name is not reached on the TLS port.
+        sock, code = socks_open(self.proxy, "www.orang.com", 443)
+        sock.close()
+        self.assertEqual(code, 4)
 
     def test_tcp_service_through_socks_byte_exact(self):
         sock, code = socks_open(self.proxy, "db", 5432)
@@ -309,7 +339,7 @@ class ProxyAuthTest(harness.IntegrationTest):
 
     @classmethod
     def setUpClass(cls):
-        start_pair(cls, cls.shared_harness(), "relay-proxy-auth", users=True)
+        start_pair(cls, cls.shared_harness(), "relay-proxy-auth", users=True, links=1)
 
     def proxy_url(self):
         return "http://" + harness.format_addr(self.proxy)
@@ -352,6 +382,25 @@ class ProxyAuthTest(harness.IntegrationTest):
         with sock:
             self.assertEqual(code, 0)
             harness.exchange_on(sock, MIB, MIB, seed=7201)
+
+    def test_clients_handed_to_the_worker_owning_the_link(self):
+        # One agent link lives on one of the two workers; about half of these clients are
+        # accepted by the other one and handed over with their destination (or request) known.
+        before = self.relay.metric("rdv_worker_handoffs_total")
+        credentials = ["--proxy-user", f"{USER}:{PASSWORD}"]
+        for i in range(12):
+            sock, code = socks_open(self.proxy, "db", 1, credentials=(USER, PASSWORD))
+            with sock:
+                self.assertEqual(code, 0)
+                harness.exchange_on(sock, 4096, 8192, seed=7300 + i)
+            self.assert_ok(proxy_curl("http://www.orang.com/", ["-x", self.proxy_url()] +
+                                      credentials))
+            self.assert_ok(proxy_curl("http://www.orang.com/", ["-p", "-x", self.proxy_url()] +
+                                      credentials))
+            r = proxy_curl("https://secure.orang.com/", ["-x", self.proxy_url(), "-k"] +
+                           credentials)
+            self.assertEqual(r.body.strip(), self.tls_token, r)
+        self.assertGreater(self.relay.metric("rdv_worker_handoffs_total"), before)
 
     def assert_ok(self, result):
         self.assertEqual(result.status, 200, result)
