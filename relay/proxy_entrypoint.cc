@@ -225,8 +225,8 @@ class ProxySession : public RelaySession, public TcpConnection::Handler {
   }
 
   void Dispatch(const std::string& host, uint16_t port) {
-    ProxyRoute route =
-        RouteProxyDestination(worker_, host, port, HostOfAddress(client_->peer_address()));
+    ProxyRoute route = RouteProxyDestination(worker_.config(), worker_.directory(), worker_.index(),
+                                             host, port, HostOfAddress(client_->peer_address()));
     if (!route.refused && route.route.outcome == RouteResult::Outcome::kNoLink) {
       route.refused = true;
       route.refusal = ProxyRefusal::kNoAgent;
@@ -306,8 +306,8 @@ class ProxySession : public RelaySession, public TcpConnection::Handler {
 
 }  // namespace
 
-ProxyRoute RouteProxyDestination(RelayWorker& worker, std::string_view host, uint16_t port,
-                                 std::string_view client_ip) {
+ProxyRoute RouteProxyDestination(const RelayConfig& config, Directory& directory, int worker,
+                                 std::string_view host, uint16_t port, std::string_view client_ip) {
   ProxyRoute out;
   std::string name(host);
   for (char& c : name) c = absl::ascii_tolower(static_cast<unsigned char>(c));
@@ -325,17 +325,16 @@ ProxyRoute RouteProxyDestination(RelayWorker& worker, std::string_view host, uin
     return out;
   }
   out.name = name;
-  const RelayConfig& config = worker.config();
   bool tls_port =
       port == 443 ||
       (config.tls && std::any_of(config.tls->listen.begin(), config.tls->listen.end(),
                                  [port](const HostPort& address) { return address.port == port; }));
   out.kind = tls_port ? link::TLS : link::HTTP;
-  out.route = worker.directory().RouteHost(out.kind, name, worker.index(), client_ip);
+  out.route = directory.RouteHost(out.kind, name, worker, client_ip);
   if (out.route.outcome != RouteResult::Outcome::kUnknown) return out;
   if (IsValidServiceName(name)) {
     out.kind = link::TCP;
-    out.route = worker.directory().RouteService(link::TCP, name, worker.index(), client_ip);
+    out.route = directory.RouteService(link::TCP, name, worker, client_ip);
     if (out.route.outcome != RouteResult::Outcome::kUnknown) return out;
   }
   out.refused = true;

@@ -43,8 +43,9 @@ struct ProxyRoute {
   std::string name;  // normalized host
   RouteResult route;
 };
-ProxyRoute RouteProxyDestination(RelayWorker& worker, std::string_view host, uint16_t port,
-                                 std::string_view client_ip);
+// `worker` is the calling worker's index (links there are preferred).
+ProxyRoute RouteProxyDestination(const RelayConfig& config, Directory& directory, int worker,
+                                 std::string_view host, uint16_t port, std::string_view client_ip);
 
 }  // namespace rdv
 
