@@ -195,6 +195,7 @@ void StartProxyTunnel(RelayWorker& worker, std::unique_ptr<TcpConnection> client
     return;
   }
   if (route.worker != worker.index()) {
+    std::string peer = client->peer_address();  // may come from a PROXY header
     absl::StatusOr<int> fd = client->DetachFd();
     if (!fd.ok()) return;
     static Counter& handoffs =
@@ -202,6 +203,7 @@ void StartProxyTunnel(RelayWorker& worker, std::unique_ptr<TcpConnection> client
     handoffs.Inc();
     Handoff handoff;
     handoff.kind = Handoff::Kind::kProxy;
+    handoff.peer_address = std::move(peer);
     handoff.fd = *fd;
     handoff.bytes = std::move(initial);
     handoff.service_kind = destination.kind;

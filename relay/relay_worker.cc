@@ -10,6 +10,7 @@
 #include "relay/agent_link.h"
 #include "relay/http_session.h"
 #include "relay/proxy_entrypoint.h"
+#include "relay/proxy_header_session.h"
 #include "relay/proxy_tunnel.h"
 #include "relay/relay.h"
 #include "relay/smtp_entrypoint.h"
@@ -137,25 +138,45 @@ void RelayWorker::AcceptAgent(uv_stream_t* server) {
   raw->Start();
 }
 
+void RelayWorker::ServeClient(std::unique_ptr<TcpConnection> client,
+                              std::function<void(std::unique_ptr<TcpConnection>)> serve) {
+  const NetworkList& balancers = config().proxy_protocol_from;
+  if (balancers.empty() ||
+      !balancers.Contains(reinterpret_cast<const sockaddr*>(&client->peer_sockaddr()))) {
+    serve(std::move(client));
+    return;
+  }
+  auto session = std::make_unique<ProxyHeaderSession>(*this, std::move(client), std::move(serve));
+  ProxyHeaderSession* raw = session.get();
+  Adopt(std::move(session));
+  raw->Start();
+}
+
 void RelayWorker::AcceptEntrypoint(uv_stream_t* server, Entrypoint entrypoint) {
   absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Accept(server);
   if (!client.ok()) return;
+  ServeClient(std::move(*client), [this, entrypoint](std::unique_ptr<TcpConnection> c) {
+    ServeEntrypoint(std::move(c), entrypoint);
+  });
+}
+
+void RelayWorker::ServeEntrypoint(std::unique_ptr<TcpConnection> client, Entrypoint entrypoint) {
   switch (entrypoint) {
     case Entrypoint::kHttp: {
-      auto session = std::make_unique<HttpSession>(*this, std::move(*client));
+      auto session = std::make_unique<HttpSession>(*this, std::move(client));
       HttpSession* raw = session.get();
       Adopt(std::move(session));
       raw->Start("");
       return;
     }
     case Entrypoint::kTls:
-      ServeTlsEntrypoint(*this, std::move(*client));
+      ServeTlsEntrypoint(*this, std::move(client));
       return;
     case Entrypoint::kSmtp:
-      ServeSmtpEntrypoint(*this, std::move(*client));
+      ServeSmtpEntrypoint(*this, std::move(client));
       return;
     case Entrypoint::kProxy:
-      ServeProxyEntrypoint(*this, std::move(*client));
+      ServeProxyEntrypoint(*this, std::move(client));
       return;
   }
 }
@@ -175,7 +196,9 @@ void RelayWorker::AcceptTcp(uv_stream_t* server, const std::string& service, uin
   static Counter& accepted =
       CounterOf("rdv_tcp_connections_total", "Connections accepted on tcp service ports");
   accepted.Inc();
-  SpliceToService(std::move(*client), link::TCP, service, StrCat("tcp:", port), "");
+  ServeClient(std::move(*client), [this, service, port](std::unique_ptr<TcpConnection> c) {
+    SpliceToService(std::move(c), link::TCP, service, StrCat("tcp:", port), "");
+  });
 }
 
 void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
@@ -190,11 +213,15 @@ void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::S
     client->Close();
     return;
   }
+  // Bytes after a PROXY header that nobody has read yet come before what the entrypoint read.
+  initial.insert(0, client->TakeUnread());
   if (route.worker != index_) {
+    std::string peer = client->peer_address();
     absl::StatusOr<int> fd = client->DetachFd();
     if (!fd.ok()) return;
     Handoffs().Inc();
     Handoff handoff;
+    handoff.peer_address = std::move(peer);
     handoff.kind = Handoff::Kind::kSplice;
     handoff.fd = *fd;
     handoff.bytes = std::move(initial);
@@ -236,6 +263,9 @@ void RelayWorker::DrainHandoffs() {
     }
     absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Adopt(loop_, handoff.fd);
     if (!client.ok()) continue;
+    if (!handoff.peer_address.empty() && handoff.peer_address != (*client)->peer_address()) {
+      (void)(*client)->OverridePeer(handoff.peer_address);
+    }
     if (handoff.kind == Handoff::Kind::kSplice) {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
                       std::move(handoff.entrypoint), std::move(handoff.bytes));

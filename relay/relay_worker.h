@@ -10,6 +10,7 @@
 #include <uv.h>
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <thread>
@@ -46,8 +47,10 @@ struct Handoff {
   link::ServiceKind service_kind = link::TCP;  // kSplice
   std::string service;                         // kSplice: service name or host
   std::string entrypoint;                      // kSplice: for Open, e.g. "tcp:2020", "tls"
-  bool http_proxy = false;                     // kHttp: the HttpSession serves the proxy entrypoint
-  uint8_t proxy_protocol = 0;                  // kProxy: a ProxyProtocol (proxy_refusal.h)
+  // The client's address when it is not the socket's peer (a PROXY header named it).
+  std::string peer_address;
+  bool http_proxy = false;     // kHttp: the HttpSession serves the proxy entrypoint
+  uint8_t proxy_protocol = 0;  // kProxy: a ProxyProtocol (proxy_refusal.h)
 };
 
 // The client-facing listeners bound on every worker.
@@ -101,6 +104,11 @@ class RelayWorker {
  private:
   void DrainHandoffs();
   void Stop();
+  // Passes `client` to `serve`, first through a ProxyHeaderSession when it comes from a
+  // proxy_protocol_from network.
+  void ServeClient(std::unique_ptr<TcpConnection> client,
+                   std::function<void(std::unique_ptr<TcpConnection>)> serve);
+  void ServeEntrypoint(std::unique_ptr<TcpConnection> client, Entrypoint entrypoint);
 
   Relay& relay_;
   const int index_;
