@@ -135,7 +135,8 @@ class ProxySession : public RelaySession, public TcpConnection::Handler {
     }
     // Absolute-form requests: HttpSession frames, authorizes and rewrites each one.
     NoteProxyRequest(ProxyProtocol::kHttpForward);
-    auto session = std::make_unique<HttpSession>(worker_, std::move(client_), /*proxy=*/true);
+    auto session = std::make_unique<HttpSession>(worker_, std::move(client_), /*chosen=*/nullptr,
+                                                 /*proxy=*/true);
     HttpSession* raw = session.get();
     worker_.Adopt(std::move(session));
     std::string bytes = std::move(input_);

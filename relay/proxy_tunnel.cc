@@ -163,8 +163,13 @@ class ProxyTunnel : public RelaySession, public TcpConnection::Handler, public S
   std::unique_ptr<StreamSplice> splice_;
 };
 
+// `chosen`: the link the handing worker's route picked (kept unless it went away meanwhile).
 RouteResult Route(RelayWorker& worker, const ProxyDestination& destination,
-                  const std::string& client_ip) {
+                  const std::string& client_ip, const StreamCarrier* chosen) {
+  if (chosen != nullptr) {
+    return worker.directory().Reroute(destination.kind, destination.name, worker.index(), client_ip,
+                                      chosen);
+  }
   return destination.kind == link::TCP
              ? worker.directory().RouteService(link::TCP, destination.name, worker.index(),
                                                client_ip)
@@ -210,6 +215,7 @@ void StartProxyTunnel(RelayWorker& worker, std::unique_ptr<TcpConnection> client
     handoff.service = std::move(destination.name);
     handoff.entrypoint = std::move(destination.entrypoint);
     handoff.proxy_protocol = static_cast<uint8_t>(destination.protocol);
+    handoff.chosen = route.carrier;
     worker.relay().worker(route.worker).HandOff(std::move(handoff));
     return;
   }
@@ -229,7 +235,8 @@ void ResumeProxyTunnel(RelayWorker& worker, std::unique_ptr<TcpConnection> clien
   destination.kind = handoff.service_kind;
   destination.name = std::move(handoff.service);
   destination.entrypoint = std::move(handoff.entrypoint);
-  RouteResult route = Route(worker, destination, HostOfAddress(client->peer_address()));
+  RouteResult route =
+      Route(worker, destination, HostOfAddress(client->peer_address()), handoff.chosen);
   StartProxyTunnel(worker, std::move(client), std::move(destination), route,
                    std::move(handoff.bytes));
 }

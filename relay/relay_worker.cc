@@ -203,11 +203,17 @@ void RelayWorker::AcceptTcp(uv_stream_t* server, const std::string& service, uin
 
 void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
                                   const std::string& name, std::string entrypoint,
-                                  std::string initial) {
+                                  std::string initial, const RefusedCallback& on_refused,
+                                  const StreamCarrier* chosen) {
   std::string client_ip = HostOfAddress(client->peer_address());
-  RouteResult route = kind == link::TCP || kind == link::UDP
+  RouteResult route = chosen != nullptr ? directory().Reroute(kind, name, index_, client_ip, chosen)
+                      : kind == link::TCP || kind == link::UDP
                           ? directory().RouteService(kind, name, index_, client_ip)
                           : directory().RouteHost(kind, name, index_, client_ip);
+  if (route.outcome != RouteResult::Outcome::kFound && on_refused) {
+    on_refused(std::move(client), route.outcome);
+    return;
+  }
   if (route.outcome != RouteResult::Outcome::kFound) {
     NoAgent(kind).Inc();
     client->Close();
@@ -228,6 +234,7 @@ void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::S
     handoff.service_kind = kind;
     handoff.service = name;
     handoff.entrypoint = std::move(entrypoint);
+    handoff.chosen = route.carrier;
     relay_.worker(route.worker).HandOff(std::move(handoff));
     return;
   }
@@ -268,11 +275,13 @@ void RelayWorker::DrainHandoffs() {
     }
     if (handoff.kind == Handoff::Kind::kSplice) {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
-                      std::move(handoff.entrypoint), std::move(handoff.bytes));
+                      std::move(handoff.entrypoint), std::move(handoff.bytes),
+                      /*on_refused=*/nullptr, handoff.chosen);
     } else if (handoff.kind == Handoff::Kind::kProxy) {
       ResumeProxyTunnel(*this, std::move(*client), std::move(handoff));
     } else {
-      auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.http_proxy);
+      auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.chosen,
+                                                   handoff.http_proxy);
       HttpSession* raw = session.get();
       Adopt(std::move(session));
       raw->Start(handoff.bytes);
