@@ -11,6 +11,7 @@
 #include "relay/http_session.h"
 #include "relay/proxy_entrypoint.h"
 #include "relay/proxy_header_session.h"
+#include "relay/proxy_tunnel.h"
 #include "relay/relay.h"
 #include "relay/smtp_entrypoint.h"
 #include "relay/tls_entrypoint.h"
@@ -282,8 +283,11 @@ void RelayWorker::DrainHandoffs() {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
                       std::move(handoff.entrypoint), std::move(handoff.bytes),
                       /*on_refused=*/nullptr, handoff.chosen);
+    } else if (handoff.kind == Handoff::Kind::kProxy) {
+      ResumeProxyTunnel(*this, std::move(*client), std::move(handoff));
     } else {
-      auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.chosen);
+      auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.chosen,
+                                                   handoff.http_proxy);
       HttpSession* raw = session.get();
       Adopt(std::move(session));
       raw->Start(handoff.bytes);
