@@ -220,13 +220,26 @@ void RelayWorker::HandOff(Handoff handoff) {
   uv_async_send(wakeup_);
 }
 
+void RelayWorker::Post(std::function<void()> task) {
+  {
+    absl::MutexLock lock(&mu_);
+    posted_.push_back(std::move(task));
+  }
+  uv_async_send(wakeup_);
+}
+
 void RelayWorker::DrainHandoffs() {
   std::deque<Handoff> pending;
+  std::deque<std::function<void()>> posted;
   bool stop;
   {
     absl::MutexLock lock(&mu_);
     pending.swap(handoffs_);
+    posted.swap(posted_);
     stop = stop_requested_;
+  }
+  if (!stop && !stopped_) {
+    for (std::function<void()>& task : posted) task();
   }
   for (Handoff& handoff : pending) {
     if (stop || stopped_) {
