@@ -135,7 +135,11 @@ class AgentUdpFlow : public StreamHandler {
 
   void Connect(const sockaddr_storage& address) {
     auto* socket = new Socket{{}, this};
-    uv_udp_init_ex(owner_.loop_, &socket->handle, address.ss_family);
+    if (int rc = uv_udp_init_ex(owner_.loop_, &socket->handle, address.ss_family); rc != 0) {
+      delete socket;  // never initialised: nothing to close (e.g. out of descriptors)
+      Fail("socket", absl::UnavailableError(UvError(rc)));
+      return;
+    }
     socket->handle.data = socket;
     int rc = uv_udp_connect(&socket->handle, reinterpret_cast<const sockaddr*>(&address));
     if (rc == 0) {

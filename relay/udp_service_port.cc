@@ -49,8 +49,9 @@ Counter& SessionsExpired() {
   return counter;
 }
 Counter& SessionsRefused() {
-  static Counter& counter = CounterOf("rdv_udp_sessions_refused_total",
-                                      "udp sessions whose flow the agent refused or reset");
+  static Counter& counter =
+      CounterOf("rdv_udp_sessions_refused_total",
+                "udp sessions ended by the agent side (flow refused or reset, or link lost)");
   return counter;
 }
 
@@ -81,7 +82,10 @@ class UdpSocketSet : public RelaySession {
     auto* socket = new Socket;
     socket->owner = this;
     socket->index = sockets_.size();
-    uv_udp_init_ex(loop, &socket->handle, sa->sa_family);
+    if (int rc = uv_udp_init_ex(loop, &socket->handle, sa->sa_family); rc != 0) {
+      delete socket;  // never initialised: nothing to close
+      return absl::UnavailableError(StrCat("udp socket: ", UvError(rc)));
+    }
     socket->handle.data = socket;
     unsigned flags = sa->sa_family == AF_INET6 ? UV_UDP_IPV6ONLY : 0;
     int rc = uv_udp_bind(&socket->handle, sa, flags);
@@ -206,8 +210,13 @@ class RelayUdpSession : public RelaySession, public StreamHandler {
   void OnStreamClosed(Stream& stream, const absl::Status& status) override {
     stream_ = nullptr;
     SessionsRefused().Inc();
-    spdlog::info("udp session for {} on {} closed by the agent side: {}", client_key_,
-                 port_.service(), status.message());
+    if (status.code() == absl::StatusCode::kAborted) {
+      // The agent reset the flow (its idle timer, or its target failed).
+      spdlog::debug("udp session {} for {} on {}: closed by the agent: {}", id_, client_key_,
+                    port_.service(), status.message());
+    } else {
+      spdlog::info("udp session for {} on {}: {}", client_key_, port_.service(), status.message());
+    }
     Finish();
   }
 
@@ -323,9 +332,15 @@ void UdpServicePort::OnClientDatagram(size_t socket_index, const sockaddr* clien
           relay_.directory().RouteService(link::UDP, service_, home_.index(), HostOfAddress(key));
       if (route.outcome != RouteResult::Outcome::kFound) {
         Dropped("no_agent").Inc();
-        spdlog::info("udp {}: no agent serves {}, dropping datagram from {}", port_, service_, key);
+        // Once per outage, not per datagram: a client retrying must not flood the log.
+        if (!warned_no_agent_) {
+          warned_no_agent_ = true;
+          spdlog::warn("udp port {}: no agent serves {}; dropping datagrams (first from {})", port_,
+                       service_, key);
+        }
         return;
       }
+      warned_no_agent_ = false;
       entry = Entry{route.worker, next_id_++};
       sessions_.emplace(key, entry);
       open = true;

@@ -84,6 +84,7 @@ class UdpServicePort {
   std::vector<int> fds_ ABSL_GUARDED_BY(mu_);  // -1 once closed; sendto from any loop
   absl::flat_hash_map<std::string, Entry> sessions_ ABSL_GUARDED_BY(mu_);  // by client "ip:port"
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool warned_no_agent_ ABSL_GUARDED_BY(mu_) = false;
 };
 
 }  // namespace rdv
