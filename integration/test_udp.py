@@ -234,6 +234,34 @@ class UdpServiceTest(harness.IntegrationTest):
             self.assertEqual(echo_roundtrip(addr, b"again", sock=s), b"again")
             self.assertGreaterEqual(self.relay.metric("rdv_udp_sessions_opened_total"), opened + 1)
 
+    def test_requested_port_and_refusals(self):
+        refused = self.relay.metric("rdv_register_refused_total", reason="not_granted")
+        agent = self.h.agent(textwrap.dedent(f"""\
+            agent_id: agent-udp-2
+            relays: ["{harness.format_addr(self.relay.address('agent'))}"]
+            relay_fingerprint: "sha256:{self.relay.fingerprint}"
+            credential:
+              name: orang
+              secret: "{SECRET}"
+            links: 1
+            log_level: {harness.LOG_LEVEL}
+            services:
+              - name: pinned
+                kind: udp
+                target: 127.0.0.1:{self.echo.port}
+                port: {self.hi}
+              - name: outside
+                kind: udp
+                target: 127.0.0.1:{self.echo.port}
+                port: {self.hi + 1}
+            """))
+        self.assertEqual(agent.wait_registered("pinned", "udp"), f"udp://127.0.0.1:{self.hi}")
+        self.assertIn("not granted", agent.wait_refused("outside", "udp"))
+        self.relay.wait_metric("rdv_register_refused_total", lambda v: v >= refused + 1,
+                               reason="not_granted")
+        self.assertEqual(echo_roundtrip(("127.0.0.1", self.hi), b"pinned"), b"pinned")
+        agent.stop()
+
     def test_oversize_and_garbage_do_not_hurt(self):
         # Garbage to the DNS server: dnsmasq ignores it, nothing crashes.
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
