@@ -221,10 +221,10 @@ void RelayWorker::HandOff(Handoff handoff) {
 }
 
 void RelayWorker::Post(std::function<void()> task) {
-  {
-    absl::MutexLock lock(&mu_);
-    posted_.push_back(std::move(task));
-  }
+  absl::MutexLock lock(&mu_);
+  // Once stopping, the wakeup handle may be closed already: the task is dropped.
+  if (stop_requested_) return;
+  posted_.push_back(std::move(task));
   uv_async_send(wakeup_);
 }
 
@@ -272,6 +272,10 @@ void RelayWorker::RequestStop() {
 void RelayWorker::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    stop_requested_ = true;  // no more Post()s: the wakeup handle closes below
+  }
   for (auto& listener : listeners_) listener->Close();
   std::vector<AgentLink*> links;
   for (auto& [raw, link] : links_) links.push_back(raw);
