@@ -3,6 +3,7 @@
 #ifndef RDV_COMMON_PROXY_PROTOCOL_H_
 #define RDV_COMMON_PROXY_PROTOCOL_H_
 
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -18,6 +19,25 @@ enum class ProxyProtocolVersion { kV1, kV2 };
 // treat as a direct connection.
 std::string EncodeProxyHeader(ProxyProtocolVersion version, std::string_view source,
                               std::string_view destination);
+
+// A PROXY header a load balancer in front of the relay sent first on a connection.
+struct ProxyHeader {
+  // LOCAL (v2) or UNKNOWN (v1): the connection is the balancer's own (a health check); keep
+  // the socket's addresses.
+  bool local = false;
+  std::string source;       // "ip:port" / "[ip6]:port" of the original client
+  std::string destination;  // the address the client connected to
+  size_t length = 0;        // bytes the header took; the client's data follows
+};
+
+// The longest header accepted: a v1 line is at most 107 bytes; v2 carries TLVs after the
+// addresses, which are skipped but bounded.
+inline constexpr size_t kMaxProxyHeaderBytes = 1024;
+
+// Parses a v1 or v2 header at the start of `data`. nullopt: not enough bytes yet (the caller
+// reads more, up to kMaxProxyHeaderBytes). An error says what is wrong, e.g. "PROXY v1: bad
+// source port". Non-TCP v2 families (UDP, unix) are reported as local.
+absl::StatusOr<std::optional<ProxyHeader>> ParseProxyHeader(std::string_view data);
 
 }  // namespace rdv
 

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "common/str_cat.h"
+#include "common/yaml_config.h"
 
 namespace rdv {
 namespace {
@@ -146,6 +147,21 @@ void TcpConnection::Connect(uv_loop_t* loop, const sockaddr* address, ConnectCal
 void TcpConnection::Start(Handler& handler) {
   handler_ = &handler;
   ResumeReading();
+  if (!unread_.empty()) {
+    std::string bytes = std::move(unread_);
+    unread_.clear();
+    handler.OnRead(bytes);
+  }
+}
+
+absl::Status TcpConnection::OverridePeer(std::string_view address) {
+  absl::StatusOr<HostPort> host_port = ParseHostPort(address);
+  if (!host_port.ok()) return host_port.status();
+  absl::StatusOr<sockaddr_storage> resolved = ResolveNumeric(host_port->host, host_port->port);
+  if (!resolved.ok()) return resolved.status();
+  peer_storage_ = *resolved;
+  peer_ = FormatSockaddr(reinterpret_cast<sockaddr*>(&peer_storage_));
+  return absl::OkStatus();
 }
 
 void TcpConnection::PauseReading() {

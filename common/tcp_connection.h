@@ -14,6 +14,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -57,8 +58,18 @@ class TcpConnection {
   TcpConnection(const TcpConnection&) = delete;
   TcpConnection& operator=(const TcpConnection&) = delete;
 
-  // Sets the handler and starts reading.
+  // Sets the handler and starts reading. Bytes given to Unread() are delivered first, from
+  // within Start().
   void Start(Handler& handler);
+  // Bytes already taken from the socket by a previous reader (e.g. after a PROXY header), to be
+  // read again by the handler that Start() gets.
+  void Unread(std::string bytes) { unread_ = std::move(bytes) + unread_; }
+  // Takes back bytes given to Unread() that no handler has read yet (before a hand-off, which
+  // moves only the socket).
+  std::string TakeUnread() { return std::exchange(unread_, std::string()); }
+  // Replaces the peer address with `address` ("ip:port" / "[ip6]:port"), the original client a
+  // load balancer named in a PROXY header.
+  absl::Status OverridePeer(std::string_view address);
   void PauseReading();
   void ResumeReading();
   // Queues bytes (copied).
@@ -97,6 +108,7 @@ class TcpConnection {
   size_t queued_bytes_ = 0;
   std::string peer_;
   sockaddr_storage peer_storage_{};
+  std::string unread_;
 };
 
 // Formats an address as "1.2.3.4:80" or "[::1]:80".

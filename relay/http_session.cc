@@ -202,6 +202,7 @@ void HttpSession::HandOff(int worker, const HttpRequestHead& head) {
   // The new worker parses the request again from its original head and whatever followed.
   std::string bytes = SerializeRequestHead(head, {}, {});
   bytes.append(input_);
+  std::string peer = client_->peer_address();
   absl::StatusOr<int> fd = client_->DetachFd();
   finished_ = true;
   uv_timer_stop(timer_);
@@ -214,6 +215,7 @@ void HttpSession::HandOff(int worker, const HttpRequestHead& head) {
   handoff.kind = Handoff::Kind::kHttp;
   handoff.fd = *fd;
   handoff.bytes = std::move(bytes);
+  handoff.peer_address = std::move(peer);
   worker_.relay().worker(worker).HandOff(std::move(handoff));
 }
 

@@ -34,6 +34,20 @@ absl::Status ReadListen(const YamlMap& map, bool allow_empty, std::vector<HostPo
   return absl::OkStatus();
 }
 
+// A list of CIDR blocks under `key`, if present.
+absl::Status ReadNetworks(const YamlMap& map, std::string_view key, NetworkList* networks) {
+  std::optional<YamlValue> list = map.Find(key);
+  if (!list) return absl::OkStatus();
+  absl::StatusOr<std::vector<YamlValue>> items = list->AsList();
+  if (!items.ok()) return items.status();
+  for (const YamlValue& item : *items) {
+    absl::StatusOr<std::string> text = item.AsString();
+    if (!text.ok()) return text.status();
+    if (absl::Status s = networks->Add(*text); !s.ok()) return item.Error(std::string(s.message()));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseAgentListener(const YamlMap& map, AgentListenerConfig* config) {
   if (absl::Status s = map.CheckKeys({"listen", "cert_file", "key_file", "handshake_timeout_ms"});
       !s.ok()) {
@@ -303,17 +317,7 @@ absl::StatusOr<CredentialConfig> ParseCredential(const YamlValue& item) {
       credential.grants.push_back(*std::move(grant));
     }
   }
-  if (std::optional<YamlValue> networks = map->Find("networks")) {
-    absl::StatusOr<std::vector<YamlValue>> items = networks->AsList();
-    if (!items.ok()) return items.status();
-    for (const YamlValue& network_value : *items) {
-      absl::StatusOr<std::string> text = network_value.AsString();
-      if (!text.ok()) return text.status();
-      if (absl::Status s = credential.networks.Add(*text); !s.ok()) {
-        return network_value.Error(std::string(s.message()));
-      }
-    }
-  }
+  if (absl::Status s = ReadNetworks(*map, "networks", &credential.networks); !s.ok()) return s;
   if (absl::Status s = map->ReadUint<uint32_t>("max_links", 1, 100000, &credential.max_links);
       !s.ok()) {
     return s;
@@ -371,9 +375,9 @@ absl::Status CheckListenersDistinct(const YamlMap& root, const RelayConfig& conf
 absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   absl::StatusOr<YamlMap> root = document.Root();
   if (!root.ok()) return root.status();
-  if (absl::Status s = root->CheckKeys({"relay_id", "state_dir", "workers", "log_level",
-                                        "agent_listener", "http", "tcp", "tls", "smtp", "proxy",
-                                        "udp", "admin", "link", "credentials"});
+  if (absl::Status s = root->CheckKeys(
+          {"relay_id", "state_dir", "workers", "log_level", "agent_listener", "http", "tcp", "tls",
+           "smtp", "proxy", "udp", "admin", "link", "proxy_protocol_from", "credentials"});
       !s.ok()) {
     return s;
   }
@@ -435,6 +439,10 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   if (absl::Status s = parse_section("admin", ParseAdmin, &config.admin); !s.ok()) return s;
   if (absl::Status s = parse_section("link", ParseLink, &config.link); !s.ok()) return s;
   if (absl::Status s = CheckListenersDistinct(*root, config); !s.ok()) return s;
+  if (absl::Status s = ReadNetworks(*root, "proxy_protocol_from", &config.proxy_protocol_from);
+      !s.ok()) {
+    return s;
+  }
 
   absl::StatusOr<std::vector<YamlValue>> items =
       root->RequireNonEmptyList("credentials", "at least one credential is required");

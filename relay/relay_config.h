@@ -143,6 +143,10 @@ struct RelayConfig {
   UdpEntrypointConfig udp;
   AdminConfig admin;
   LinkConfig link;
+  // Load balancers in front of the relay: a client connection from these networks must start
+  // with a PROXY protocol header (v1 or v2), whose source becomes the client's address. Empty:
+  // PROXY headers are not accepted.
+  NetworkList proxy_protocol_from;
   std::vector<CredentialConfig> credentials;  // at least one, unique names
 
   const CredentialConfig* FindCredential(std::string_view name) const;

@@ -399,6 +399,21 @@ TEST(RelayConfigTest, GrantsAndNetworks) {
             "host name or *.suffix, e.g. www.example.com or *.example.com");
 }
 
+TEST(RelayConfigTest, ProxyProtocolFrom) {
+  absl::StatusOr<RelayConfig> none = Parse(kMinimalConfig);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_TRUE(none->proxy_protocol_from.empty());
+  absl::StatusOr<RelayConfig> config =
+      Parse("proxy_protocol_from: [\"10.0.0.0/8\", \"::1/128\"]\n" + std::string(kMinimalConfig));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->proxy_protocol_from.size(), 2u);
+  EXPECT_EQ(ErrorOf("proxy_protocol_from: [\"10.0.0.1/8\"]\n" + std::string(kMinimalConfig)),
+            "relay.yaml:1: proxy_protocol_from[0]: invalid network '10.0.0.1/8': address has bits "
+            "set beyond the /8 prefix");
+  EXPECT_EQ(ErrorOf("proxy_protocol_from: 10.0.0.0/8\n" + std::string(kMinimalConfig)),
+            "relay.yaml:1: proxy_protocol_from: expected a list, got '10.0.0.0/8'");
+}
+
 TEST(RelayConfigTest, SecretNeverEchoed) {
   std::string error = ErrorOf(FullWith("secret: \"another-secret\"", "secret: \"hunter2\""));
   EXPECT_THAT(error, testing::Not(HasSubstr("hunter2")));

@@ -10,6 +10,7 @@
 #include "relay/agent_link.h"
 #include "relay/http_session.h"
 #include "relay/proxy_entrypoint.h"
+#include "relay/proxy_header_session.h"
 #include "relay/relay.h"
 #include "relay/smtp_entrypoint.h"
 #include "relay/tls_entrypoint.h"
@@ -136,25 +137,45 @@ void RelayWorker::AcceptAgent(uv_stream_t* server) {
   raw->Start();
 }
 
+void RelayWorker::ServeClient(std::unique_ptr<TcpConnection> client,
+                              std::function<void(std::unique_ptr<TcpConnection>)> serve) {
+  const NetworkList& balancers = config().proxy_protocol_from;
+  if (balancers.empty() ||
+      !balancers.Contains(reinterpret_cast<const sockaddr*>(&client->peer_sockaddr()))) {
+    serve(std::move(client));
+    return;
+  }
+  auto session = std::make_unique<ProxyHeaderSession>(*this, std::move(client), std::move(serve));
+  ProxyHeaderSession* raw = session.get();
+  Adopt(std::move(session));
+  raw->Start();
+}
+
 void RelayWorker::AcceptEntrypoint(uv_stream_t* server, Entrypoint entrypoint) {
   absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Accept(server);
   if (!client.ok()) return;
+  ServeClient(std::move(*client), [this, entrypoint](std::unique_ptr<TcpConnection> c) {
+    ServeEntrypoint(std::move(c), entrypoint);
+  });
+}
+
+void RelayWorker::ServeEntrypoint(std::unique_ptr<TcpConnection> client, Entrypoint entrypoint) {
   switch (entrypoint) {
     case Entrypoint::kHttp: {
-      auto session = std::make_unique<HttpSession>(*this, std::move(*client));
+      auto session = std::make_unique<HttpSession>(*this, std::move(client));
       HttpSession* raw = session.get();
       Adopt(std::move(session));
       raw->Start("");
       return;
     }
     case Entrypoint::kTls:
-      ServeTlsEntrypoint(*this, std::move(*client));
+      ServeTlsEntrypoint(*this, std::move(client));
       return;
     case Entrypoint::kSmtp:
-      ServeSmtpEntrypoint(*this, std::move(*client));
+      ServeSmtpEntrypoint(*this, std::move(client));
       return;
     case Entrypoint::kProxy:
-      ServeProxyEntrypoint(*this, std::move(*client));
+      ServeProxyEntrypoint(*this, std::move(client));
       return;
   }
 }
@@ -174,26 +195,36 @@ void RelayWorker::AcceptTcp(uv_stream_t* server, const std::string& service, uin
   static Counter& accepted =
       CounterOf("rdv_tcp_connections_total", "Connections accepted on tcp service ports");
   accepted.Inc();
-  SpliceToService(std::move(*client), link::TCP, service, StrCat("tcp:", port), "");
+  ServeClient(std::move(*client), [this, service, port](std::unique_ptr<TcpConnection> c) {
+    SpliceToService(std::move(c), link::TCP, service, StrCat("tcp:", port), "");
+  });
 }
 
 void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
                                   const std::string& name, std::string entrypoint,
-                                  std::string initial) {
+                                  std::string initial, const RefusedCallback& on_refused) {
   std::string client_ip = HostOfAddress(client->peer_address());
   RouteResult route = kind == link::TCP || kind == link::UDP
                           ? directory().RouteService(kind, name, index_, client_ip)
                           : directory().RouteHost(kind, name, index_, client_ip);
+  if (route.outcome != RouteResult::Outcome::kFound && on_refused) {
+    on_refused(std::move(client), route.outcome);
+    return;
+  }
   if (route.outcome != RouteResult::Outcome::kFound) {
     NoAgent(kind).Inc();
     client->Close();
     return;
   }
+  // Bytes after a PROXY header that nobody has read yet come before what the entrypoint read.
+  initial.insert(0, client->TakeUnread());
   if (route.worker != index_) {
+    std::string peer = client->peer_address();
     absl::StatusOr<int> fd = client->DetachFd();
     if (!fd.ok()) return;
     Handoffs().Inc();
     Handoff handoff;
+    handoff.peer_address = std::move(peer);
     handoff.kind = Handoff::Kind::kSplice;
     handoff.fd = *fd;
     handoff.bytes = std::move(initial);
@@ -248,6 +279,9 @@ void RelayWorker::DrainHandoffs() {
     }
     absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Adopt(loop_, handoff.fd);
     if (!client.ok()) continue;
+    if (!handoff.peer_address.empty() && handoff.peer_address != (*client)->peer_address()) {
+      (void)(*client)->OverridePeer(handoff.peer_address);
+    }
     if (handoff.kind == Handoff::Kind::kSplice) {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
                       std::move(handoff.entrypoint), std::move(handoff.bytes));

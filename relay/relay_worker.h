@@ -46,6 +46,8 @@ struct Handoff {
   link::ServiceKind service_kind = link::TCP;  // kSplice
   std::string service;                         // kSplice: service name or host
   std::string entrypoint;                      // kSplice: for Open, e.g. "tcp:2020", "tls"
+  // The client's address when it is not the socket's peer (a PROXY header named it).
+  std::string peer_address;
 };
 
 // The client-facing listeners bound on every worker.
@@ -76,9 +78,14 @@ class RelayWorker {
   // Routes `name` of `kind` (host routing for http/tls/smtp, by service name for tcp/udp) and
   // splices `client` onto a new stream to it, sending `initial` (bytes already read) first.
   // Hands the client to the worker owning the chosen link when that is another one. No route
-  // or no stream: the client is closed and counted.
+  // or no stream: the client is closed and counted, unless `on_refused` is given: then, when
+  // this worker finds no route or no link, the client is handed back to it (synchronously,
+  // before SpliceToService returns) to refuse in the entrypoint's own protocol and count.
+  using RefusedCallback =
+      std::function<void(std::unique_ptr<TcpConnection> client, RouteResult::Outcome outcome)>;
   void SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
-                       const std::string& name, std::string entrypoint, std::string initial);
+                       const std::string& name, std::string entrypoint, std::string initial,
+                       const RefusedCallback& on_refused = nullptr);
 
   // Thread-safe: queue a client for this worker.
   void HandOff(Handoff handoff);
@@ -101,6 +108,11 @@ class RelayWorker {
  private:
   void DrainHandoffs();
   void Stop();
+  // Passes `client` to `serve`, first through a ProxyHeaderSession when it comes from a
+  // proxy_protocol_from network.
+  void ServeClient(std::unique_ptr<TcpConnection> client,
+                   std::function<void(std::unique_ptr<TcpConnection>)> serve);
+  void ServeEntrypoint(std::unique_ptr<TcpConnection> client, Entrypoint entrypoint);
 
   Relay& relay_;
   const int index_;

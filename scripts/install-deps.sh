@@ -2,7 +2,7 @@
 # The one place that lists every Debian package Rendezvous needs to build, test and benchmark.
 # Usage: scripts/install-deps.sh [--bench | --runtime]
 #   (no flag)  build + test dependencies
-#   --bench    also the benchmark peers (iperf3, wrk, haproxy, openssh-server)
+#   --bench    also the benchmark peers (iperf3, wrk, openssh-server)
 #   --runtime  only the shared libraries the built binaries need (container images)
 set -euo pipefail
 
@@ -10,8 +10,8 @@ build=(build-essential cmake ninja-build pkg-config git clang-format clang libcl
        libuv1-dev libssl-dev openssl libprotobuf-dev protobuf-compiler
        libyaml-cpp-dev libabsl-dev libhttp-parser-dev libspdlog-dev libcli11-dev libgtest-dev libgmock-dev)
 test=(curl nginx-light python3 python3-websockets iproute2 procps netcat-openbsd
-      postfix swaks dnsmasq-base bind9-dnsutils chromium)
-bench=(iperf3 wrk haproxy openssh-server openssh-client)
+      haproxy postfix swaks dnsmasq-base bind9-dnsutils chromium)
+bench=(iperf3 wrk openssh-server openssh-client)
 
 runtime=(libuv1 libssl3 libprotobuf32 libyaml-cpp0.7 libhttp-parser2.9 libspdlog1.10
          libabsl20220623 ca-certificates)

@@ -33,8 +33,9 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 PYTHON = "/usr/bin/python3"
 
 SYSTEMS = ["direct", "rendezvous", "ssh", "haproxy"]
-PHASES = ["throughput", "http", "rss"]
-RATIO_METRICS = ["throughput_gbps", "http_rps", "http_p50_ms", "http_p99_ms"]
+PHASES = ["throughput", "http", "rss", "sni"]
+RATIO_METRICS = ["throughput_gbps", "http_rps", "http_p50_ms", "http_p99_ms", "https_sni_rps",
+                 "https_sni_conn_rps"]
 RATIO_PEERS = ["ssh", "haproxy", "direct"]
 
 SECRET = "bench-secret-0123456789"
@@ -684,6 +685,11 @@ services:
                 self.emit("http_p99_ms", system, statistics.median(r[2] for r in runs), "ms")
             self.measure(f"http {system}", one)
 
+    def phase_sni(self):
+        # HTTPS routed by SNI (TLS passthrough): see bench_sni.py.
+        import bench_sni
+        bench_sni.phase_sni(self, sys.modules[__name__])
+
     def phase_rss(self):
         if "rendezvous" not in self.args.systems:
             log("rss: skipped (rendezvous is not among --systems)")
@@ -836,7 +842,7 @@ def parse_args(argv):
         description="Benchmarks Rendezvous against direct, ssh -R and haproxy on loopback.")
     ap.add_argument("--quick", action="store_true", help="2-second runs instead of 10 (smoke test)")
     ap.add_argument("--only", default=",".join(PHASES),
-                    help="comma-separated subset of: throughput, http, rss (default: all)")
+                    help="comma-separated subset of: throughput, http, rss, sni (default: all)")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help="comma-separated subset of: direct, rendezvous, ssh, haproxy (default: all)")
     ap.add_argument("--repeat", type=int, default=1,
