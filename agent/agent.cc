@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include "agent/health_check.h"
 #include "agent/relay_link.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -10,6 +11,10 @@ Agent::Agent(AgentConfig config, uv_loop_t* loop)
     : config_(std::move(config)), loop_(loop), tasks_(loop) {}
 
 Agent::~Agent() {
+  for (auto& checker : health_checkers_) {
+    if (checker) checker->Stop();
+  }
+  health_checkers_.clear();
   links_.clear();
   splices_.clear();
   tasks_.Close();
@@ -29,12 +34,57 @@ void Agent::Start() {
     links_.push_back(std::make_unique<RelayLink>(*this, static_cast<int>(i), relay));
   }
   for (auto& link : links_) link->Start();
+  for (size_t i = 0; i < config_.services.size(); ++i) {
+    const ServiceConfig& service = config_.services[i];
+    if (!service.health_check) {
+      health_checkers_.push_back(nullptr);
+      continue;
+    }
+    // The Host an http check sends: configured, else the service's own name when it is one.
+    std::string host = service.health_check->host;
+    if (host.empty()) {
+      host = service.kind == ServiceConfig::Kind::kHttp && service.name.front() != '*'
+                 ? service.name
+                 : FormatHostPort(service.target);
+    }
+    health_checkers_.push_back(
+        std::make_unique<HealthChecker>(loop_, *service.health_check, service.target, host,
+                                        [this, i](bool healthy, const std::string& detail) {
+                                          OnHealthChange(i, healthy, detail);
+                                        }));
+    health_checkers_.back()->Start();
+  }
+}
+
+void Agent::OnHealthChange(size_t service, bool healthy, const std::string& detail) {
+  const ServiceConfig& config = config_.services[service];
+  if (healthy) {
+    spdlog::info("{} {}: target {} is healthy", config.kind_name(), config.name,
+                 FormatHostPort(config.target));
+  } else {
+    spdlog::warn("{} {}: target {} is unhealthy: {}", config.kind_name(), config.name,
+                 FormatHostPort(config.target), detail);
+  }
+  for (auto& link : links_) link->SendServiceHealth(config, healthy, detail);
+}
+
+void Agent::SendHealth(RelayLink& link) {
+  for (size_t i = 0; i < health_checkers_.size(); ++i) {
+    const HealthChecker* checker = health_checkers_[i].get();
+    if (checker != nullptr) {
+      link.SendServiceHealth(config_.services[i], checker->healthy(), checker->detail());
+    }
+  }
 }
 
 void Agent::Shutdown() {
   if (shutting_down_) return;
   shutting_down_ = true;
   spdlog::info("shutting down: {} links, {} streams", links_.size(), splices_.size());
+  for (auto& checker : health_checkers_) {
+    if (checker) checker->Stop();
+  }
+  health_checkers_.clear();
   for (auto& link : links_) link->Shutdown();
   links_.clear();
   splices_.clear();

@@ -16,6 +16,7 @@
 
 namespace rdv {
 
+class HealthChecker;
 class RelayLink;
 
 class Agent {
@@ -37,14 +38,20 @@ class Agent {
   void Adopt(std::unique_ptr<StreamSplice> splice);
   void Finish(StreamSplice& splice);
 
+  // Sends the health of every service with checks on `link` (after it registered).
+  void SendHealth(RelayLink& link);
+
  private:
   Agent(AgentConfig config, uv_loop_t* loop);
+  void OnHealthChange(size_t service, bool healthy, const std::string& detail);
 
   AgentConfig config_;
   uv_loop_t* loop_;
   LoopTasks tasks_;
   SslCtxPtr tls_context_;
   std::vector<std::unique_ptr<RelayLink>> links_;
+  // One per service of config_.services; null where health_check is off.
+  std::vector<std::unique_ptr<HealthChecker>> health_checkers_;
   absl::flat_hash_map<StreamSplice*, std::unique_ptr<StreamSplice>> splices_;
   bool shutting_down_ = false;
 };

@@ -97,8 +97,8 @@ absl::Status ParseCredential(const YamlMap& root, AgentConfig* config) {
 absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   absl::StatusOr<YamlMap> map = item.AsMap();
   if (!map.ok()) return map.status();
-  if (absl::Status s =
-          map->CheckKeys({"name", "kind", "target", "alias", "port", "proxy_protocol", "balance"});
+  if (absl::Status s = map->CheckKeys(
+          {"name", "kind", "target", "alias", "port", "proxy_protocol", "balance", "health_check"});
       !s.ok()) {
     return s;
   }
@@ -165,6 +165,14 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
                                      &service.balance);
       !s.ok()) {
     return s;
+  }
+
+  if (std::optional<YamlValue> health = map->Find("health_check");
+      health || map->HasKey("health_check")) {
+    absl::StatusOr<HealthCheckConfig> check =
+        health ? ParseHealthCheckConfig(*health) : HealthCheckConfig{};
+    if (!check.ok()) return check.status();
+    service.health_check = *std::move(check);
   }
 
   std::optional<YamlValue> alias_value = map->Find("alias");

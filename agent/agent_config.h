@@ -7,12 +7,14 @@
 #define RDV_AGENT_AGENT_CONFIG_H_
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "agent/health_check_config.h"
 #include "common/yaml_config.h"
 
 namespace rdv {
@@ -39,6 +41,8 @@ struct ServiceConfig {
   // How the relay spreads streams when several agents serve this name under one credential:
   // "round_robin", "least_streams" or "client_ip_hash".
   std::string balance = "round_robin";
+  // Health checks of the target, reported to the relay; nullopt = off (always healthy).
+  std::optional<HealthCheckConfig> health_check;
 
   bool named_by_host() const {
     return kind == Kind::kHttp || kind == Kind::kTls || kind == Kind::kSmtp;

@@ -396,6 +396,66 @@ TEST(AgentConfigTest, ProxyProtocol) {
             "agent.yaml:32: services[3].proxy_protocol: expected one of off|v1|v2, got 'v3'");
 }
 
+TEST(AgentConfigTest, BalanceAndHealthCheck) {
+  constexpr std::string_view kService =
+      "services:\n"
+      "  - name: www.orang.com\n"
+      "    kind: http\n"
+      "    target: 127.0.0.1:8081\n"
+      "    balance: least_streams\n";
+  absl::StatusOr<AgentConfig> off = Parse(MinimalConfig(kService));
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->services[0].balance, "least_streams");
+  EXPECT_FALSE(off->services[0].health_check.has_value());  // off unless configured
+
+  // Present but empty: every default.
+  for (std::string_view empty : {"    health_check:\n", "    health_check: {}\n"}) {
+    absl::StatusOr<AgentConfig> defaults =
+        Parse(MinimalConfig(std::string(kService) + std::string(empty)));
+    ASSERT_TRUE(defaults.ok()) << defaults.status();
+    ASSERT_TRUE(defaults->services[0].health_check.has_value());
+    const HealthCheckConfig& check = *defaults->services[0].health_check;
+    EXPECT_EQ(check.kind, HealthCheckConfig::Kind::kTcp);
+    EXPECT_EQ(check.interval, absl::Milliseconds(2000));
+    EXPECT_EQ(check.timeout, absl::Milliseconds(1000));
+    EXPECT_EQ(check.healthy_threshold, 1u);
+    EXPECT_EQ(check.unhealthy_threshold, 2u);
+  }
+
+  absl::StatusOr<AgentConfig> http = Parse(MinimalConfig(
+      std::string(kService) +
+      "    health_check: {kind: http, interval_ms: 500, timeout_ms: 200, path: /healthz,\n"
+      "                   expect_status: 204, host: probe.local, healthy_threshold: 3,\n"
+      "                   unhealthy_threshold: 1}\n"));
+  ASSERT_TRUE(http.ok()) << http.status();
+  const HealthCheckConfig& check = *http->services[0].health_check;
+  EXPECT_EQ(check.kind, HealthCheckConfig::Kind::kHttp);
+  EXPECT_EQ(check.interval, absl::Milliseconds(500));
+  EXPECT_EQ(check.timeout, absl::Milliseconds(200));
+  EXPECT_EQ(check.path, "/healthz");
+  EXPECT_EQ(check.expect_status, 204u);
+  EXPECT_EQ(check.host, "probe.local");
+  EXPECT_EQ(check.healthy_threshold, 3u);
+  EXPECT_EQ(check.unhealthy_threshold, 1u);
+
+  auto error = [&](std::string_view health) {
+    return ErrorOf(
+        MinimalConfig(std::string(kService) + "    health_check: " + std::string(health) + "\n"));
+  };
+  EXPECT_EQ(error("{kind: udp}"),
+            "agent.yaml:11: services[0].health_check.kind: expected one of tcp|http, got 'udp'");
+  EXPECT_THAT(error("{interval_ms: 500, timeout_ms: 500}"),
+              HasSubstr("timeout_ms (500) must be below interval_ms (500)"));
+  EXPECT_THAT(error("{path: /x}"), HasSubstr("health_check.path: only valid with kind: http"));
+  EXPECT_THAT(error("{kind: http, path: x}"), HasSubstr("expected a request path starting"));
+  EXPECT_THAT(error("{kind: http, expect_status: 99}"), HasSubstr("expect_status"));
+  EXPECT_THAT(error("{unhealthy_threshold: 0}"), HasSubstr("unhealthy_threshold"));
+  EXPECT_THAT(error("{intervl_ms: 5}"), HasSubstr("unknown key 'intervl_ms'"));
+  EXPECT_EQ(ErrorOf(MinimalConfig(config_test::ReplaceFirst(kService, "least_streams", "random"))),
+            "agent.yaml:10: services[0].balance: expected one of "
+            "round_robin|least_streams|client_ip_hash, got 'random'");
+}
+
 }  // namespace
 TEST(AgentConfigTest, UdpServices) {
   absl::StatusOr<AgentConfig> config = Parse(MinimalConfig(

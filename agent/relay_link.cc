@@ -205,6 +205,7 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
         spec->set_balance(service.balance);
       }
       link_->SendControl(reg);
+      agent_.SendHealth(*this);  // after Register, so the relay knows the services
       return;
     }
     case link::Control::kRegistered: {
@@ -229,6 +230,18 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
       .Inc();
   link_->Close(absl::InvalidArgumentError(
       StrCat("unexpected control message ", static_cast<int>(control.body_case()))));
+}
+
+void RelayLink::SendServiceHealth(const ServiceConfig& service, bool healthy,
+                                  const std::string& detail) {
+  if (state_ != State::kReady) return;
+  link::Control control;
+  link::ServiceHealth* report = control.mutable_service_health();
+  report->set_kind(WireKind(service.kind));
+  report->set_name(service.name);
+  report->set_healthy(healthy);
+  report->set_detail(detail);
+  link_->SendControl(control);
 }
 
 void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open) {

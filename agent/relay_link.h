@@ -28,6 +28,9 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
 
   void Start() { Dial(); }
   void Shutdown();
+  // Tells the relay the health of `service`'s target (ServiceHealth); dropped unless the link is
+  // up: every link reports all checked services again once it has registered.
+  void SendServiceHealth(const ServiceConfig& service, bool healthy, const std::string& detail);
 
   // TlsSession::Handler
   void OnTlsReady() override;

@@ -540,6 +540,7 @@ void Link::Remove(Stream& stream, const absl::Status& status, bool notify) {
   StreamHandler* handler = stream.handler_;
   stream.handler_ = nullptr;
   graveyard_.push_back(std::move(owned));
+  handler_.OnStreamRemoved(*this);
   if (notify && handler) handler->OnStreamClosed(stream, status);
 }
 

@@ -91,6 +91,8 @@ class LinkHandler {
   // Data the peer sends meanwhile is buffered within the stream window.
   virtual void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) = 0;
   virtual void OnPong(Link& link, uint64_t ping_payload) {}
+  // A stream of `link` was removed (closed, refused or reset by either side).
+  virtual void OnStreamRemoved(Link& link) {}
   // The link failed (protocol error) or was closed with Close(). Called once. The owner
   // closes the transport; the link must not be used afterwards except to be destroyed.
   virtual void OnLinkFailed(Link& link, const absl::Status& status) = 0;

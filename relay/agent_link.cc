@@ -8,6 +8,7 @@
 #include "common/str_cat.h"
 #include "relay/relay.h"
 #include "relay/relay_worker.h"
+#include "relay/service_health.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {
@@ -177,6 +178,11 @@ void AgentLink::OnControl(Link& link, const link::Control& control) {
       if (state_ != State::kReady) break;
       HandleRegister(control.register_());
       return;
+    case link::Control::kServiceHealth:
+      if (state_ != State::kReady) break;
+      ApplyServiceHealth(worker_.directory(), *this, control.service_health(),
+                         StrCat("agent link ", id_, " (", agent_id_, ")"));
+      return;
     case link::Control::kGoAway:
       spdlog::info("agent link {} ({}): agent is going away: {}", id_, agent_id_,
                    control.go_away().reason());
@@ -345,7 +351,11 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
   }
   if (absl::Status claimed = worker_.directory().Claim(result.service(), alias, *this);
       !claimed.ok()) {
-    return refuse("name_taken", std::string(claimed.message()));
+    std::string_view reason = claimed.code() == absl::StatusCode::kFailedPrecondition
+                                  ? "balance_mismatch"
+                              : claimed.code() == absl::StatusCode::kInvalidArgument ? "invalid"
+                                                                                     : "name_taken";
+    return refuse(reason, std::string(claimed.message()));
   }
   result.set_ok(true);
   for (std::string& route : worker_.relay().RoutesFor(result.service(), alias))
@@ -382,6 +392,7 @@ Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const std::strin
   open.set_entrypoint(entrypoint);
   Stream* stream = link_.OpenStream(std::move(open), handler);
   if (stream != nullptr) CounterOf("rdv_streams_opened_total", "Streams opened to agents").Inc();
+  open_streams_ = link_.stream_count();
   return stream;
 }
 

@@ -11,6 +11,7 @@
 
 #include <uv.h>
 
+#include <atomic>
 #include <memory>
 #include <string>
 #include <vector>
@@ -46,6 +47,8 @@ class AgentLink : public StreamCarrier,
   // StreamCarrier
   const std::string& credential() const override { return credential_name_; }
   int worker() const override { return worker_.index(); }
+  const std::string& agent() const override { return agent_id_; }
+  size_t open_streams() const override { return open_streams_.load(std::memory_order_relaxed); }
 
   // TlsSession::Handler
   void OnTlsReady() override;
@@ -59,6 +62,7 @@ class AgentLink : public StreamCarrier,
   void OnControl(Link& link, const link::Control& control) override;
   void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) override;
   void OnPong(Link& link, uint64_t sent_ms) override;
+  void OnStreamRemoved(Link& link) override { open_streams_ = link.stream_count(); }
   void OnLinkFailed(Link& link, const absl::Status& status) override;
 
  private:
@@ -87,6 +91,7 @@ class AgentLink : public StreamCarrier,
   bool counted_active_ = false;
   bool counted_for_credential_ = false;
   int registered_ = 0;
+  std::atomic<size_t> open_streams_{0};  // link_.stream_count(), read by other workers
 };
 
 }  // namespace rdv

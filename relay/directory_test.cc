@@ -2,26 +2,47 @@
 
 #include <gtest/gtest.h>
 
+#include <map>
+#include <string>
+
 namespace rdv {
 namespace {
 
 class FakeCarrier : public StreamCarrier {
  public:
-  FakeCarrier(std::string credential, int worker)
-      : credential_(std::move(credential)), worker_(worker) {}
+  FakeCarrier(std::string credential, int worker, std::string agent = "")
+      : credential_(std::move(credential)), worker_(worker), agent_(std::move(agent)) {}
   const std::string& credential() const override { return credential_; }
   int worker() const override { return worker_; }
+  const std::string& agent() const override { return agent_; }
+  size_t open_streams() const override { return streams; }
+
+  size_t streams = 0;
 
  private:
   std::string credential_;
   int worker_;
+  std::string agent_;
 };
 
-link::ServiceSpec Http(const std::string& name) {
+link::ServiceSpec Http(const std::string& name, const std::string& balance = "") {
   link::ServiceSpec spec;
   spec.set_kind(link::HTTP);
   spec.set_name(name);
+  spec.set_balance(balance);
   return spec;
+}
+
+// Routes `n` times from `worker` and counts the picks per carrier.
+std::map<const StreamCarrier*, int> Spread(Directory& directory, int n, int worker = 0,
+                                           std::string_view client_ip = "") {
+  std::map<const StreamCarrier*, int> picks;
+  for (int i = 0; i < n; ++i) {
+    RouteResult r = directory.RouteHttp("www.orang.com", worker, client_ip);
+    EXPECT_EQ(r.outcome, RouteResult::Outcome::kFound);
+    picks[r.carrier]++;
+  }
+  return picks;
 }
 
 TEST(DirectoryTest, ExactWildcardAndAlias) {
@@ -73,26 +94,217 @@ TEST(DirectoryTest, NamesStayWithTheirCredential) {
   EXPECT_EQ(directory.RouteHttp("www.orang.com", 1, "").carrier, &returning);
 }
 
-TEST(DirectoryTest, RoundRobinPrefersTheCallersWorker) {
+TEST(DirectoryTest, RoundRobinSpreadsOverAllWorkers) {
+  // The policy decides across workers; a member on another worker is reached by a hand-off.
   InMemoryDirectory directory("");
   FakeCarrier w0a("orang", 0), w0b("orang", 0), w1("orang", 1);
   for (FakeCarrier* c : {&w0a, &w0b, &w1}) {
     ASSERT_TRUE(directory.Claim(Http("www.orang.com"), "", *c).ok());
   }
-  int a = 0, b = 0;
-  for (int i = 0; i < 10; ++i) {
-    RouteResult r = directory.RouteHttp("www.orang.com", 0, "");
-    ASSERT_EQ(r.worker, 0);
-    (r.carrier == &w0a ? a : b)++;
-  }
-  EXPECT_EQ(a, 5);
-  EXPECT_EQ(b, 5);
+  std::map<const StreamCarrier*, int> picks = Spread(directory, 30);
+  EXPECT_EQ(picks[&w0a], 10);
+  EXPECT_EQ(picks[&w0b], 10);
+  EXPECT_EQ(picks[&w1], 10);
+  RouteResult r;
+  do {
+    r = directory.RouteHttp("www.orang.com", 0, "");
+  } while (r.carrier != &w1);
+  EXPECT_EQ(r.worker, 1);
   // A worker with no local member is told where the service lives.
   FakeCarrier only("other", 1);
   ASSERT_TRUE(directory.Claim(Http("solo.example"), "", only).ok());
   RouteResult remote = directory.RouteHttp("solo.example", 0, "");
   EXPECT_EQ(remote.outcome, RouteResult::Outcome::kFound);
   EXPECT_EQ(remote.worker, 1);
+}
+
+TEST(DirectoryTest, MembersAreAgentsNotLinks) {
+  // Agent a keeps three links, agent b one: round robin alternates agents, then a's links in
+  // turn, preferring the caller's worker.
+  InMemoryDirectory directory("");
+  FakeCarrier a0("orang", 0, "a"), a1("orang", 1, "a"), a0bis("orang", 0, "a"), b1("orang", 1, "b");
+  for (FakeCarrier* c : {&a0, &a1, &a0bis, &b1}) {
+    ASSERT_TRUE(directory.Claim(Http("www.orang.com"), "", *c).ok());
+  }
+  std::map<const StreamCarrier*, int> picks = Spread(directory, 20, /*worker=*/0);
+  EXPECT_EQ(picks[&b1], 10);
+  EXPECT_EQ(picks[&a0] + picks[&a0bis], 10);
+  EXPECT_EQ(picks[&a1], 0);  // a has links on worker 0: no hand-off needed
+  EXPECT_GE(picks[&a0], 4);
+  EXPECT_GE(picks[&a0bis], 4);
+  // From worker 1, a's link there is used.
+  picks = Spread(directory, 20, /*worker=*/1);
+  EXPECT_EQ(picks[&a1], 10);
+  EXPECT_EQ(picks[&b1], 10);
+}
+
+TEST(DirectoryTest, LeastStreamsPicksTheLeastLoadedAgent) {
+  InMemoryDirectory directory("");
+  FakeCarrier a("orang", 0, "a"), b("orang", 0, "b"), c("orang", 1, "c");
+  for (FakeCarrier* x : {&a, &b, &c}) {
+    ASSERT_TRUE(directory.Claim(Http("www.orang.com", "least_streams"), "", *x).ok());
+  }
+  // Idle: the tied agents take turns, so every agent gets its share.
+  std::map<const StreamCarrier*, int> picks = Spread(directory, 30);
+  EXPECT_EQ(picks[&a], 10);
+  EXPECT_EQ(picks[&b], 10);
+  EXPECT_EQ(picks[&c], 10);
+  // a holds streams: new ones go to b and c only.
+  a.streams = 5;
+  picks = Spread(directory, 20);
+  EXPECT_EQ(picks[&a], 0);
+  EXPECT_EQ(picks[&b], 10);
+  EXPECT_EQ(picks[&c], 10);
+  // The count follows the opens: simulate each pick opening a stream that stays.
+  std::map<const StreamCarrier*, int> opened;
+  b.streams = 0;
+  c.streams = 0;
+  for (int i = 0; i < 16; ++i) {
+    RouteResult r = directory.RouteHttp("www.orang.com", 0, "");
+    ++static_cast<FakeCarrier*>(r.carrier)->streams;
+    opened[r.carrier]++;
+  }
+  EXPECT_EQ(opened[&a], 2);  // b and c caught up with a's 5 first, then all three alternate
+  EXPECT_EQ(opened[&b], 7);
+  EXPECT_EQ(opened[&c], 7);
+  // An agent's load is the sum over its links.
+  FakeCarrier d0("orang", 0, "d"), d1("orang", 1, "d");
+  ASSERT_TRUE(directory.Claim(Http("www.orang.com", "least_streams"), "", d0).ok());
+  ASSERT_TRUE(directory.Claim(Http("www.orang.com", "least_streams"), "", d1).ok());
+  d0.streams = 4;
+  d1.streams = 4;  // 8 in all, more than a, b and c (7 each)
+  EXPECT_NE(directory.RouteHttp("www.orang.com", 0, "").carrier->agent(), "d");
+}
+
+TEST(DirectoryTest, ClientIpHashIsStickyAndMovesOnlyTheLeaversShare) {
+  InMemoryDirectory directory("");
+  FakeCarrier a("orang", 0, "a"), b("orang", 0, "b"), c("orang", 1, "c");
+  for (FakeCarrier* x : {&a, &b, &c}) {
+    ASSERT_TRUE(directory.Claim(Http("www.orang.com", "client_ip_hash"), "", *x).ok());
+  }
+  std::map<std::string, const StreamCarrier*> owner;
+  std::map<const StreamCarrier*, int> share;
+  for (int i = 1; i <= 300; ++i) {
+    std::string ip = "10.0." + std::to_string(i / 256) + "." + std::to_string(i % 256);
+    RouteResult first = directory.RouteHttp("www.orang.com", 0, ip);
+    for (int repeat = 0; repeat < 3; ++repeat) {
+      EXPECT_EQ(directory.RouteHttp("www.orang.com", 0, ip).carrier, first.carrier) << ip;
+    }
+    owner[ip] = first.carrier;
+    share[first.carrier]++;
+  }
+  for (FakeCarrier* x : {&a, &b, &c}) {
+    EXPECT_GT(share[x], 60) << x->agent();  // 100 expected each
+  }
+  // c leaves: its clients spread over a and b, everybody else stays put.
+  directory.Release(c);
+  for (const auto& [ip, carrier] : owner) {
+    const StreamCarrier* now = directory.RouteHttp("www.orang.com", 0, ip).carrier;
+    if (carrier == &c) {
+      EXPECT_TRUE(now == &a || now == &b);
+    } else {
+      EXPECT_EQ(now, carrier) << ip;
+    }
+  }
+  // IPv6 literals hash like any other address; no client address falls back to round robin.
+  EXPECT_EQ(directory.RouteHttp("www.orang.com", 0, "2001:db8::1").carrier,
+            directory.RouteHttp("www.orang.com", 0, "2001:db8::1").carrier);
+  std::map<const StreamCarrier*, int> picks = Spread(directory, 10, 0, "");
+  EXPECT_EQ(picks[&a], 5);
+  EXPECT_EQ(picks[&b], 5);
+}
+
+TEST(DirectoryTest, UnhealthyAgentsGetNoNewStreams) {
+  InMemoryDirectory directory("");
+  FakeCarrier a0("orang", 0, "a"), a1("orang", 1, "a"), b("orang", 0, "b"), c("orang", 0, "c");
+  for (FakeCarrier* x : {&a0, &a1, &b, &c}) {
+    ASSERT_TRUE(directory.Claim(Http("www.orang.com"), "", *x).ok());
+  }
+  // A report on one link covers the agent: both of a's links stop taking streams.
+  absl::StatusOr<bool> changed = directory.SetHealth(a0, link::HTTP, "www.orang.com", false);
+  ASSERT_TRUE(changed.ok());
+  EXPECT_TRUE(*changed);
+  changed = directory.SetHealth(a1, link::HTTP, "www.orang.com", false);
+  ASSERT_TRUE(changed.ok());
+  EXPECT_FALSE(*changed);  // the same news over the agent's other link
+  std::map<const StreamCarrier*, int> picks = Spread(directory, 20);
+  EXPECT_EQ(picks[&a0] + picks[&a1], 0);
+  EXPECT_EQ(picks[&b], 10);
+  EXPECT_EQ(picks[&c], 10);
+
+  // Everybody unhealthy: no link to route to, and the caller can say why.
+  ASSERT_TRUE(directory.SetHealth(b, link::HTTP, "www.orang.com", false).ok());
+  ASSERT_TRUE(directory.SetHealth(c, link::HTTP, "www.orang.com", false).ok());
+  RouteResult none = directory.RouteHttp("www.orang.com", 0, "");
+  EXPECT_EQ(none.outcome, RouteResult::Outcome::kNoLink);
+  EXPECT_TRUE(none.unhealthy);
+
+  // Recovery over either link brings the agent back.
+  changed = directory.SetHealth(a1, link::HTTP, "www.orang.com", true);
+  ASSERT_TRUE(changed.ok());
+  EXPECT_TRUE(*changed);
+  EXPECT_EQ(directory.RouteHttp("www.orang.com", 0, "").carrier, &a0);
+
+  // A report for a name the link does not serve is refused.
+  EXPECT_EQ(directory.SetHealth(a0, link::HTTP, "other.orang.com", false).status().code(),
+            absl::StatusCode::kNotFound);
+
+  // An agent whose links all left forgets its report: a new link starts healthy.
+  directory.Release(b);
+  FakeCarrier b_again("orang", 0, "b");
+  ASSERT_TRUE(directory.Claim(Http("www.orang.com"), "", b_again).ok());
+  picks = Spread(directory, 20);
+  EXPECT_EQ(picks[&b_again], 10);
+  EXPECT_EQ(picks[&a0], 10);
+}
+
+TEST(DirectoryTest, PolicyBelongsToTheGroup) {
+  InMemoryDirectory directory("");
+  FakeCarrier a("orang", 0, "a"), a_second("orang", 0, "a"), b("orang", 0, "b");
+  ASSERT_TRUE(directory.Claim(Http("www.orang.com", "least_streams"), "", a).ok());
+  absl::Status mismatch = directory.Claim(Http("www.orang.com", "round_robin"), "", b);
+  EXPECT_EQ(mismatch.code(), absl::StatusCode::kFailedPrecondition);
+  EXPECT_NE(mismatch.message().find("least_streams"), std::string_view::npos);
+  EXPECT_EQ(directory.Claim(Http("www.orang.com", "fastest"), "", b).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(directory.RouteHttp("www.orang.com", 0, "").service.balance(), "least_streams");
+  // Once the group is empty, the next registration sets the policy ("" = round robin).
+  directory.Release(a);
+  ASSERT_TRUE(directory.Claim(Http("www.orang.com", ""), "", b).ok());
+  EXPECT_EQ(directory.RouteHttp("www.orang.com", 0, "").service.balance(), "round_robin");
+  EXPECT_TRUE(directory.Claim(Http("www.orang.com", "round_robin"), "", a_second).ok());
+  // An agent's own links do not hold the policy against it (a restart with another policy
+  // while its old link lingers), other agents' do.
+  FakeCarrier a_restarted("orang", 1, "a");
+  EXPECT_EQ(directory.Claim(Http("www.orang.com", "least_streams"), "", a_restarted).code(),
+            absl::StatusCode::kFailedPrecondition);  // b is another agent of the group
+  directory.Release(b);
+  EXPECT_TRUE(directory.Claim(Http("www.orang.com", "least_streams"), "", a_restarted).ok());
+  EXPECT_EQ(directory.RouteHttp("www.orang.com", 1, "").service.balance(), "least_streams");
+}
+
+TEST(DirectoryTest, RerouteKeepsTheHandedOffChoice) {
+  InMemoryDirectory directory("");
+  FakeCarrier a("orang", 0, "a"), b("orang", 1, "b");
+  ASSERT_TRUE(directory.Claim(Http("www.orang.com"), "", a).ok());
+  ASSERT_TRUE(directory.Claim(Http("www.orang.com"), "", b).ok());
+  // Worker 0 picked b on worker 1; worker 1 keeps that choice without advancing the turn.
+  for (int i = 0; i < 3; ++i) {
+    EXPECT_EQ(directory.Reroute(link::HTTP, "www.orang.com", 1, "", &b).carrier, &b);
+  }
+  std::map<const StreamCarrier*, int> picks = Spread(directory, 10);
+  EXPECT_EQ(picks[&a], 5);
+  EXPECT_EQ(picks[&b], 5);
+  // Lookup matches without picking.
+  RouteResult looked = directory.Lookup(link::HTTP, "www.orang.com");
+  EXPECT_EQ(looked.outcome, RouteResult::Outcome::kFound);
+  EXPECT_EQ(looked.carrier, nullptr);
+  EXPECT_EQ(directory.Lookup(link::HTTP, "nope.example").outcome, RouteResult::Outcome::kUnknown);
+  // The chosen link went unhealthy or away meanwhile: a fresh pick.
+  ASSERT_TRUE(directory.SetHealth(b, link::HTTP, "www.orang.com", false).ok());
+  EXPECT_EQ(directory.Reroute(link::HTTP, "www.orang.com", 1, "", &b).carrier, &a);
+  directory.Release(b);
+  EXPECT_EQ(directory.Reroute(link::HTTP, "www.orang.com", 1, "", &b).carrier, &a);
 }
 
 TEST(DirectoryTest, TcpServicesByName) {

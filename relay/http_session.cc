@@ -21,10 +21,12 @@ Counter& HttpErrors(int code) {
 
 }  // namespace
 
-HttpSession::HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client)
+HttpSession::HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client,
+                         const StreamCarrier* chosen)
     : worker_(worker),
       client_(std::move(client)),
       framer_(HttpRequestFramer::Limits{worker.config().http->max_head_bytes, 100}),
+      chosen_(chosen),
       timer_(new uv_timer_t) {
   uv_timer_init(worker.loop(), timer_);
   timer_->data = this;
@@ -140,9 +142,11 @@ void HttpSession::Process() {
 bool HttpSession::RouteHead() {
   const HttpRequestHead& head = framer_.head();
   std::string host = NormalizeHost(head.host);
-  RouteResult route =
-      worker_.directory().RouteHttp(host, worker_.index(), HostOfAddress(client_->peer_address()));
-  bool same_service = stream_ != nullptr && route.outcome == RouteResult::Outcome::kFound &&
+  // A request for the service this connection's stream serves stays on it; only a new stream
+  // asks the balance policy for a member.
+  RouteResult route;
+  if (stream_ != nullptr) route = worker_.directory().Lookup(link::HTTP, host);
+  bool same_service = stream_ != nullptr && route.outcome != RouteResult::Outcome::kUnknown &&
                       route.service.name() == stream_service_;
   // A head for another service waits until the current stream has answered everything, so
   // responses stay in request order.
@@ -157,8 +161,18 @@ bool HttpSession::RouteHead() {
     return false;
   }
   if (!same_service) {
+    std::string client_ip = HostOfAddress(client_->peer_address());
+    route = chosen_ != nullptr
+                ? worker_.directory().Reroute(link::HTTP, host, worker_.index(), client_ip, chosen_)
+                : worker_.directory().RouteHttp(host, worker_.index(), client_ip);
+    chosen_ = nullptr;
     if (route.outcome == RouteResult::Outcome::kUnknown) {
       SendError(404, StrCat("no service is registered for host '", host, "'"));
+      return false;
+    }
+    if (route.outcome == RouteResult::Outcome::kNoLink && route.unhealthy) {
+      SendError(503, StrCat("every agent serving '", route.service.name(),
+                            "' reports its target unhealthy"));
       return false;
     }
     if (route.outcome == RouteResult::Outcome::kNoLink) {
@@ -167,7 +181,7 @@ bool HttpSession::RouteHead() {
     }
     DropStream();
     if (route.worker != worker_.index()) {
-      HandOff(route.worker, head);
+      HandOff(route.worker, head, route.carrier);
       return false;
     }
     stream_ =
@@ -198,7 +212,7 @@ bool HttpSession::RouteHead() {
   return true;
 }
 
-void HttpSession::HandOff(int worker, const HttpRequestHead& head) {
+void HttpSession::HandOff(int worker, const HttpRequestHead& head, const StreamCarrier* chosen) {
   // The new worker parses the request again from its original head and whatever followed.
   std::string bytes = SerializeRequestHead(head, {}, {});
   bytes.append(input_);
@@ -215,6 +229,7 @@ void HttpSession::HandOff(int worker, const HttpRequestHead& head) {
   handoff.kind = Handoff::Kind::kHttp;
   handoff.fd = *fd;
   handoff.bytes = std::move(bytes);
+  handoff.chosen = chosen;
   handoff.peer_address = std::move(peer);
   worker_.relay().worker(worker).HandOff(std::move(handoff));
 }

@@ -28,7 +28,9 @@ namespace rdv {
 
 class HttpSession : public RelaySession, public TcpConnection::Handler, public StreamHandler {
  public:
-  HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client);
+  // `chosen`: the link another worker's route picked for the first request (after a hand-off).
+  HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client,
+              const StreamCarrier* chosen = nullptr);
   ~HttpSession() override;
   // `initial`: bytes already read from the client (a hand-off from another worker).
   void Start(std::string_view initial);
@@ -48,7 +50,7 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
   void Process();
   bool RouteHead();  // false: blocked or finished
   void SendError(int code, std::string_view detail);
-  void HandOff(int worker, const HttpRequestHead& head);
+  void HandOff(int worker, const HttpRequestHead& head, const StreamCarrier* chosen);
   void DropStream();
   void CloseWhenFlushed();
   void Finish();
@@ -63,7 +65,8 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
   bool head_pending_ = false;     // framer returned a head we have not routed yet
   bool head_bytes_seen_ = false;  // some bytes of the next head have arrived
   Stream* stream_ = nullptr;
-  std::string stream_service_;  // name of the service stream_ belongs to
+  std::string stream_service_;   // name of the service stream_ belongs to
+  const StreamCarrier* chosen_;  // see the constructor; used by the first route only
   std::optional<HttpResponseFramer> responses_;
   bool response_bytes_for_current_ = false;  // some bytes of the oldest pending response sent
   bool client_eof_ = false;

@@ -202,9 +202,11 @@ void RelayWorker::AcceptTcp(uv_stream_t* server, const std::string& service, uin
 
 void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
                                   const std::string& name, std::string entrypoint,
-                                  std::string initial, const RefusedCallback& on_refused) {
+                                  std::string initial, const RefusedCallback& on_refused,
+                                  const StreamCarrier* chosen) {
   std::string client_ip = HostOfAddress(client->peer_address());
-  RouteResult route = kind == link::TCP || kind == link::UDP
+  RouteResult route = chosen != nullptr ? directory().Reroute(kind, name, index_, client_ip, chosen)
+                      : kind == link::TCP || kind == link::UDP
                           ? directory().RouteService(kind, name, index_, client_ip)
                           : directory().RouteHost(kind, name, index_, client_ip);
   if (route.outcome != RouteResult::Outcome::kFound && on_refused) {
@@ -231,6 +233,7 @@ void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::S
     handoff.service_kind = kind;
     handoff.service = name;
     handoff.entrypoint = std::move(entrypoint);
+    handoff.chosen = route.carrier;
     relay_.worker(route.worker).HandOff(std::move(handoff));
     return;
   }
@@ -284,9 +287,10 @@ void RelayWorker::DrainHandoffs() {
     }
     if (handoff.kind == Handoff::Kind::kSplice) {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
-                      std::move(handoff.entrypoint), std::move(handoff.bytes));
+                      std::move(handoff.entrypoint), std::move(handoff.bytes),
+                      /*on_refused=*/nullptr, handoff.chosen);
     } else {
-      auto session = std::make_unique<HttpSession>(*this, std::move(*client));
+      auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.chosen);
       HttpSession* raw = session.get();
       Adopt(std::move(session));
       raw->Start(handoff.bytes);

@@ -46,6 +46,9 @@ struct Handoff {
   link::ServiceKind service_kind = link::TCP;  // kSplice
   std::string service;                         // kSplice: service name or host
   std::string entrypoint;                      // kSplice: for Open, e.g. "tcp:2020", "tls"
+  // The link the sending worker's route picked: kept there unless it went away meanwhile, so
+  // the balance policy is applied once per client, not once per hop.
+  const StreamCarrier* chosen = nullptr;
   // The client's address when it is not the socket's peer (a PROXY header named it).
   std::string peer_address;
 };
@@ -81,11 +84,13 @@ class RelayWorker {
   // or no stream: the client is closed and counted, unless `on_refused` is given: then, when
   // this worker finds no route or no link, the client is handed back to it (synchronously,
   // before SpliceToService returns) to refuse in the entrypoint's own protocol and count.
+  // `chosen`: the link a route on another worker picked before handing the client here.
   using RefusedCallback =
       std::function<void(std::unique_ptr<TcpConnection> client, RouteResult::Outcome outcome)>;
   void SpliceToService(std::unique_ptr<TcpConnection> client, link::ServiceKind kind,
                        const std::string& name, std::string entrypoint, std::string initial,
-                       const RefusedCallback& on_refused = nullptr);
+                       const RefusedCallback& on_refused = nullptr,
+                       const StreamCarrier* chosen = nullptr);
 
   // Thread-safe: queue a client for this worker.
   void HandOff(Handoff handoff);
