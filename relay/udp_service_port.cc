@@ -319,7 +319,7 @@ void UdpServicePort::OnClientDatagram(size_t socket_index, const sockaddr* clien
   }
   std::string key = ClientKey(client);
   Entry entry{};
-  bool open = false;
+  const StreamCarrier* chosen = nullptr;  // for a new session: the carrier the route picked
   {
     absl::MutexLock lock(&mu_);
     if (auto it = sessions_.find(key); it != sessions_.end()) {
@@ -341,16 +341,16 @@ void UdpServicePort::OnClientDatagram(size_t socket_index, const sockaddr* clien
         return;
       }
       warned_no_agent_ = false;
+      chosen = route.carrier;
       entry = Entry{route.worker, next_id_++};
       sessions_.emplace(key, entry);
-      open = true;
     }
   }
   sockaddr_storage storage{};
   std::memcpy(&storage, client,
               client->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
   if (entry.worker == home_.index()) {
-    Deliver(entry.worker, entry.id, open, std::move(key), storage, socket_index,
+    Deliver(entry.worker, entry.id, chosen, std::move(key), storage, socket_index,
             std::string(datagram));
     return;
   }
@@ -359,21 +359,23 @@ void UdpServicePort::OnClientDatagram(size_t socket_index, const sockaddr* clien
                 "Datagrams handed from a udp port's loop to another worker's");
   crossed.Inc();
   relay_.worker(entry.worker)
-      .Post([this, entry, open, key = std::move(key), storage, socket_index,
+      .Post([this, entry, chosen, key = std::move(key), storage, socket_index,
              data = std::string(datagram)]() mutable {
-        Deliver(entry.worker, entry.id, open, std::move(key), storage, socket_index,
+        Deliver(entry.worker, entry.id, chosen, std::move(key), storage, socket_index,
                 std::move(data));
       });
 }
 
-void UdpServicePort::Deliver(int worker, uint64_t id, bool open, std::string client_key,
-                             sockaddr_storage client, size_t socket_index, std::string datagram) {
+void UdpServicePort::Deliver(int worker, uint64_t id, const StreamCarrier* chosen,
+                             std::string client_key, sockaddr_storage client, size_t socket_index,
+                             std::string datagram) {
   auto& sessions = sessions_on(worker);
-  if (open) {
+  if (chosen != nullptr) {
     RelayWorker& w = relay_.worker(worker);
-    // Routed again here: the carrier the home loop saw may only be used on its own loop.
+    // Confirmed here, on the carrier's own loop: it may have gone away meanwhile (then a fresh
+    // route), and the balance policy is not applied twice.
     RouteResult route =
-        relay_.directory().RouteService(link::UDP, service_, worker, HostOfAddress(client_key));
+        relay_.directory().Reroute(link::UDP, service_, worker, HostOfAddress(client_key), chosen);
     if (route.outcome != RouteResult::Outcome::kFound || route.worker != worker) {
       Dropped("no_agent").Inc();
       Forget(client_key, id);

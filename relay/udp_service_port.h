@@ -27,6 +27,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "relay/directory.h"
 
 namespace rdv {
 
@@ -68,9 +69,10 @@ class UdpServicePort {
     uint64_t id;
   };
   UdpServicePort(Relay& relay, RelayWorker& home, std::string service);
-  // On `worker`'s loop: deliver to session `id`, opening it first when `open`.
-  void Deliver(int worker, uint64_t id, bool open, std::string client_key, sockaddr_storage client,
-               size_t socket_index, std::string datagram);
+  // On `worker`'s loop: deliver to session `id`, opening it first on `chosen` (the carrier the
+  // home loop's route picked; null for an existing session).
+  void Deliver(int worker, uint64_t id, const StreamCarrier* chosen, std::string client_key,
+               sockaddr_storage client, size_t socket_index, std::string datagram);
 
   Relay& relay_;
   RelayWorker& home_;
