@@ -206,7 +206,8 @@ absl::StatusOr<SslCtxPtr> CreateLinkClientContext(const std::string& ca_file) {
 std::unique_ptr<TlsSession> TlsSession::Create(std::unique_ptr<TcpConnection> tcp, SSL_CTX* ctx,
                                                bool is_server, LoopTasks& tasks,
                                                std::string server_name,
-                                               std::string expected_fingerprint) {
+                                               std::string expected_fingerprint,
+                                               bool require_link_alpn) {
   SSL* ssl = SSL_new(ctx);
   if (is_server) {
     SSL_set_accept_state(ssl);
@@ -217,8 +218,10 @@ std::unique_ptr<TlsSession> TlsSession::Create(std::unique_ptr<TcpConnection> tc
       if (expected_fingerprint.empty()) SSL_set1_host(ssl, server_name.c_str());
     }
   }
-  return std::unique_ptr<TlsSession>(
+  std::unique_ptr<TlsSession> session(
       new TlsSession(std::move(tcp), ssl, tasks, std::move(expected_fingerprint)));
+  session->require_link_alpn_ = require_link_alpn;
+  return session;
 }
 
 TlsSession::TlsSession(std::unique_ptr<TcpConnection> tcp, SSL* ssl, LoopTasks& tasks,
@@ -241,7 +244,40 @@ TlsSession::~TlsSession() {
 void TlsSession::Start(Handler& handler) {
   handler_ = &handler;
   tcp_->Start(*this);
-  DriveHandshake();
+  if (!handshake_done_) {
+    DriveHandshake();
+  } else if (!carry_.empty()) {
+    OnRead({});  // an adopted session: decrypt what the previous loop had read
+  }
+}
+
+absl::StatusOr<TlsSession::Detached> TlsSession::Detach() {
+  if (closed_) return absl::FailedPreconditionError("TLS session closed");
+  if (!handshake_done_) return absl::FailedPreconditionError("TLS handshake not finished");
+  FlushNow();
+  if (closed_ || !plain_out_.empty() || !cipher_out_.empty() || tcp_->queued_bytes() != 0) {
+    return absl::UnavailableError("TLS session still has bytes queued");
+  }
+  absl::StatusOr<int> fd = tcp_->DetachFd();
+  if (!fd.ok()) return fd.status();
+  if (scheduled_) tasks_.Cancel(this);
+  scheduled_ = false;
+  BIO_set_data(SSL_get_rbio(ssl_), nullptr);
+  Detached detached{*fd, ssl_, std::move(carry_)};
+  ssl_ = nullptr;
+  closed_ = true;
+  handler_ = nullptr;
+  return detached;
+}
+
+std::unique_ptr<TlsSession> TlsSession::Adopt(std::unique_ptr<TcpConnection> tcp, Detached detached,
+                                              LoopTasks& tasks) {
+  // The constructor gives the SSL a socket BIO of this session (freeing the old one).
+  std::unique_ptr<TlsSession> session(new TlsSession(std::move(tcp), detached.ssl, tasks, ""));
+  session->require_link_alpn_ = false;
+  session->handshake_done_ = true;
+  session->carry_ = std::move(detached.carry);
+  return session;
 }
 
 void TlsSession::Close() {
@@ -273,7 +309,8 @@ void TlsSession::DriveHandshake() {
     const unsigned char* alpn = nullptr;
     unsigned int alpn_len = 0;
     SSL_get0_alpn_selected(ssl_, &alpn, &alpn_len);
-    if (std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != kLinkAlpn) {
+    if (require_link_alpn_ &&
+        std::string_view(reinterpret_cast<const char*>(alpn), alpn_len) != kLinkAlpn) {
       Fail(absl::PermissionDeniedError("peer did not negotiate ALPN rdv/1"));
       return;
     }

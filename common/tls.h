@@ -61,11 +61,29 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   };
 
   // `expected_fingerprint`: client side pin ("" = rely on the CA verification of the context).
+  // `require_link_alpn`: fail the handshake unless ALPN rdv/1 was negotiated (links); false for
+  // other protocols on TLS (SMTP STARTTLS).
   static std::unique_ptr<TlsSession> Create(std::unique_ptr<TcpConnection> tcp, SSL_CTX* ctx,
                                             bool is_server, LoopTasks& tasks,
                                             std::string server_name,
-                                            std::string expected_fingerprint);
+                                            std::string expected_fingerprint,
+                                            bool require_link_alpn = true);
   ~TlsSession() override;
+
+  // A server session moving to another loop (an SMTP client after STARTTLS): its socket, its
+  // OpenSSL state and ciphertext read but not yet decrypted.
+  struct Detached {
+    int fd = -1;
+    SSL* ssl = nullptr;  // owned by whoever holds the Detached; SSL_free when not adopted
+    std::string carry;
+  };
+  // Flushes what is pending and gives up the socket and the TLS state; the session is closed
+  // afterwards (without notifying the handler). Fails, changing nothing but the flush, while
+  // bytes are still queued for the socket.
+  absl::StatusOr<Detached> Detach();
+  // Continues a detached, established session on `tcp` (the adopted fd) and this loop's `tasks`.
+  static std::unique_ptr<TlsSession> Adopt(std::unique_ptr<TcpConnection> tcp, Detached detached,
+                                           LoopTasks& tasks);
 
   void Start(Handler& handler);
   void Send(std::string_view plaintext);
@@ -110,6 +128,7 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   Handler* handler_ = nullptr;
   std::string plain_out_;   // plaintext waiting to be sealed
   std::string cipher_out_;  // sealed records waiting for FlushNow
+  bool require_link_alpn_ = true;
   bool handshake_done_ = false;
   bool closed_ = false;
   bool scheduled_ = false;

@@ -6,6 +6,7 @@
 #include "common/metrics.h"
 #include "common/str_cat.h"
 #include "relay/agent_link.h"
+#include "relay/http_proxy_request.h"
 #include "relay/relay.h"
 #include "spdlog/spdlog.h"
 
@@ -19,13 +20,20 @@ Counter& HttpErrors(int code) {
                    StrCat("code=\"", code, "\""));
 }
 
+const HttpEntrypointConfig& HttpConfigOf(const RelayConfig& config) {
+  static const HttpEntrypointConfig kDefaults;
+  return config.http ? *config.http : kDefaults;
+}
+
 }  // namespace
 
 HttpSession::HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client,
-                         const StreamCarrier* chosen)
+                         const StreamCarrier* chosen, bool proxy)
     : worker_(worker),
       client_(std::move(client)),
-      framer_(HttpRequestFramer::Limits{worker.config().http->max_head_bytes, 100}),
+      proxy_(proxy),
+      http_config_(HttpConfigOf(worker.config())),
+      framer_(HttpRequestFramer::Limits{http_config_.max_head_bytes, 100}),
       chosen_(chosen),
       timer_(new uv_timer_t) {
   uv_timer_init(worker.loop(), timer_);
@@ -45,7 +53,7 @@ HttpSession::~HttpSession() {
 }
 
 void HttpSession::Start(std::string_view initial) {
-  ArmTimer(absl::ToInt64Milliseconds(worker_.config().http->idle_timeout));
+  ArmTimer(absl::ToInt64Milliseconds(http_config_.idle_timeout));
   client_->Start(*this);
   if (!initial.empty()) OnRead(initial);
 }
@@ -86,7 +94,7 @@ void HttpSession::OnRead(std::string_view data) {
     return;
   }
   if (!head_bytes_seen_ && !head_pending_ && stream_ == nullptr) {
-    ArmTimer(absl::ToInt64Milliseconds(worker_.config().http->head_timeout));
+    ArmTimer(absl::ToInt64Milliseconds(http_config_.head_timeout));
   }
   input_.append(data);
   Process();
@@ -140,7 +148,19 @@ void HttpSession::Process() {
 }
 
 bool HttpSession::RouteHead() {
-  const HttpRequestHead& head = framer_.head();
+  std::optional<HttpRequestHead> proxied;
+  if (proxy_) {
+    std::string refusal;
+    proxied = AdmitProxiedRequest(framer_.head(), worker_.config().proxy->users,
+                                  client_->peer_address(), refusal);
+    if (!proxied) {
+      head_pending_ = false;
+      client_->Write(refusal);
+      CloseWhenFlushed();
+      return false;
+    }
+  }
+  const HttpRequestHead& head = proxied ? *proxied : framer_.head();
   std::string host = NormalizeHost(head.host);
   // A request for the service this connection's stream serves stays on it; only a new stream
   // asks the balance policy for a member.
@@ -181,7 +201,7 @@ bool HttpSession::RouteHead() {
     }
     DropStream();
     if (route.worker != worker_.index()) {
-      HandOff(route.worker, head, route.carrier);
+      HandOff(route.worker, framer_.head(), route.carrier);
       return false;
     }
     stream_ =
@@ -227,6 +247,7 @@ void HttpSession::HandOff(int worker, const HttpRequestHead& head, const StreamC
   handoffs.Inc();
   Handoff handoff;
   handoff.kind = Handoff::Kind::kHttp;
+  handoff.http_proxy = proxy_;
   handoff.fd = *fd;
   handoff.bytes = std::move(bytes);
   handoff.chosen = chosen;
@@ -269,7 +290,7 @@ void HttpSession::OnStreamData(Stream& stream, std::string_view data) {
       CloseWhenFlushed();
       return;
     }
-    ArmTimer(absl::ToInt64Milliseconds(worker_.config().http->idle_timeout));
+    ArmTimer(absl::ToInt64Milliseconds(http_config_.idle_timeout));
     if (reading_paused_ && head_pending_) {
       reading_paused_ = false;
       client_->ResumeReading();

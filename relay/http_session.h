@@ -10,6 +10,8 @@
 //    stay in request order)
 // An Upgrade (WebSocket) or CONNECT that the target accepts turns the connection into a raw
 // tunnel in both directions.
+// On the proxy entrypoint (`proxy` = true) each head first passes AdmitProxiedRequest
+// (http_proxy_request.h): proxy credentials, absolute-form -> origin-form.
 #ifndef RDV_RELAY_HTTP_SESSION_H_
 #define RDV_RELAY_HTTP_SESSION_H_
 
@@ -29,8 +31,9 @@ namespace rdv {
 class HttpSession : public RelaySession, public TcpConnection::Handler, public StreamHandler {
  public:
   // `chosen`: the link another worker's route picked for the first request (after a hand-off).
+  // `proxy`: the session serves the proxy entrypoint (absolute-form requests, proxy users).
   HttpSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client,
-              const StreamCarrier* chosen = nullptr);
+              const StreamCarrier* chosen = nullptr, bool proxy = false);
   ~HttpSession() override;
   // `initial`: bytes already read from the client (a hand-off from another worker).
   void Start(std::string_view initial);
@@ -60,6 +63,8 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
 
   RelayWorker& worker_;
   std::unique_ptr<TcpConnection> client_;
+  const bool proxy_;
+  const HttpEntrypointConfig& http_config_;  // the http section, or its defaults when absent
   HttpRequestFramer framer_;
   std::string input_;             // client bytes not yet framed
   bool head_pending_ = false;     // framer returned a head we have not routed yet

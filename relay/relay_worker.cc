@@ -11,6 +11,7 @@
 #include "relay/http_session.h"
 #include "relay/proxy_entrypoint.h"
 #include "relay/proxy_header_session.h"
+#include "relay/proxy_tunnel.h"
 #include "relay/relay.h"
 #include "relay/smtp_entrypoint.h"
 #include "relay/tls_entrypoint.h"
@@ -278,19 +279,28 @@ void RelayWorker::DrainHandoffs() {
   for (Handoff& handoff : pending) {
     if (stop || stopped_) {
       ::close(handoff.fd);
+      SSL_free(handoff.tls);
       continue;
     }
     absl::StatusOr<std::unique_ptr<TcpConnection>> client = TcpConnection::Adopt(loop_, handoff.fd);
-    if (!client.ok()) continue;
+    if (!client.ok()) {
+      SSL_free(handoff.tls);
+      continue;
+    }
     if (!handoff.peer_address.empty() && handoff.peer_address != (*client)->peer_address()) {
       (void)(*client)->OverridePeer(handoff.peer_address);
     }
-    if (handoff.kind == Handoff::Kind::kSplice) {
+    if (handoff.kind == Handoff::Kind::kSmtp) {
+      ResumeSmtpEntrypoint(*this, std::move(*client), handoff.bytes, handoff.tls);
+    } else if (handoff.kind == Handoff::Kind::kSplice) {
       SpliceToService(std::move(*client), handoff.service_kind, handoff.service,
                       std::move(handoff.entrypoint), std::move(handoff.bytes),
                       /*on_refused=*/nullptr, handoff.chosen);
+    } else if (handoff.kind == Handoff::Kind::kProxy) {
+      ResumeProxyTunnel(*this, std::move(*client), std::move(handoff));
     } else {
-      auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.chosen);
+      auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.chosen,
+                                                   handoff.http_proxy);
       HttpSession* raw = session.get();
       Adopt(std::move(session));
       raw->Start(handoff.bytes);

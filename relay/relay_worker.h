@@ -39,6 +39,8 @@ struct Handoff {
   enum class Kind {
     kHttp,    // an HTTP entrypoint client: a new HttpSession processes `bytes` first
     kSplice,  // route (service_kind, service) again there and splice the client onto a stream
+    kSmtp,    // an smtp client routed by its first RCPT: `bytes` is its SmtpHandoffState
+    kProxy,   // a proxy entrypoint client with its destination known: ResumeProxyTunnel()
   };
   Kind kind = Kind::kHttp;
   int fd = -1;
@@ -51,6 +53,9 @@ struct Handoff {
   const StreamCarrier* chosen = nullptr;
   // The client's address when it is not the socket's peer (a PROXY header named it).
   std::string peer_address;
+  SSL* tls = nullptr;       // kSmtp after STARTTLS: the client's TLS state, owned by the hand-off
+  bool http_proxy = false;  // kHttp: the HttpSession serves the proxy entrypoint
+  uint8_t proxy_protocol = 0;  // kProxy: a ProxyProtocol (proxy_refusal.h)
 };
 
 // The client-facing listeners bound on every worker.

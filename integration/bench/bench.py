@@ -33,9 +33,9 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 PYTHON = "/usr/bin/python3"
 
 SYSTEMS = ["direct", "rendezvous", "ssh", "haproxy"]
-PHASES = ["throughput", "http", "rss", "sni"]
+PHASES = ["throughput", "http", "rss", "sni", "smtp"]
 RATIO_METRICS = ["throughput_gbps", "http_rps", "http_p50_ms", "http_p99_ms", "https_sni_rps",
-                 "https_sni_conn_rps"]
+                 "https_sni_conn_rps", "smtp_msgs"]
 RATIO_PEERS = ["ssh", "haproxy", "direct"]
 
 SECRET = "bench-secret-0123456789"
@@ -690,6 +690,10 @@ services:
         import bench_sni
         bench_sni.phase_sni(self, sys.modules[__name__])
 
+    def phase_smtp(self):
+        import bench_smtp  # integration/bench/bench_smtp.py: Postfix direct vs through the relay
+        bench_smtp.phase(self, sys.modules[__name__])
+
     def phase_rss(self):
         if "rendezvous" not in self.args.systems:
             log("rss: skipped (rendezvous is not among --systems)")
@@ -842,7 +846,7 @@ def parse_args(argv):
         description="Benchmarks Rendezvous against direct, ssh -R and haproxy on loopback.")
     ap.add_argument("--quick", action="store_true", help="2-second runs instead of 10 (smoke test)")
     ap.add_argument("--only", default=",".join(PHASES),
-                    help="comma-separated subset of: throughput, http, rss, sni (default: all)")
+                    help="comma-separated subset of: throughput, http, rss, sni, smtp (default: all)")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help="comma-separated subset of: direct, rendezvous, ssh, haproxy (default: all)")
     ap.add_argument("--repeat", type=int, default=1,
