@@ -156,6 +156,10 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
       !s.ok()) {
     return s;
   }
+  if (service.kind == ServiceConfig::Kind::kUdp && service.proxy_protocol != "off") {
+    // A PROXY header opens a byte stream; a udp flow has none to put it in.
+    return map->Find("proxy_protocol")->Error("proxy_protocol is not valid for udp services");
+  }
 
   if (absl::Status s = map->ReadEnum("balance", {"round_robin", "least_streams", "client_ip_hash"},
                                      &service.balance);

@@ -476,4 +476,15 @@ TEST(AgentConfigTest, BalanceAndHealthCheck) {
 }
 
 }  // namespace
+TEST(AgentConfigTest, UdpServices) {
+  absl::StatusOr<AgentConfig> config = Parse(MinimalConfig(
+      "services:\n  - {name: dns, kind: udp, target: 'resolver.lan:53', port: 5353}\n"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->services[0].kind, ServiceConfig::Kind::kUdp);
+  EXPECT_EQ(config->services[0].port, 5353);
+  EXPECT_THAT(ErrorOf(MinimalConfig(
+                  "services:\n  - {name: dns, kind: udp, target: 'a:53', proxy_protocol: v2}\n")),
+              testing::HasSubstr("proxy_protocol is not valid for udp services"));
+}
+
 }  // namespace rdv

@@ -84,7 +84,8 @@ RelayLink::RelayLink(Agent& agent, int index, HostPort relay)
       index_(index),
       relay_(std::move(relay)),
       timer_(new uv_timer_t),
-      alive_(std::make_shared<RelayLink*>(this)) {
+      alive_(std::make_shared<RelayLink*>(this)),
+      udp_flows_(agent.loop(), agent.tasks(), kUdpFlowIdleTimeoutMs) {
   uv_timer_init(agent.loop(), timer_);
   timer_->data = this;
 }
@@ -257,6 +258,10 @@ void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
     if (WireKind(service.kind) == open.service().kind() &&
         (service.name == open.service().name() ||
          (service.named_by_host() && NormalizeHost(service.name) == open.service().name()))) {
+      if (service.kind == ServiceConfig::Kind::kUdp) {
+        udp_flows_.Open(stream, service);
+        return;
+      }
       ConnectTarget(stream.id(), service);
       return;
     }

@@ -4,7 +4,7 @@
 // 2. Hello -> Challenge -> Proof (HMAC over the nonce and the TLS exporter) -> AuthResult
 // 3. Register every service; log each Registered / refusal
 // 4. serve Opens: connect to the target (with a timeout), accept and splice, or refuse with
-//    the connect error so the relay can tell its client
+//    the connect error so the relay can tell its client; udp flows go to AgentUdpFlows
 // 5. on any drop: back off (jittered, exponential from reconnect.initial to reconnect.max), redial
 #ifndef RDV_AGENT_RELAY_LINK_H_
 #define RDV_AGENT_RELAY_LINK_H_
@@ -15,6 +15,7 @@
 #include <string>
 
 #include "agent/agent.h"
+#include "agent/udp_flow.h"
 #include "common/link.h"
 #include "common/tls.h"
 
@@ -68,6 +69,7 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
   uint64_t last_receive_ms_ = 0;
   uint64_t dial_generation_ = 0;       // stale dial/resolve callbacks compare against this
   std::shared_ptr<RelayLink*> alive_;  // async callbacks hold a weak_ptr to this token
+  AgentUdpFlows udp_flows_;            // flows of udp services (agent/udp_flow.h)
 };
 
 }  // namespace rdv

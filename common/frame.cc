@@ -70,7 +70,8 @@ absl::StatusOr<FrameHeader> FrameDecoder::ParseHeader(const char* p) {
     return absl::InvalidArgumentError(
         absl::StrFormat("invalid flags 0x%02x on frame type %d", header.flags, type));
   }
-  bool needs_stream = header.type == FrameType::kData || header.type == FrameType::kReset;
+  bool needs_stream = header.type == FrameType::kData || header.type == FrameType::kReset ||
+                      header.type == FrameType::kDatagram;
   if (needs_stream && header.stream_id == 0) {
     return absl::InvalidArgumentError(absl::StrFormat("frame type %d on stream 0", type));
   }

@@ -26,8 +26,9 @@ enum class FrameType : uint8_t {
   kReset = 3,    // abort a stream; payload = UTF-8 reason
   kPing = 4,     // 8 opaque bytes, echoed in kPong
   kPong = 5,
+  kDatagram = 6,  // one whole datagram of a flow (stream); no flow control, may be dropped
 };
-inline constexpr uint8_t kFrameTypeCount = 6;
+inline constexpr uint8_t kFrameTypeCount = 7;
 
 inline constexpr uint8_t kFlagFin = 0x01;
 
@@ -35,6 +36,8 @@ inline constexpr size_t kFrameHeaderSize = 10;
 // Largest payload a receiver accepts. Senders cut DATA at kMaxDataPayload.
 inline constexpr size_t kMaxFramePayload = 1 << 20;
 inline constexpr size_t kMaxDataPayload = 64 * 1024;
+// Largest DATAGRAM payload (the largest UDP payload over IPv4). Larger ones are dropped.
+inline constexpr size_t kMaxDatagramPayload = 65507;
 
 struct FrameHeader {
   uint32_t length = 0;

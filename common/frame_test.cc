@@ -97,7 +97,8 @@ TEST(FrameHeaderTest, TypeValuesAreTheWireValues) {
   EXPECT_EQ(static_cast<int>(FrameType::kReset), 3);
   EXPECT_EQ(static_cast<int>(FrameType::kPing), 4);
   EXPECT_EQ(static_cast<int>(FrameType::kPong), 5);
-  EXPECT_EQ(kFrameTypeCount, 6);
+  EXPECT_EQ(static_cast<int>(FrameType::kDatagram), 6);
+  EXPECT_EQ(kFrameTypeCount, 7);
 }
 
 TEST(FrameDecoderTest, RoundTripsEveryFrameType) {
@@ -122,6 +123,9 @@ TEST(FrameDecoderTest, RoundTripsEveryFrameType) {
       {FrameType::kReset, 0, 10, ""},
       {FrameType::kPing, 0, 0, Eight(0x0123456789abcdefULL)},
       {FrameType::kPong, 0, 0, Eight(~uint64_t{0})},
+      {FrameType::kDatagram, 0, 4, "dns query"},
+      {FrameType::kDatagram, 0, 5, ""},
+      {FrameType::kDatagram, 0, 6, std::string(kMaxDatagramPayload, 'd')},
   };
   std::string wire;
   for (const Case& c : cases) AppendFrame(wire, c.type, c.flags, c.stream_id, c.payload);
@@ -235,7 +239,7 @@ TEST(FrameDecoderTest, StreamsManyFramesThroughOneDecoder) {
 // ---- Rejections ----
 
 TEST(FrameDecoderRejectTest, UnknownType) {
-  for (int type : {6, 7, 0x7f, 0x80, 0xff}) {
+  for (int type : {7, 8, 0x7f, 0x80, 0xff}) {
     absl::Status status = DecodeError(RawHeader(0, static_cast<uint8_t>(type), 0, 1));
     EXPECT_EQ(status.code(), absl::StatusCode::kInvalidArgument) << type;
     EXPECT_THAT(Message(status), HasSubstr("unknown frame type")) << type;
@@ -269,6 +273,7 @@ TEST(FrameDecoderRejectTest, BadFlags) {
       {3, kFlagFin, 1, ""},                          // FIN on RESET
       {4, kFlagFin, 0, Eight(1)},                    // FIN on PING
       {5, kFlagFin, 0, Eight(1)},                    // FIN on PONG
+      {6, kFlagFin, 1, "x"},                         // FIN on DATAGRAM
   };
   for (const Case& c : cases) {
     std::string wire =
@@ -281,8 +286,8 @@ TEST(FrameDecoderRejectTest, BadFlags) {
   }
 }
 
-TEST(FrameDecoderRejectTest, DataAndResetOnStreamZero) {
-  for (FrameType type : {FrameType::kData, FrameType::kReset}) {
+TEST(FrameDecoderRejectTest, DataResetAndDatagramOnStreamZero) {
+  for (FrameType type : {FrameType::kData, FrameType::kReset, FrameType::kDatagram}) {
     std::string wire;
     AppendFrame(wire, type, 0, 0, "x");
     absl::Status status = DecodeError(wire);

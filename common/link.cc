@@ -32,7 +32,17 @@ Counter& LateFrames() {
                    "Frames that arrived for a stream already closed on this side");
 }
 
+Counter& DatagramsDropped(std::string_view reason) {
+  return CounterOf("rdv_link_datagrams_dropped_total",
+                   "Datagrams a link dropped instead of sending or delivering them",
+                   StrCat("reason=\"", reason, "\""));
+}
+
 }  // namespace
+
+void StreamHandler::OnStreamDatagram(Stream& stream, std::string_view datagram) {
+  DatagramsDropped("unhandled").Inc();
+}
 
 // ---- Stream ----
 
@@ -117,6 +127,24 @@ void Stream::Consumed(size_t bytes) {
   }
 }
 
+bool Stream::SendDatagram(std::string_view datagram) {
+  Link::Busy busy(link_);
+  if (link_.failed_ || (state_ != State::kOpen && state_ != State::kOpening)) {
+    DatagramsDropped("not_open").Inc();
+    return false;
+  }
+  if (datagram.size() > kMaxDatagramPayload) {
+    DatagramsDropped("oversize").Inc();
+    return false;
+  }
+  if (link_.transport_.QueuedBytes() > link_.options_.datagram_queue_limit) {
+    DatagramsDropped("congested").Inc();
+    return false;
+  }
+  link_.SendFrame(FrameType::kDatagram, 0, id_, datagram);
+  return true;
+}
+
 // ---- Link ----
 
 Link::Link(LinkTransport& transport, LinkHandler& handler, LinkOptions options)
@@ -165,6 +193,9 @@ void Link::HandleFrame(const FrameDecoder::Frame& frame) {
       return;
     case FrameType::kPing:
       SendFrame(FrameType::kPong, 0, 0, frame.payload);
+      return;
+    case FrameType::kDatagram:
+      HandleDatagram(h.stream_id, frame.payload);
       return;
     case FrameType::kPong: {
       uint64_t value = (uint64_t{ReadBigEndian32(frame.payload.data())} << 32) |
@@ -302,6 +333,24 @@ void Link::HandleReset(uint32_t stream_id, std::string_view reason) {
   if (stream == nullptr) return;
   Remove(*stream, absl::AbortedError(reason.empty() ? "reset by peer" : StrCat("reset: ", reason)),
          /*notify=*/stream->handler_ != nullptr);
+}
+
+void Link::HandleDatagram(uint32_t stream_id, std::string_view payload) {
+  // A lost datagram is the application's problem, never the link's: every case here drops.
+  Stream* stream = Find(stream_id);
+  if (stream == nullptr) {
+    DatagramsDropped("unknown_flow").Inc();
+    return;
+  }
+  if (stream->handler_ == nullptr || stream->state_ == Stream::State::kAwaitingAccept) {
+    DatagramsDropped("not_accepted").Inc();
+    return;
+  }
+  if (payload.size() > kMaxDatagramPayload) {
+    DatagramsDropped("oversize").Inc();
+    return;
+  }
+  stream->handler_->OnStreamDatagram(*stream, payload);
 }
 
 void Link::SendControl(const link::Control& control) {

@@ -12,6 +12,10 @@
 //    a stalled stream never starve the others; the link window bounds undelivered bytes in flight.
 //  * When the transport itself backs up (QueuedBytes over a watermark), DATA waits in the
 //    streams' pending buffers and is sent round-robin once the transport drains.
+//
+// Datagrams (DATAGRAM frames, e.g. UDP payloads) ride on a stream id but outside flow control:
+// Stream::SendDatagram frames one at once or drops it (counted) when the transport already holds
+// more than LinkOptions::datagram_queue_limit; nothing is queued or retransmitted here.
 #ifndef RDV_COMMON_LINK_H_
 #define RDV_COMMON_LINK_H_
 
@@ -58,6 +62,8 @@ class StreamHandler {
   virtual void OnStreamEnd(Stream& stream) = 0;
   // Pending outbound data fell below the low watermark: Write() more.
   virtual void OnStreamWritable(Stream& stream) = 0;
+  // One datagram from the peer (DATAGRAM frame). The default drops it, counted.
+  virtual void OnStreamDatagram(Stream& stream, std::string_view datagram);
   // Final event: the stream finished cleanly (both sides ended and all data sent; status OK)
   // or died (refused, reset by the peer, link lost). The stream is gone after this returns.
   virtual void OnStreamClosed(Stream& stream, const absl::Status& status) = 0;
@@ -70,6 +76,9 @@ struct LinkOptions {
   size_t max_streams = 10000;
   size_t transport_high_watermark = 1 << 20;  // stop sending DATA while the transport holds more
   size_t stream_high_watermark = 256 << 10;   // Stream::Write returns false above this
+  // SendDatagram drops while the transport holds more than this. Above the DATA watermark, so
+  // that bulk streams (which keep the transport filled up to it) do not starve datagrams.
+  size_t datagram_queue_limit = 2 << 20;
 };
 
 // Control-plane events of a link.
@@ -107,6 +116,10 @@ class Stream {
   void Reset(std::string_view reason);
   // Returns `bytes` of receive credit to the peer.
   void Consumed(size_t bytes);
+  // Sends one datagram now, outside flow control (opened or accepted streams only). Returns
+  // false when it was dropped (counted): stream not open, over kMaxDatagramPayload, or the
+  // transport holds more than LinkOptions::datagram_queue_limit.
+  bool SendDatagram(std::string_view datagram);
 
   size_t pending_bytes() const { return pending_.size() - pending_offset_; }
   bool write_ended() const { return end_requested_; }
@@ -180,6 +193,7 @@ class Link {
   void HandleData(Stream* stream, uint32_t stream_id, uint8_t flags, std::string_view payload);
   void HandleWindow(uint32_t stream_id, uint32_t increment);
   void HandleReset(uint32_t stream_id, std::string_view reason);
+  void HandleDatagram(uint32_t stream_id, std::string_view payload);
   void Fail(absl::Status status);
 
   Stream* Find(uint32_t id);

@@ -178,6 +178,7 @@ class TestStream : public StreamHandler {
   bool write_returned_false = false;
   bool consume = true;  // return credit as soon as data arrives
   size_t unconsumed = 0;
+  std::vector<std::string> datagrams;  // DATAGRAM payloads, in arrival order
 
   // Writes `data` (then End()s if `end`) as fast as the stream allows.
   void Send(std::string data, bool end = true) {
@@ -212,6 +213,9 @@ class TestStream : public StreamHandler {
   void OnStreamWritable(Stream& s) override {
     ++writable_events;
     Feed();
+  }
+  void OnStreamDatagram(Stream& s, std::string_view datagram) override {
+    datagrams.emplace_back(datagram);
   }
   void OnStreamClosed(Stream& s, const absl::Status& status) override {
     EXPECT_FALSE(closed.has_value()) << "OnStreamClosed twice";

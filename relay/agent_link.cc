@@ -323,6 +323,16 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
                     std::string(port.status().message()));
     }
     result.mutable_service()->set_port(*port);
+  } else if (spec.kind() == link::UDP) {
+    if (!IsValidServiceName(name)) return refuse("invalid", "invalid service name");
+    absl::StatusOr<uint16_t> port =
+        worker_.relay().EnsureUdpPort(name, spec.port(), *credential_, worker_);
+    if (!port.ok()) {
+      bool not_granted = port.status().code() == absl::StatusCode::kPermissionDenied;
+      return refuse(not_granted ? "not_granted" : "port_unavailable",
+                    std::string(port.status().message()));
+    }
+    result.mutable_service()->set_port(*port);
   } else {
     return refuse("invalid", "unsupported service kind");
   }
@@ -368,11 +378,17 @@ void AgentLink::OnPong(Link& link, uint64_t sent_ms) { rtt_ms_ = uv_now(worker_.
 
 Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const TcpConnection& client,
                               const std::string& entrypoint, StreamHandler& handler) {
+  return OpenStream(service, client.peer_address(), client.local_address(), entrypoint, handler);
+}
+
+Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const std::string& client_address,
+                              const std::string& local_address, const std::string& entrypoint,
+                              StreamHandler& handler) {
   if (state_ != State::kReady) return nullptr;
   link::Open open;
   *open.mutable_service() = service;
-  open.set_client_address(client.peer_address());
-  open.set_local_address(client.local_address());
+  open.set_client_address(client_address);
+  open.set_local_address(local_address);
   open.set_entrypoint(entrypoint);
   Stream* stream = link_.OpenStream(std::move(open), handler);
   if (stream != nullptr) CounterOf("rdv_streams_opened_total", "Streams opened to agents").Inc();

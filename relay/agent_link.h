@@ -36,6 +36,10 @@ class AgentLink : public StreamCarrier,
   // Opens a stream to the agent for a client; nullptr if the link cannot take one now.
   Stream* OpenStream(const link::ServiceSpec& service, const TcpConnection& client,
                      const std::string& entrypoint, StreamHandler& handler);
+  // Same for a client known only by address (a udp session): "ip:port" strings.
+  Stream* OpenStream(const link::ServiceSpec& service, const std::string& client_address,
+                     const std::string& local_address, const std::string& entrypoint,
+                     StreamHandler& handler);
   void GoAway(std::string_view reason);
   void Close(const absl::Status& status);
   uint64_t id() const { return id_; }

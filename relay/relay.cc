@@ -27,13 +27,22 @@ void DeclareMetrics() {
   CounterOf("rdv_worker_handoffs_total", "Client connections moved to another worker loop");
   CounterOf("rdv_frames_for_closed_streams_total",
             "Frames that arrived for a stream already closed on this side");
+  GaugeOf("rdv_udp_sessions_active", "Open udp sessions (client addresses)");
+  CounterOf("rdv_udp_datagrams_received_total", "Datagrams received on udp service ports");
+  CounterOf("rdv_udp_datagrams_sent_total", "Datagrams sent to clients of udp service ports");
+  CounterOf("rdv_udp_sessions_opened_total", "udp sessions opened");
+  CounterOf("rdv_udp_sessions_expired_total", "udp sessions closed after the idle timeout");
 }
 
 }  // namespace
 
 Relay::Relay(RelayConfig config) : config_(std::move(config)) { DeclareMetrics(); }
 
-Relay::~Relay() { workers_.clear(); }
+Relay::~Relay() {
+  workers_.clear();
+  absl::MutexLock lock(&mu_);
+  udp_ports_.clear();  // after the workers: their sessions point at the ports
+}
 
 absl::StatusOr<std::unique_ptr<Relay>> Relay::Create(RelayConfig config, uv_loop_t* main_loop) {
   std::unique_ptr<Relay> relay(new Relay(std::move(config)));
@@ -123,6 +132,9 @@ absl::Status Relay::Start() {
     absl::MutexLock lock(&mu_);
     for (const TcpPortMapping& mapping : config_.tcp.ports) {
       if (absl::Status s = BindTcpService(mapping.service, mapping.port, main); !s.ok()) return s;
+    }
+    for (const UdpPortMapping& mapping : config_.udp.ports) {
+      if (absl::Status s = BindUdpService(mapping.service, mapping.port, main); !s.ok()) return s;
     }
   }
   for (size_t i = 1; i < workers_.size(); ++i) workers_[i]->StartThread();
@@ -240,6 +252,75 @@ absl::StatusOr<uint16_t> Relay::EnsureTcpPort(const std::string& service, uint16
       StrCat("no port is granted to this credential for service ", service));
 }
 
+absl::Status Relay::BindUdpService(const std::string& service, uint16_t port, RelayWorker& worker) {
+  absl::StatusOr<std::unique_ptr<UdpServicePort>> bound =
+      UdpServicePort::Create(*this, worker, service, port, config_.udp.bind);
+  if (!bound.ok()) return bound.status();
+  for (const std::string& address : (*bound)->addresses()) {
+    spdlog::info("listening udp:{} {}", service, address);
+  }
+  udp_ports_in_use_.insert((*bound)->port());
+  udp_ports_[service] = std::move(*bound);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<uint16_t> Relay::EnsureUdpPort(const std::string& service, uint16_t requested,
+                                              const CredentialConfig& credential,
+                                              RelayWorker& caller) {
+  // As EnsureTcpPort, with udp grants and the udp port space.
+  auto granted = [&](uint16_t port) {
+    for (const Grant& grant : credential.grants) {
+      if (grant.AllowsPort(GrantKind::kUdp, service, port)) return true;
+    }
+    return false;
+  };
+  absl::MutexLock lock(&mu_);
+  auto bound_port = [&]() { return udp_ports_.at(service)->port(); };
+  if (auto it = udp_ports_.find(service); it != udp_ports_.end()) {
+    uint16_t port = it->second->port();
+    if (requested != 0 && requested != port) {
+      return absl::FailedPreconditionError(
+          StrCat("service ", service, " already listens on udp port ", port));
+    }
+    if (!granted(port)) {
+      return absl::PermissionDeniedError(
+          StrCat("udp port ", port, " is not granted to this credential"));
+    }
+    return port;
+  }
+  if (uint16_t fixed = config_.udp.FixedPortFor(service); fixed != 0) requested = fixed;
+  if (requested != 0) {
+    if (!granted(requested)) {
+      return absl::PermissionDeniedError(
+          StrCat("udp port ", requested, " is not granted to this credential"));
+    }
+    if (absl::Status s = BindUdpService(service, requested, caller); !s.ok()) {
+      return absl::UnavailableError(s.message());
+    }
+    return bound_port();
+  }
+  for (const Grant& grant : credential.grants) {
+    if (grant.kind() != GrantKind::kUdp || !grant.IsPortRange()) continue;
+    for (uint32_t port = grant.port_low(); port <= grant.port_high(); ++port) {
+      if (udp_ports_in_use_.contains(static_cast<uint16_t>(port))) continue;
+      if (BindUdpService(service, static_cast<uint16_t>(port), caller).ok()) return bound_port();
+    }
+  }
+  bool named = false;  // a grant that names the service (not a port range) allows any port
+  for (const Grant& grant : credential.grants) {
+    named |= grant.kind() == GrantKind::kUdp && !grant.IsPortRange() &&
+             grant.AllowsPort(GrantKind::kUdp, service, 0);
+  }
+  if (named) {
+    if (absl::Status s = BindUdpService(service, 0, caller); !s.ok()) {
+      return absl::UnavailableError(s.message());
+    }
+    return bound_port();
+  }
+  return absl::PermissionDeniedError(
+      StrCat("no udp port is granted to this credential for service ", service));
+}
+
 std::vector<std::string> Relay::RoutesFor(const link::ServiceSpec& service,
                                           const std::string& alias) {
   std::vector<std::string> routes;
@@ -257,6 +338,9 @@ std::vector<std::string> Relay::RoutesFor(const link::ServiceSpec& service,
     routes.push_back(StrCat("tls://", service.name(), ":", entry_port("tls")));
   } else if (service.kind() == link::SMTP) {
     routes.push_back(StrCat("smtp://", service.name(), ":", entry_port("smtp")));
+  } else if (service.kind() == link::UDP) {
+    routes.push_back(
+        StrCat("udp://", config_.udp.bind.empty() ? "" : config_.udp.bind[0], ":", service.port()));
   } else {
     routes.push_back(
         StrCat("tcp://", config_.tcp.bind.empty() ? "" : config_.tcp.bind[0], ":", service.port()));

@@ -2,8 +2,9 @@
 // the worker loops that do the work (relay/relay_worker.h).
 //
 // Agent listener and HTTP entrypoint sockets are bound on every worker (SO_REUSEPORT); the admin
-// listener and the fixed tcp ports live on worker 0; a tcp port an agent requests is bound on the
-// worker of the link that requested it. Routing goes through the Directory interface only.
+// listener and the fixed tcp and udp ports live on worker 0; a tcp or udp port an agent requests is
+// bound on the worker of the link that requested it. Routing goes through the Directory interface
+// only.
 #ifndef RDV_RELAY_RELAY_H_
 #define RDV_RELAY_RELAY_H_
 
@@ -22,6 +23,7 @@
 #include "relay/directory.h"
 #include "relay/relay_config.h"
 #include "relay/relay_worker.h"
+#include "relay/udp_service_port.h"
 
 namespace rdv {
 
@@ -48,6 +50,9 @@ class Relay {
   // PermissionDenied when the credential may not have it.
   absl::StatusOr<uint16_t> EnsureTcpPort(const std::string& service, uint16_t requested,
                                          const CredentialConfig& credential, RelayWorker& caller);
+  // Same for the UDP port of udp service `service` (relay/udp_service_port.h).
+  absl::StatusOr<uint16_t> EnsureUdpPort(const std::string& service, uint16_t requested,
+                                         const CredentialConfig& credential, RelayWorker& caller);
   std::vector<std::string> RoutesFor(const link::ServiceSpec& service, const std::string& alias);
   // Authenticated links per credential, for max_links. TryAddLink fails at the limit.
   bool TryAddLink(const std::string& credential, uint32_t max_links);
@@ -57,6 +62,8 @@ class Relay {
   Relay(RelayConfig config);
   absl::Status ListenEverywhere(const std::vector<HostPort>& addresses, const std::string& role);
   absl::Status BindTcpService(const std::string& service, uint16_t port, RelayWorker& worker)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status BindUdpService(const std::string& service, uint16_t port, RelayWorker& worker)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   RelayConfig config_;
@@ -71,6 +78,9 @@ class Relay {
   std::map<std::string, uint16_t> tcp_ports_ ABSL_GUARDED_BY(mu_);  // service -> relay port
   std::set<uint16_t> ports_in_use_ ABSL_GUARDED_BY(mu_);
   std::map<std::string, uint32_t> links_per_credential_ ABSL_GUARDED_BY(mu_);
+  // udp service -> its port; never removed while the relay runs (sessions point at them).
+  std::map<std::string, std::unique_ptr<UdpServicePort>> udp_ports_ ABSL_GUARDED_BY(mu_);
+  std::set<uint16_t> udp_ports_in_use_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace rdv

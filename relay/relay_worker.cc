@@ -255,13 +255,26 @@ void RelayWorker::HandOff(Handoff handoff) {
   uv_async_send(wakeup_);
 }
 
+void RelayWorker::Post(std::function<void()> task) {
+  absl::MutexLock lock(&mu_);
+  // Once stopping, the wakeup handle may be closed already: the task is dropped.
+  if (stop_requested_) return;
+  posted_.push_back(std::move(task));
+  uv_async_send(wakeup_);
+}
+
 void RelayWorker::DrainHandoffs() {
   std::deque<Handoff> pending;
+  std::deque<std::function<void()>> posted;
   bool stop;
   {
     absl::MutexLock lock(&mu_);
     pending.swap(handoffs_);
+    posted.swap(posted_);
     stop = stop_requested_;
+  }
+  if (!stop && !stopped_) {
+    for (std::function<void()>& task : posted) task();
   }
   for (Handoff& handoff : pending) {
     if (stop || stopped_) {
@@ -307,6 +320,10 @@ void RelayWorker::RequestStop() {
 void RelayWorker::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  {
+    absl::MutexLock lock(&mu_);
+    stop_requested_ = true;  // no more Post()s: the wakeup handle closes below
+  }
   for (auto& listener : listeners_) listener->Close();
   std::vector<AgentLink*> links;
   for (auto& [raw, link] : links_) links.push_back(raw);

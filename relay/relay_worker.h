@@ -99,6 +99,8 @@ class RelayWorker {
 
   // Thread-safe: queue a client for this worker.
   void HandOff(Handoff handoff);
+  // Thread-safe: run `task` on this worker's loop (dropped if the worker stops first).
+  void Post(std::function<void()> task);
   // Thread-safe: GoAway to agents, close everything; the loop then ends.
   void RequestStop();
   // Runs the loop on a new thread (workers 1..n-1).
@@ -139,6 +141,7 @@ class RelayWorker {
 
   absl::Mutex mu_;
   std::deque<Handoff> handoffs_ ABSL_GUARDED_BY(mu_);
+  std::deque<std::function<void()>> posted_ ABSL_GUARDED_BY(mu_);
   bool stop_requested_ ABSL_GUARDED_BY(mu_) = false;
 };
 
