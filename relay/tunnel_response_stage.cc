@@ -149,7 +149,10 @@ void TunnelResponseStage::OnData(std::string_view data, bool end_stream, std::st
     }
     const bool eof = data.empty();
     out_ = &out;
-    size_t parsed = http_parser_execute(parser, &settings, data.data(), data.size());
+    // http-parser reports 1 byte parsed for an error at EOF (an empty buffer): never more
+    // than it was given.
+    size_t parsed =
+        std::min(http_parser_execute(parser, &settings, data.data(), data.size()), data.size());
     out_ = nullptr;
     const http_errno error = HTTP_PARSER_ERRNO(parser);
     if (error != HPE_OK && error != HPE_PAUSED) {

@@ -193,5 +193,19 @@ TEST(TunnelResponseStage, BadChunkInRewrittenBodyGoesRawWithoutRepeating) {
             "5\r\n<p>ok\r\nZZ\r\n<a href=/x>");
 }
 
+// The stream ends inside a Content-Length body being rewritten: http-parser reports an error at
+// EOF with one byte "parsed" of an empty buffer; the stage must stop there, not read past it
+// (found by tunnel_response_fuzz; the input is in its corpus as error_at_eof).
+TEST(TunnelResponseStage, StreamEndsInsideRewrittenBody) {
+  std::string in =
+      "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 78\r\n\r\n<a href=\"/x\">";
+  TunnelResponseStage stage;
+  stage.ExpectResponseTo(Req("GET", true));
+  std::string out;
+  stage.OnData(in, false, out);
+  stage.OnData({}, true, out);
+  EXPECT_NE(out.find("<a href=\"/TUNNEL:www.orang.com/x\">"), std::string::npos) << out;
+}
+
 }  // namespace
 }  // namespace rdv
