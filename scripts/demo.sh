@@ -36,6 +36,16 @@ wait_for_line() {  # file pattern seconds
 python3 -m http.server 8081 --bind 127.0.0.1 --directory examples/demo-site \
   >"$state/demo-site.log" 2>&1 &
 pids+=($!)
+# The private server must be accepting before the first request goes through the relay.
+deadline=$((SECONDS + 10))
+until curl -s -o /dev/null http://127.0.0.1:8081/; do
+  if ((SECONDS > deadline)); then
+    echo "demo: the demo site did not start on 127.0.0.1:8081:" >&2
+    cat "$state/demo-site.log" >&2
+    exit 1
+  fi
+  sleep 0.1
+done
 
 build/relay/rdv-relay --config examples/relay.yaml >"$state/relay.log" 2>&1 &
 pids+=($!)
