@@ -103,52 +103,18 @@ void HealthChecker::RunCheck() {
       },
       static_cast<uint64_t>(absl::ToInt64Milliseconds(config_.timeout)), 0);
 
-  absl::StatusOr<sockaddr_storage> numeric = ResolveNumeric(target_.host, target_.port);
-  if (numeric.ok()) {
-    Connect(*numeric);
-    return;
-  }
-  // A DNS name: resolved for every check, so a moved target is followed.
-  struct Request {
-    uv_getaddrinfo_t req;
-    std::weak_ptr<HealthChecker*> checker;
-    uint64_t generation;
-    uint16_t port;
-  };
-  auto* request = new Request{{}, alive_, generation, target_.port};
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  int rc = uv_getaddrinfo(
-      loop_, &request->req,
-      [](uv_getaddrinfo_t* req, int status, addrinfo* result) {
-        std::unique_ptr<Request> request(reinterpret_cast<Request*>(req));
-        std::shared_ptr<HealthChecker*> checker = request->checker.lock();
-        if (checker == nullptr || (*checker)->generation_ != request->generation) {
-          uv_freeaddrinfo(result);
-          return;
-        }
-        HealthChecker* self = *checker;
-        if (status != 0 || result == nullptr) {
-          uv_freeaddrinfo(result);
-          self->Complete(request->generation,
-                         absl::UnavailableError(StrCat("cannot resolve: ", UvError(status))));
-          return;
-        }
-        sockaddr_storage address{};
-        std::memcpy(&address, result->ai_addr, result->ai_addrlen);
-        uv_freeaddrinfo(result);
-        if (address.ss_family == AF_INET) {
-          reinterpret_cast<sockaddr_in*>(&address)->sin_port = htons(request->port);
-        } else {
-          reinterpret_cast<sockaddr_in6*>(&address)->sin6_port = htons(request->port);
-        }
-        self->Connect(address);
-      },
-      target_.host.c_str(), nullptr, &hints);
-  if (rc != 0) {
-    delete request;
-    Complete(generation, absl::UnavailableError(StrCat("cannot resolve: ", UvError(rc))));
-  }
+  // A DNS name is resolved for every check, so a moved target is followed.
+  std::weak_ptr<HealthChecker*> checker = alive_;
+  ResolveAsync(loop_, target_.host, target_.port, SOCK_STREAM,
+               [checker, generation](absl::StatusOr<sockaddr_storage> address) {
+                 std::shared_ptr<HealthChecker*> self = checker.lock();
+                 if (self == nullptr || (*self)->generation_ != generation) return;
+                 if (!address.ok()) {
+                   (*self)->Complete(generation, address.status());
+                   return;
+                 }
+                 (*self)->Connect(*address);
+               });
 }
 
 void HealthChecker::Connect(const sockaddr_storage& address) {

@@ -35,48 +35,6 @@ link::ServiceKind WireKind(ServiceConfig::Kind kind) {
   return link::SERVICE_KIND_UNSPECIFIED;
 }
 
-// Resolves host:port (numeric or by DNS) and calls `done` on the loop.
-void Resolve(uv_loop_t* loop, const HostPort& address,
-             std::function<void(absl::StatusOr<sockaddr_storage>)> done) {
-  absl::StatusOr<sockaddr_storage> numeric = ResolveNumeric(address.host, address.port);
-  if (numeric.ok()) {
-    done(numeric);
-    return;
-  }
-  struct Request {
-    uv_getaddrinfo_t req;
-    uint16_t port;
-    std::function<void(absl::StatusOr<sockaddr_storage>)> done;
-  };
-  auto* request = new Request{{}, address.port, std::move(done)};
-  addrinfo hints{};
-  hints.ai_socktype = SOCK_STREAM;
-  int rc = uv_getaddrinfo(
-      loop, &request->req,
-      [](uv_getaddrinfo_t* req, int status, addrinfo* result) {
-        std::unique_ptr<Request> request(reinterpret_cast<Request*>(req));
-        if (status != 0 || result == nullptr) {
-          request->done(absl::UnavailableError(StrCat("cannot resolve: ", UvError(status))));
-        } else {
-          sockaddr_storage storage{};
-          std::memcpy(&storage, result->ai_addr, result->ai_addrlen);
-          if (storage.ss_family == AF_INET) {
-            reinterpret_cast<sockaddr_in*>(&storage)->sin_port = htons(request->port);
-          } else {
-            reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(request->port);
-          }
-          request->done(storage);
-        }
-        uv_freeaddrinfo(result);
-      },
-      address.host.c_str(), nullptr, &hints);
-  if (rc != 0) {
-    auto callback = std::move(request->done);
-    delete request;
-    callback(absl::UnavailableError(StrCat("cannot resolve: ", UvError(rc))));
-  }
-}
-
 }  // namespace
 
 RelayLink::RelayLink(Agent& agent, int index, HostPort relay)
@@ -103,26 +61,28 @@ void RelayLink::Dial() {
   state_ = State::kDialing;
   uint64_t generation = ++dial_generation_;
   std::weak_ptr<RelayLink*> weak = alive_;
-  Resolve(agent_.loop(), relay_, [this, weak, generation](absl::StatusOr<sockaddr_storage> addr) {
-    if (weak.expired() || generation != dial_generation_) return;
-    if (!addr.ok()) {
-      Down(addr.status());
-      return;
-    }
-    TcpConnection::Connect(
-        agent_.loop(), reinterpret_cast<const sockaddr*>(&*addr),
-        [this, weak, generation](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
-          if (weak.expired() || generation != dial_generation_ || state_ != State::kDialing) {
-            if (tcp.ok()) (*tcp)->Close();
-            return;
-          }
-          if (!tcp.ok()) {
-            Down(tcp.status());
-            return;
-          }
-          Connected(std::move(*tcp));
-        });
-  });
+  ResolveAsync(
+      agent_.loop(), relay_.host, relay_.port, SOCK_STREAM,
+      [this, weak, generation](absl::StatusOr<sockaddr_storage> addr) {
+        if (weak.expired() || generation != dial_generation_) return;
+        if (!addr.ok()) {
+          Down(addr.status());
+          return;
+        }
+        TcpConnection::Connect(
+            agent_.loop(), reinterpret_cast<const sockaddr*>(&*addr),
+            [this, weak, generation](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
+              if (weak.expired() || generation != dial_generation_ || state_ != State::kDialing) {
+                if (tcp.ok()) (*tcp)->Close();
+                return;
+              }
+              if (!tcp.ok()) {
+                Down(tcp.status());
+                return;
+              }
+              Connected(std::move(*tcp));
+            });
+      });
 }
 
 void RelayLink::Connected(std::unique_ptr<TcpConnection> tcp) {
@@ -281,16 +241,16 @@ void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) 
     }
   };
   std::weak_ptr<RelayLink*> weak = alive_;
-  Resolve(agent_.loop(), service.target,
-          [this, weak, link, stream_id, refuse,
-           proxy = service.proxy_protocol](absl::StatusOr<sockaddr_storage> address) {
-            if (weak.expired() || link != link_.get()) return;
-            if (!address.ok()) {
-              refuse(address.status());
-              return;
-            }
-            ConnectResolved(stream_id, *address, proxy, refuse);
-          });
+  ResolveAsync(agent_.loop(), service.target.host, service.target.port, SOCK_STREAM,
+               [this, weak, link, stream_id, refuse,
+                proxy = service.proxy_protocol](absl::StatusOr<sockaddr_storage> address) {
+                 if (weak.expired() || link != link_.get()) return;
+                 if (!address.ok()) {
+                   refuse(address.status());
+                   return;
+                 }
+                 ConnectResolved(stream_id, *address, proxy, refuse);
+               });
 }
 
 void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& address,

@@ -56,51 +56,17 @@ class AgentUdpFlow : public StreamHandler {
     spdlog::debug("udp flow {} for {}: opened to {}", stream_->id(), client_, target_text_);
     last_active_ = uv_now(owner_.loop_);
     ArmTimer(owner_.idle_timeout_ms_);
-    absl::StatusOr<sockaddr_storage> numeric = ResolveNumeric(target_.host, target_.port);
-    if (numeric.ok()) {
-      Connect(*numeric);
-      return;
-    }
-    // A host name: resolve without blocking the loop.
-    struct Request {
-      uv_getaddrinfo_t req;
-      std::weak_ptr<AgentUdpFlows*> owner_alive;
-      AgentUdpFlow* flow;
-      std::weak_ptr<bool> flow_alive;
-      uint16_t port;
-    };
-    auto* request = new Request{{}, owner_.alive_, this, alive_, target_.port};
-    addrinfo hints{};
-    hints.ai_socktype = SOCK_DGRAM;
-    int rc = uv_getaddrinfo(
-        owner_.loop_, &request->req,
-        [](uv_getaddrinfo_t* req, int status, addrinfo* result) {
-          std::unique_ptr<Request> request(reinterpret_cast<Request*>(req));
-          absl::StatusOr<sockaddr_storage> address =
-              absl::UnavailableError(StrCat("cannot resolve: ", UvError(status)));
-          if (status == 0 && result != nullptr) {
-            sockaddr_storage storage{};
-            std::memcpy(&storage, result->ai_addr, result->ai_addrlen);
-            if (storage.ss_family == AF_INET6) {
-              reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(request->port);
-            } else {
-              reinterpret_cast<sockaddr_in*>(&storage)->sin_port = htons(request->port);
-            }
-            address = storage;
-          }
-          uv_freeaddrinfo(result);
-          if (request->owner_alive.expired() || request->flow_alive.expired()) return;
-          if (!address.ok()) {
-            request->flow->Fail("resolve", address.status());
-            return;
-          }
-          request->flow->Connect(*address);
-        },
-        target_.host.c_str(), nullptr, &hints);
-    if (rc != 0) {
-      delete request;
-      Fail("resolve", absl::UnavailableError(StrCat("cannot resolve: ", UvError(rc))));
-    }
+    std::weak_ptr<AgentUdpFlows*> owner_alive = owner_.alive_;
+    std::weak_ptr<bool> flow_alive = alive_;
+    ResolveAsync(owner_.loop_, target_.host, target_.port, SOCK_DGRAM,
+                 [this, owner_alive, flow_alive](absl::StatusOr<sockaddr_storage> address) {
+                   if (owner_alive.expired() || flow_alive.expired()) return;
+                   if (!address.ok()) {
+                     Fail("resolve", address.status());
+                     return;
+                   }
+                   Connect(*address);
+                 });
   }
 
   // StreamHandler

@@ -1,6 +1,7 @@
 #include "common/tcp_connection.h"
 
 #include <arpa/inet.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
@@ -308,6 +309,47 @@ absl::StatusOr<int> TcpConnection::DetachFd() {
   if (copy < 0) return absl::UnavailableError(StrCat("dup: ", std::strerror(errno)));
   Close();
   return copy;
+}
+
+void ResolveAsync(uv_loop_t* loop, const std::string& host, uint16_t port, int socktype,
+                  std::function<void(absl::StatusOr<sockaddr_storage>)> done) {
+  absl::StatusOr<sockaddr_storage> numeric = ResolveNumeric(host, port);
+  if (numeric.ok()) {
+    done(numeric);
+    return;
+  }
+  struct Request {
+    uv_getaddrinfo_t req;
+    uint16_t port;
+    std::function<void(absl::StatusOr<sockaddr_storage>)> done;
+  };
+  auto* request = new Request{{}, port, std::move(done)};
+  addrinfo hints{};
+  hints.ai_socktype = socktype;
+  int rc = uv_getaddrinfo(
+      loop, &request->req,
+      [](uv_getaddrinfo_t* req, int status, addrinfo* result) {
+        std::unique_ptr<Request> request(reinterpret_cast<Request*>(req));
+        if (status != 0 || result == nullptr) {
+          request->done(absl::UnavailableError(StrCat("cannot resolve: ", UvError(status))));
+        } else {
+          sockaddr_storage storage{};
+          std::memcpy(&storage, result->ai_addr, result->ai_addrlen);
+          if (storage.ss_family == AF_INET) {
+            reinterpret_cast<sockaddr_in*>(&storage)->sin_port = htons(request->port);
+          } else {
+            reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(request->port);
+          }
+          request->done(storage);
+        }
+        uv_freeaddrinfo(result);
+      },
+      host.c_str(), nullptr, &hints);
+  if (rc != 0) {
+    auto callback = std::move(request->done);
+    delete request;
+    callback(absl::UnavailableError(StrCat("cannot resolve: ", UvError(rc))));
+  }
 }
 
 }  // namespace rdv

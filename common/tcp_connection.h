@@ -115,6 +115,12 @@ class TcpConnection {
 std::string FormatSockaddr(const sockaddr* address);
 // Resolves a numeric "host:port"/"[v6]:port" (or "localhost:port") to a sockaddr.
 absl::StatusOr<sockaddr_storage> ResolveNumeric(std::string_view host, uint16_t port);
+// Resolves host:port for `socktype` (SOCK_STREAM, SOCK_DGRAM): an IP literal at once (`done` runs
+// before this returns), a name through libuv's resolver without blocking the loop (`done` runs on
+// the loop later; the caller checks there that its object still exists). Errors read
+// "cannot resolve: <reason>".
+void ResolveAsync(uv_loop_t* loop, const std::string& host, uint16_t port, int socktype,
+                  std::function<void(absl::StatusOr<sockaddr_storage>)> done);
 std::string UvError(int code);
 
 }  // namespace rdv
