@@ -46,13 +46,14 @@ void StreamHandler::OnStreamDatagram(Stream& stream, std::string_view datagram) 
 
 // ---- Stream ----
 
-void Stream::Accept(StreamHandler& handler) {
+void Stream::Accept(StreamHandler& handler, link::OpenResult result_to_send) {
   Link::Busy busy(link_);
   if (state_ != State::kAwaitingAccept) return;
   state_ = State::kOpen;
   handler_ = &handler;
   link::Control control;
   auto* result = control.mutable_open_result();
+  *result = std::move(result_to_send);
   result->set_stream_id(id_);
   result->set_ok(true);
   link_.SendControl(control);
@@ -69,7 +70,7 @@ void Stream::Accept(StreamHandler& handler) {
   }
 }
 
-void Stream::Refuse(std::string_view reason) {
+void Stream::Refuse(std::string_view reason, link::OpenError error) {
   Link::Busy busy(link_);
   if (state_ != State::kAwaitingAccept) return;
   link::Control control;
@@ -77,6 +78,7 @@ void Stream::Refuse(std::string_view reason) {
   result->set_stream_id(id_);
   result->set_ok(false);
   result->set_reason(std::string(reason));
+  result->set_error(error);
   link_.SendControl(control);
   link_.Remove(*this, absl::OkStatus(), /*notify=*/false);
 }
@@ -249,6 +251,7 @@ void Link::HandleControl(std::string_view payload) {
             absl::StrFormat("OpenResult for stream %u that is not opening", result.stream_id())));
         return;
       }
+      stream->result_ = result;
       if (!result.ok()) {
         Remove(*stream, absl::UnavailableError(result.reason()), /*notify=*/true);
         return;

@@ -104,9 +104,13 @@ class Stream {
   const link::Open& open() const { return open_; }
   Link& link() { return link_; }
 
-  // Peer-opened streams: accept and start delivering data to `handler`, or refuse.
-  void Accept(StreamHandler& handler);
-  void Refuse(std::string_view reason);
+  // Peer-opened streams: accept and start delivering data to `handler`, or refuse. `result`
+  // may carry more for the peer (a tunnel's setup); its stream_id and ok are filled in here.
+  void Accept(StreamHandler& handler, link::OpenResult result = {});
+  void Refuse(std::string_view reason, link::OpenError error = link::OPEN_ERROR_UNSPECIFIED);
+  // Streams this side opened: the peer's OpenResult, from OnStreamAccepted on (and during the
+  // OnStreamClosed that reports a refusal, for its reason and error).
+  const link::OpenResult& result() const { return result_; }
 
   // Queues bytes. Returns false when the caller should stop producing until OnStreamWritable.
   bool Write(std::string_view data);
@@ -139,6 +143,7 @@ class Stream {
   Link& link_;
   const uint32_t id_;
   link::Open open_;
+  link::OpenResult result_;
   State state_;
   StreamHandler* handler_ = nullptr;
   int64_t send_window_;  // credit the peer gave us

@@ -27,6 +27,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
+#include "common/link.h"
 #include "proto/link.pb.h"
 
 namespace rdv {
@@ -47,6 +48,9 @@ class StreamCarrier {
   }
   // Streams open on the link now (least_streams); thread-safe.
   virtual size_t open_streams() const { return 0; }
+  // From the carrier's own worker loop: opens a tunnel stream (docs/protocol.md "Tunnels") with
+  // `open` as given (stream_id assigned here); nullptr when the carrier cannot take one now.
+  virtual Stream* OpenTunnelStream(link::Open open, StreamHandler& handler) { return nullptr; }
 };
 
 struct RouteResult {

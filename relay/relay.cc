@@ -348,4 +348,8 @@ std::vector<std::string> Relay::RoutesFor(const link::ServiceSpec& service,
   return routes;
 }
 
+StreamCarrier* Relay::upstream() { return nullptr; }  // cascade: filled in by the upstream link
+
+void Relay::NoteTunnelServicesChanged() {}
+
 }  // namespace rdv

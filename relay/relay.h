@@ -58,6 +58,14 @@ class Relay {
   bool TryAddLink(const std::string& credential, uint32_t max_links);
   void RemoveLink(const std::string& credential);
 
+  // Cascaded relays (docs/protocol.md "Cascaded relays"). The link to the upstream relay when
+  // one is configured and authenticated, else null; usable only from its worker's loop
+  // (upstream()->worker()). Thread-safe to call.
+  StreamCarrier* upstream();
+  // Thread-safe: a PRIVATE or PAIR registration was made or released here; the upstream link
+  // re-syncs what it registered upstream with Directory::TunnelServices().
+  void NoteTunnelServicesChanged();
+
  private:
   Relay(RelayConfig config);
   absl::Status ListenEverywhere(const std::vector<HostPort>& addresses, const std::string& role);

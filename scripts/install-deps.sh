@@ -10,8 +10,9 @@ build=(build-essential cmake ninja-build pkg-config git clang-format clang libcl
        libuv1-dev libssl-dev openssl libprotobuf-dev protobuf-compiler
        libyaml-cpp-dev libabsl-dev libhttp-parser-dev libspdlog-dev libcli11-dev libgtest-dev libgmock-dev)
 test=(curl nginx-light python3 python3-websockets iproute2 procps netcat-openbsd
-      haproxy postfix swaks libnet-ssleay-perl dnsmasq-base bind9-dnsutils chromium)
-bench=(iperf3 wrk openssh-server openssh-client)
+      haproxy postfix swaks libnet-ssleay-perl dnsmasq-base bind9-dnsutils chromium
+      nftables openssh-server openssh-client)
+bench=(iperf3 wrk)
 
 runtime=(libuv1 libssl3 libprotobuf32 libyaml-cpp0.7 libhttp-parser2.9 libspdlog1.10
          libabsl20220623 ca-certificates)
