@@ -33,9 +33,10 @@ ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 PYTHON = "/usr/bin/python3"
 
 SYSTEMS = ["direct", "rendezvous", "ssh", "haproxy"]
-PHASES = ["throughput", "http", "rss", "sni", "smtp"]
+PHASES = ["throughput", "http", "rss", "sni", "smtp", "tunnel"]
 RATIO_METRICS = ["throughput_gbps", "http_rps", "http_p50_ms", "http_p99_ms", "https_sni_rps",
-                 "https_sni_conn_rps", "smtp_msgs"]
+                 "https_sni_conn_rps", "smtp_msgs", "tunnel_throughput_gbps", "tunnel_setup_p50_ms",
+                 "tunnel_setup_p90_ms"]
 RATIO_PEERS = ["ssh", "haproxy", "direct"]
 
 SECRET = "bench-secret-0123456789"
@@ -694,6 +695,11 @@ services:
         import bench_smtp  # integration/bench/bench_smtp.py: Postfix direct vs through the relay
         bench_smtp.phase(self, sys.modules[__name__])
 
+    def phase_tunnel(self):
+        # An end-to-end pair against OpenSSH through a middle sshd: see bench_tunnel.py.
+        import bench_tunnel
+        bench_tunnel.phase(self, sys.modules[__name__])
+
     def phase_rss(self):
         if "rendezvous" not in self.args.systems:
             log("rss: skipped (rendezvous is not among --systems)")
@@ -846,11 +852,13 @@ def parse_args(argv):
         description="Benchmarks Rendezvous against direct, ssh -R and haproxy on loopback.")
     ap.add_argument("--quick", action="store_true", help="2-second runs instead of 10 (smoke test)")
     ap.add_argument("--only", default=",".join(PHASES),
-                    help="comma-separated subset of: throughput, http, rss, sni, smtp (default: all)")
+                    help="comma-separated subset of: throughput, http, rss, sni, smtp, tunnel "
+                         "(default: all)")
     ap.add_argument("--systems", default=",".join(SYSTEMS),
                     help="comma-separated subset of: direct, rendezvous, ssh, haproxy (default: all)")
     ap.add_argument("--repeat", type=int, default=1,
-                    help="run each throughput/HTTP load N times against the same setup, report the median")
+                    help="run each throughput/HTTP/tunnel load N times against the same setup, "
+                         "report the median")
     ap.add_argument("--threads", type=int, default=1,
                     help="relay `workers` and haproxy `nbthread` (default 1, see README)")
     ap.add_argument("--links", type=int, default=1000, help="idle agent links for the RSS figure")
