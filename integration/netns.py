@@ -201,25 +201,19 @@ class NsRelay(harness.Relay, _InNamespace):
 
 
 class NsAgent(harness.Agent, _InNamespace):
-    """rdv-agent inside a namespace. With `admin` (host, port) — the agent's `admin.listen` — it
-    reads the agent's /metrics and /status from inside the namespace."""
+    """rdv-agent inside a namespace; with an `admin:` listener in its config, its /metrics and
+    /status are read from inside the namespace (the address from `admin listening <addr>`)."""
 
-    def __init__(self, ns, h, name, config_path, admin=None):
+    def __init__(self, ns, h, name, config_path):
         self.ns = ns
-        self.admin = admin
         super().__init__(h, name, config_path)
 
+    def admin_address(self, timeout=10):
+        m = self.wait_line(harness.log_message(r"admin listening (\S+)\s*$"), timeout)
+        return harness.parse_addr(m.group(1))
+
     def _get(self, path):
-        if self.admin is None:
-            raise AssertionError(f"{self.name}: no admin listener configured")
-        deadline = time.monotonic() + 10
-        while True:  # the admin listener may not be bound yet right after start
-            try:
-                return self.ns.http_get(self.admin, path)
-            except ConnectionRefusedError:
-                if time.monotonic() > deadline or not self.alive():
-                    raise
-                time.sleep(0.05)
+        return self.ns.http_get(self.admin_address(), path)
 
     def metrics_text(self):
         status, body = self._get("/metrics")
@@ -504,9 +498,8 @@ class Namespace:
             proc.wait_ready()
         return proc
 
-    def agent(self, h, yaml_text, name, admin=None):
-        return self._register(h, NsAgent(self, h, name, h.write(f"{name}.yaml", yaml_text),
-                                         admin=admin))
+    def agent(self, h, yaml_text, name):
+        return self._register(h, NsAgent(self, h, name, h.write(f"{name}.yaml", yaml_text)))
 
     def nginx(self, h, name, listen, files):
         """nginx serving `files` ({path: bytes}) on every (host, port) of `listen`."""

@@ -44,7 +44,6 @@ WWW6 = "fd50::20"
 WWW_NAME = "www.site-b.test"
 SSH_NAME = "ssh.site-b.test"
 HELLO = b"hello from site B's intranet\n"
-ADMIN = ("127.0.0.1", 9101)
 PLAIN, SOCKS, DATA = 2222, 1080, 4000
 
 
@@ -161,7 +160,7 @@ class NetnsTunnelTest(harness.IntegrationTest):
             links: 2
             log_level: {harness.LOG_LEVEL}
             admin:
-              listen: {harness.format_addr(ADMIN)}
+              listen: 127.0.0.1:0
             services:
               - kind: pair
                 name: site-b
@@ -174,7 +173,7 @@ class NetnsTunnelTest(harness.IntegrationTest):
                 name: site-b-data
                 secret_file: {data_file}
                 target: {harness.format_addr(cls.target.addr)}
-            """, name="agent-b", admin=ADMIN)
+            """, name="agent-b")
         cls.agent_b.wait_registered("site-b", "pair", timeout=20)
         cls.agent_b.wait_registered("site-b-data", "pair", timeout=20)
         cls.agent_a = a.agent(h, f"""\
@@ -187,7 +186,7 @@ class NetnsTunnelTest(harness.IntegrationTest):
             links: 2
             log_level: {harness.LOG_LEVEL}
             admin:
-              listen: {harness.format_addr(ADMIN)}
+              listen: 127.0.0.1:0
             connect:
               - listen: 127.0.0.1:{PLAIN}
                 pair: site-b
@@ -199,7 +198,7 @@ class NetnsTunnelTest(harness.IntegrationTest):
               - listen: 127.0.0.1:{DATA}
                 pair: site-b-data
                 secret_file: {data_file}
-            """, name="agent-a", admin=ADMIN)
+            """, name="agent-a")
         cls.agent_a.wait_links_up(1, timeout=20)
         for port in (PLAIN, SOCKS, DATA):
             a.wait_listening(("127.0.0.1", port), timeout=20, proc=cls.agent_a)
@@ -343,7 +342,8 @@ class NetnsTunnelTest(harness.IntegrationTest):
                              ([RELAY_ID], peer, "psk"), json.dumps(t))
         # The same through the command line, inside site A.
         rc, out, err = self.run_in(self.a, [harness.agent_binary(), "status", "--admin",
-                                            harness.format_addr(ADMIN), "--json"])
+                                            harness.format_addr(self.agent_a.admin_address()),
+                                            "--json"])
         self.assertEqual(rc, 0, err)
         tunnels = [t for t in json.loads(out)["tunnels"] if t["name"] == "site-b"]
         self.assertTrue(tunnels and all(t["hops"] == [RELAY_ID] for t in tunnels), out)
