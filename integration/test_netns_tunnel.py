@@ -18,6 +18,8 @@ direct connection between the sites (or from the relay to a site) reaches the si
 by its firewall (read from the nft counter). Agent B serves pair `site-b` (target: sshd; SOCKS
 allow-list: nginx's addresses, port 80) and pair `site-b-data` (target: the data target). Site A
 has no name for www.site-b.test and no DNS: `curl --socks5-hostname` has the name resolved in B.
+The relay taps every byte it bridges (`tunnel_tap_file`); a 1 MiB marker each way must not be in
+it. A third agent in site A asks for pair `site-b` with a wrong pairing secret and gets nothing.
 
 Needs root; exits 77 (CTest: skipped) with the reason otherwise.
 """
