@@ -2,6 +2,7 @@
 
 #include "agent/health_check.h"
 #include "agent/relay_link.h"
+#include "common/metrics.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -11,6 +12,7 @@ Agent::Agent(AgentConfig config, uv_loop_t* loop)
     : config_(std::move(config)), loop_(loop), tasks_(loop) {}
 
 Agent::~Agent() {
+  admin_.reset();
   for (auto& checker : health_checkers_) {
     if (checker) checker->Stop();
   }
@@ -25,10 +27,32 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentConfig config, uv_loop
   absl::StatusOr<SslCtxPtr> ctx = CreateLinkClientContext(agent->config_.relay_ca_file);
   if (!ctx.ok()) return ctx.status();
   agent->tls_context_ = std::move(*ctx);
+  if (const std::optional<HostPort>& listen = agent->config_.admin_listen) {
+    Agent* raw = agent.get();
+    AdminRouter router = [raw](std::string_view path) -> std::optional<AdminResponse> {
+      if (path == "/metrics") return MetricsResponse();
+      if (path == "/status") {
+        return AdminResponse{200, "application/json", RenderAgentStatusJson(raw->Status())};
+      }
+      if (path == "/healthz") return AdminResponse{200, "text/plain", "ok\n"};
+      return std::nullopt;
+    };
+    absl::StatusOr<std::unique_ptr<AdminServer>> admin =
+        AdminServer::Create(loop, agent->tasks_, listen->host, listen->port, std::move(router));
+    if (!admin.ok()) {
+      return absl::Status(admin.status().code(), StrCat("admin.listen ", FormatHostPort(*listen),
+                                                        ": ", admin.status().message()));
+    }
+    agent->admin_ = *std::move(admin);
+    spdlog::info("admin listening {}", agent->admin_->address());
+  }
   return agent;
 }
 
 void Agent::Start() {
+  // Registered now so that /metrics shows them before anything happened.
+  RelayLink::LinksUp();
+  CounterOf("rdv_agent_link_drops_total", "Links to the relay that dropped after coming up");
   for (uint32_t i = 0; i < config_.links; ++i) {
     const HostPort& relay = config_.relays[i % config_.relays.size()];
     links_.push_back(std::make_unique<RelayLink>(*this, static_cast<int>(i), relay));
@@ -85,10 +109,20 @@ void Agent::Shutdown() {
     if (checker) checker->Stop();
   }
   health_checkers_.clear();
+  if (admin_) admin_->Close();
   for (auto& link : links_) link->Shutdown();
   links_.clear();
   splices_.clear();
   tasks_.Close();
+}
+
+AgentStatus Agent::Status() const {
+  AgentStatus status;
+  status.agent_id = config_.agent_id;
+  for (const auto& link : links_) {
+    status.links.push_back({FormatHostPort(link->relay()), std::string(link->state_name())});
+  }
+  return status;
 }
 
 void Agent::Adopt(std::unique_ptr<StreamSplice> splice) {

@@ -11,6 +11,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "agent/agent_config.h"
+#include "agent/agent_status.h"
+#include "common/admin_http.h"
 #include "common/stream_splice.h"
 #include "common/tls.h"
 
@@ -41,6 +43,9 @@ class Agent {
   // Sends the health of every service with checks on `link` (after it registered).
   void SendHealth(RelayLink& link);
 
+  // What GET /status on the admin listener reports.
+  AgentStatus Status() const;
+
  private:
   Agent(AgentConfig config, uv_loop_t* loop);
   void OnHealthChange(size_t service, bool healthy, const std::string& detail);
@@ -53,6 +58,7 @@ class Agent {
   // One per service of config_.services; null where health_check is off.
   std::vector<std::unique_ptr<HealthChecker>> health_checkers_;
   absl::flat_hash_map<StreamSplice*, std::unique_ptr<StreamSplice>> splices_;
+  std::unique_ptr<AdminServer> admin_;  // null unless config_.admin_listen
   bool shutting_down_ = false;
 };
 

@@ -91,6 +91,9 @@ struct AgentConfig {
   absl::Duration connect_timeout = absl::Milliseconds(5000);
   std::string log_level = "info";       // trace|debug|info|warn|error (spdlog::level::from_str)
   std::vector<ServiceConfig> services;  // at least one; (kind, name) unique
+  // `admin.listen`: the local admin HTTP server (GET /metrics, GET /status); nullopt = none.
+  // The host is an IP literal; port 0 binds any free port.
+  std::optional<HostPort> admin_listen;
 
   // The TLS server name to present to `relay`: server_name if set, else the relay's host.
   std::string ServerNameFor(const HostPort& relay) const {
