@@ -31,6 +31,10 @@ link::ServiceKind WireKind(ServiceConfig::Kind kind) {
       return link::SMTP;
     case ServiceConfig::Kind::kUdp:
       return link::UDP;
+    case ServiceConfig::Kind::kPair:
+      return link::PAIR;
+    case ServiceConfig::Kind::kPrivate:
+      return link::PRIVATE;
   }
   return link::SERVICE_KIND_UNSPECIFIED;
 }
