@@ -310,8 +310,7 @@ void Tunnel::OnChannelClosed(const absl::Status& status) {
   if (status.ok()) {
     Fail(absl::UnavailableError("the other end closed the tunnel"), "");
   } else if (nested_ == nullptr) {
-    Fail(absl::PermissionDeniedError(StrCat("TLS handshake failed: ", status.message())),
-         "handshake");
+    Fail(status, "handshake");
   } else {
     Fail(absl::DataLossError(StrCat("TLS failed: ", status.message())), "tls");
   }
@@ -423,9 +422,12 @@ void Tunnel::Fail(const absl::Status& status, std::string_view failure) {
   if (!failure.empty()) TunnelFailures(failure).Inc();
   if (refused_) {
     // The connecting end's owner logs refusals, once per change of reason.
+  } else if (owner_told_) {
+    // The owner closes it (shutting down, or replaced): not news.
+    spdlog::info("tunnel {} {} closed: {}", kind_name(), name(), status.message());
   } else if (was_up) {
     spdlog::warn("tunnel {} {} down: {}", kind_name(), name(), status.message());
-  } else if (!owner_told_ || !status.ok()) {
+  } else {
     spdlog::warn("tunnel {} {} failed: {}", kind_name(), name(), status.message());
   }
   if (nested_ != nullptr) nested_->Close(status);
@@ -482,7 +484,8 @@ void Tunnel::ServeStream(Stream& stream, const link::Open& open) {
   }
   ResolveAllAsync(
       context_.loop, host_port->host, host_port->port, SOCK_STREAM,
-      [this, weak, id, destination](absl::StatusOr<std::vector<sockaddr_storage>> addresses) {
+      [this, weak, id, destination, literal = IsIpLiteral(host_port->host)](
+          absl::StatusOr<std::vector<sockaddr_storage>> addresses) {
         if (weak.expired() || state_ == State::kClosed) return;
         if (!addresses.ok()) {
           RefuseStream(id, link::HOST_UNREACHABLE, "host_unreachable",
@@ -492,10 +495,13 @@ void Tunnel::ServeStream(Stream& stream, const link::Open& open) {
         // Every address must be allowed: which one a later lookup returns is not ours to choose.
         for (const sockaddr_storage& address : *addresses) {
           if (!endpoint_.service->allow.Allows(reinterpret_cast<const sockaddr*>(&address))) {
+            std::string resolved =
+                literal ? ""
+                        : StrCat(" (", FormatSockaddr(reinterpret_cast<const sockaddr*>(&address)),
+                                 ")");
             RefuseStream(id, link::NOT_ALLOWED, "not_allowed",
-                         StrCat(destination, " (",
-                                FormatSockaddr(reinterpret_cast<const sockaddr*>(&address)),
-                                ") is not allowed by ", kind_name(), " '", name(), "'"));
+                         StrCat(destination, resolved, " is not allowed by ", kind_name(), " '",
+                                name(), "'"));
             return;
           }
         }
