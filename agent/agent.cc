@@ -3,6 +3,7 @@
 #include "agent/connect_listener.h"
 #include "agent/health_check.h"
 #include "agent/relay_link.h"
+#include "common/metrics.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -12,6 +13,7 @@ Agent::Agent(AgentConfig config, uv_loop_t* loop)
     : config_(std::move(config)), loop_(loop), tasks_(loop) {}
 
 Agent::~Agent() {
+  admin_.reset();
   for (auto& checker : health_checkers_) {
     if (checker) checker->Stop();
   }
@@ -37,10 +39,32 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentConfig config, uv_loop
     if (!listener.ok()) return listener.status();
     agent->connect_listeners_.push_back(*std::move(listener));
   }
+  if (const std::optional<HostPort>& listen = agent->config_.admin_listen) {
+    Agent* raw = agent.get();
+    AdminRouter router = [raw](std::string_view path) -> std::optional<AdminResponse> {
+      if (path == "/metrics") return MetricsResponse();
+      if (path == "/status") {
+        return AdminResponse{200, "application/json", RenderAgentStatusJson(raw->Status())};
+      }
+      if (path == "/healthz") return AdminResponse{200, "text/plain", "ok\n"};
+      return std::nullopt;
+    };
+    absl::StatusOr<std::unique_ptr<AdminServer>> admin =
+        AdminServer::Create(loop, agent->tasks_, listen->host, listen->port, std::move(router));
+    if (!admin.ok()) {
+      return absl::Status(admin.status().code(), StrCat("admin.listen ", FormatHostPort(*listen),
+                                                        ": ", admin.status().message()));
+    }
+    agent->admin_ = *std::move(admin);
+    spdlog::info("admin listening {}", agent->admin_->address());
+  }
   return agent;
 }
 
 void Agent::Start() {
+  // Registered now so that /metrics shows them before anything happened.
+  RelayLink::LinksUp();
+  CounterOf("rdv_agent_link_drops_total", "Links to the relay that dropped after coming up");
   for (uint32_t i = 0; i < config_.links; ++i) {
     const HostPort& relay = config_.relays[i % config_.relays.size()];
     links_.push_back(std::make_unique<RelayLink>(*this, static_cast<int>(i), relay));
@@ -102,6 +126,7 @@ void Agent::Shutdown() {
   for (auto& listener : connect_listeners_) listener->Shutdown();
   for (auto& [raw, tunnel] : serving_tunnels_) tunnel->SendGoAway("agent shutting down");
   serving_tunnels_.clear();
+  if (admin_) admin_->Close();
   for (auto& link : links_) link->Shutdown();
   links_.clear();
   splices_.clear();
@@ -152,6 +177,43 @@ void Agent::ServeTunnel(Stream& stream, const ServiceConfig& service) {
 void Agent::OnTunnelClosed(Tunnel& tunnel, const absl::Status& status) {
   Tunnel* raw = &tunnel;
   tasks_.Defer([this, raw] { serving_tunnels_.erase(raw); });
+}
+
+AgentStatus Agent::Status() const {
+  AgentStatus status;
+  status.agent_id = config_.agent_id;
+  for (const auto& link : links_) {
+    status.links.push_back({FormatHostPort(link->relay()), std::string(link->state_name())});
+  }
+  auto add = [&status](const Tunnel& tunnel, std::string_view role) {
+    AgentTunnelStatus& entry = status.tunnels.emplace_back();
+    entry.kind = std::string(tunnel.kind_name());
+    entry.name = tunnel.name();
+    entry.role = std::string(role);
+    entry.state = std::string(tunnel.state_name());
+    entry.peer_agent = tunnel.peer_agent();
+    entry.hops = tunnel.hops();
+    entry.streams = tunnel.stream_count();
+    entry.security = tunnel.security();
+  };
+  for (const auto& listener : connect_listeners_) {
+    if (const Tunnel* tunnel = listener->tunnel()) {
+      add(*tunnel, "connect");
+    } else {
+      // Between attempts: the entry is still listed, so an operator sees it is not up.
+      const ConnectConfig& config = listener->config();
+      AgentTunnelStatus& entry = status.tunnels.emplace_back();
+      entry.kind = std::string(config.kind_name());
+      entry.name = config.name;
+      entry.role = "connect";
+      entry.state = "down";
+      entry.security = std::string(config.security());
+    }
+  }
+  for (const auto& [raw, tunnel] : serving_tunnels_) {
+    if (tunnel->state() != Tunnel::State::kClosed) add(*tunnel, "serve");
+  }
+  return status;
 }
 
 void Agent::Adopt(std::unique_ptr<StreamSplice> splice) {

@@ -15,6 +15,8 @@
 #include "absl/status/statusor.h"
 #include "agent/agent_config.h"
 #include "agent/tunnel.h"
+#include "agent/agent_status.h"
+#include "common/admin_http.h"
 #include "common/stream_splice.h"
 #include "common/tls.h"
 
@@ -56,6 +58,8 @@ class Agent : public Tunnel::Owner {
   void ServeTunnel(Stream& stream, const ServiceConfig& service);
   // Tunnel::Owner, for the tunnels this agent serves.
   void OnTunnelClosed(Tunnel& tunnel, const absl::Status& status) override;
+  // What GET /status on the admin listener reports.
+  AgentStatus Status() const;
 
  private:
   Agent(AgentConfig config, uv_loop_t* loop);
@@ -73,6 +77,7 @@ class Agent : public Tunnel::Owner {
   std::vector<std::unique_ptr<ConnectListener>> connect_listeners_;
   absl::flat_hash_map<Tunnel*, std::unique_ptr<Tunnel>> serving_tunnels_;
   size_t next_tunnel_link_ = 0;
+  std::unique_ptr<AdminServer> admin_;  // null unless config_.admin_listen
   bool shutting_down_ = false;
 };
 

@@ -497,13 +497,28 @@ absl::Status ParseConnects(const YamlMap& root, AgentConfig* config) {
   return absl::OkStatus();
 }
 
+absl::Status ParseAdmin(const YamlMap& root, AgentConfig* config) {
+  std::optional<YamlValue> admin = root.Find("admin");
+  if (!admin) return absl::OkStatus();
+  absl::StatusOr<YamlMap> map = admin->AsMap();
+  if (!map.ok()) return map.status();
+  if (absl::Status s = map->CheckKeys({"listen"}); !s.ok()) return s;
+  absl::StatusOr<YamlValue> listen = map->Require("listen");
+  if (!listen.ok()) return listen.status();
+  absl::StatusOr<HostPort> address =
+      listen->AsHostPort(/*allow_port_zero=*/true, /*require_ip_literal=*/true);
+  if (!address.ok()) return address.status();
+  config->admin_listen = *std::move(address);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
   absl::StatusOr<YamlMap> root = document.Root();
   if (!root.ok()) return root.status();
   if (absl::Status s = root->CheckKeys({"agent_id", "relays", "server_name", "relay_ca_file",
                                         "relay_fingerprint", "credential", "links", "reconnect",
                                         "connect_timeout_ms", "log_level", "services",
-                                        "connect"});
+                                        "connect", "admin"});
       !s.ok()) {
     return s;
   }
@@ -560,6 +575,7 @@ absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
   }
   if (absl::Status s = ParseConnects(*root, &config); !s.ok()) return s;
   if (absl::Status s = ParseServices(*root, &config); !s.ok()) return s;
+  if (absl::Status s = ParseAdmin(*root, &config); !s.ok()) return s;
   return config;
 }
 

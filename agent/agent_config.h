@@ -140,6 +140,9 @@ struct AgentConfig {
   std::vector<ServiceConfig> services;  // (kind, name) unique
   std::vector<ConnectConfig> connects;  // `connect:`; listen addresses unique
   // At least one service or one connect entry.
+  // `admin.listen`: the local admin HTTP server (GET /metrics, GET /status); nullopt = none.
+  // The host is an IP literal; port 0 binds any free port.
+  std::optional<HostPort> admin_listen;
 
   // The TLS server name to present to `relay`: server_name if set, else the relay's host.
   std::string ServerNameFor(const HostPort& relay) const {

@@ -709,7 +709,6 @@ TEST(AllowListTest, Matching) {
   EXPECT_FALSE(allow.Add("10.0.0.1/8", {}).ok());
 }
 
-}  // namespace
 TEST(AgentConfigTest, UdpServices) {
   absl::StatusOr<AgentConfig> config = Parse(MinimalConfig(
       "services:\n  - {name: dns, kind: udp, target: 'resolver.lan:53', port: 5353}\n"));
@@ -721,4 +720,31 @@ TEST(AgentConfigTest, UdpServices) {
               testing::HasSubstr("proxy_protocol is not valid for udp services"));
 }
 
+TEST(AgentConfigTest, Admin) {
+  absl::StatusOr<AgentConfig> config = Parse(MinimalConfig());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->admin_listen.has_value());  // absent: no admin listener
+
+  config = Parse(MinimalConfig() + "admin:\n  listen: 127.0.0.1:9101\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(config->admin_listen.has_value());
+  EXPECT_EQ(*config->admin_listen, (HostPort{"127.0.0.1", 9101}));
+  config = Parse(MinimalConfig() + "admin: {listen: \"[::1]:0\"}\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(*config->admin_listen, (HostPort{"::1", 0}));
+
+  EXPECT_EQ(ErrorOf(MinimalConfig() + "admin:\n  listen: localhost:9101\n"),
+            "agent.yaml:11: admin.listen: invalid address 'localhost:9101': the host must be an "
+            "IP address, e.g. 0.0.0.0 or [::]");
+  EXPECT_THAT(ErrorOf(MinimalConfig() + "admin:\n  listen: 127.0.0.1:70000\n"),
+              StartsWith("agent.yaml:11: admin.listen: invalid address '127.0.0.1:70000'"));
+  EXPECT_EQ(ErrorOf(MinimalConfig() + "admin:\n  port: 9101\n"),
+            "agent.yaml:11: unknown key 'port' in 'admin'");
+  EXPECT_EQ(ErrorOf(MinimalConfig() + "admin: {}\n"),
+            "agent.yaml:10: missing required key 'listen' in 'admin'");
+  EXPECT_EQ(ErrorOf(MinimalConfig() + "admin: 127.0.0.1:9101\n"),
+            "agent.yaml:10: admin: expected a map, got '127.0.0.1:9101'");
+}
+
+}  // namespace
 }  // namespace rdv

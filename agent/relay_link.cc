@@ -156,6 +156,7 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
       }
       state_ = State::kReady;
       backoff_.Reset();
+      LinksUp().Inc();
       spdlog::info("link {} up {}", index_, FormatHostPort(relay_));
       link::Control reg;
       for (const ServiceConfig& service : config.services) {
@@ -359,6 +360,7 @@ void RelayLink::OnTimer() {
 void RelayLink::Down(const absl::Status& status) {
   if (state_ == State::kStopped || state_ == State::kIdle) return;
   bool was_ready = state_ == State::kReady;
+  if (was_ready) LinksUp().Dec();
   state_ = State::kIdle;
   ++dial_generation_;
   spdlog::warn("link {} down: {}", index_, status.message());
@@ -386,6 +388,7 @@ void RelayLink::ScheduleRedial() {
 
 void RelayLink::Shutdown() {
   if (state_ == State::kReady) {
+    LinksUp().Dec();
     link_->SendGoAway("agent shutting down");
     tls_->FlushNow();
   }
@@ -394,6 +397,28 @@ void RelayLink::Shutdown() {
   uv_timer_stop(timer_);
   if (link_) link_->Close(absl::CancelledError("agent shutting down"));
   if (tls_) tls_->Close();
+}
+
+std::string_view RelayLink::state_name() const {
+  switch (state_) {
+    case State::kReady:
+      return "up";
+    case State::kDialing:
+    case State::kHandshake:
+    case State::kAuth:
+      return "connecting";
+    case State::kIdle:
+      return "down";
+    case State::kStopped:
+      return "stopped";
+  }
+  return "?";
+}
+
+Gauge& RelayLink::LinksUp() {
+  static Gauge& gauge =
+      GaugeOf("rdv_agent_links_up", "Links of this agent that are up (authenticated)");
+  return gauge;
 }
 
 }  // namespace rdv

@@ -20,6 +20,7 @@
 #include "agent/reconnect_backoff.h"
 #include "agent/udp_flow.h"
 #include "common/link.h"
+#include "common/metrics.h"
 #include "common/tls.h"
 
 namespace rdv {
@@ -36,6 +37,12 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
   // Tells the relay the health of `service`'s target (ServiceHealth); dropped unless the link is
   // up: every link reports all checked services again once it has registered.
   void SendServiceHealth(const ServiceConfig& service, bool healthy, const std::string& detail);
+  const HostPort& relay() const { return relay_; }
+  // For the admin status: "up" (authenticated), "connecting", "down" (waiting to redial),
+  // "stopped".
+  std::string_view state_name() const;
+  // rdv_agent_links_up; registered at start so that /metrics always shows it.
+  static Gauge& LinksUp();
 
   // TlsSession::Handler
   void OnTlsReady() override;

@@ -67,7 +67,7 @@ int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const uns
 }
 
 // "AB:cd:..." or "ABcd..." -> "abcd...".
-std::string NormalizeFingerprint(std::string_view text) {
+std::string CanonicalFingerprint(std::string_view text) {
   std::string out;
   for (char c : text) {
     if (c == ':') continue;
@@ -177,7 +177,7 @@ absl::Status SecureChannelImpl::Init() {
           StrCat("tunnel PSK must be ", kPskSize, " bytes, got ", options_.psk.size()));
     }
   } else if (options_.is_client) {
-    options_.peer_fingerprint = NormalizeFingerprint(options_.peer_fingerprint);
+    options_.peer_fingerprint = CanonicalFingerprint(options_.peer_fingerprint);
     if (options_.peer_fingerprint.empty() == options_.peer_ca_file.empty()) {
       return absl::InvalidArgumentError(
           "certificate mode needs exactly one of peer_fingerprint or peer_ca_file");
