@@ -1,13 +1,10 @@
 #include "agent/relay_link.h"
 
-#include <unistd.h>
-
-#include <random>
-
 #include "absl/strings/ascii.h"
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/proxy_protocol.h"
+#include "common/secure_channel.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -31,6 +28,10 @@ link::ServiceKind WireKind(ServiceConfig::Kind kind) {
       return link::SMTP;
     case ServiceConfig::Kind::kUdp:
       return link::UDP;
+    case ServiceConfig::Kind::kPair:
+      return link::PAIR;
+    case ServiceConfig::Kind::kPrivate:
+      return link::PRIVATE;
   }
   return link::SERVICE_KIND_UNSPECIFIED;
 }
@@ -42,6 +43,7 @@ RelayLink::RelayLink(Agent& agent, int index, HostPort relay)
       index_(index),
       relay_(std::move(relay)),
       timer_(new uv_timer_t),
+      backoff_(agent.config().reconnect),
       alive_(std::make_shared<RelayLink*>(this)),
       udp_flows_(agent.loop(), agent.tasks(), kUdpFlowIdleTimeoutMs) {
   uv_timer_init(agent.loop(), timer_);
@@ -153,8 +155,8 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
         return;
       }
       state_ = State::kReady;
+      backoff_.Reset();
       LinksUp().Inc();
-      backoff_ms_ = 0;
       spdlog::info("link {} up {}", index_, FormatHostPort(relay_));
       link::Control reg;
       for (const ServiceConfig& service : config.services) {
@@ -165,9 +167,13 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
         spec->set_alias(service.alias);
         spec->set_balance(service.balance);
         spec->set_rewrite_html(service.rewrite_html);
+        if (service.kind == ServiceConfig::Kind::kPair) {
+          spec->set_pair_id(PairId(service.secret, service.name));
+        }
       }
-      link_->SendControl(reg);
+      if (!config.services.empty()) link_->SendControl(reg);
       agent_.SendHealth(*this);  // after Register, so the relay knows the services
+      agent_.OnRelayLinkReady();
       return;
     }
     case link::Control::kRegistered: {
@@ -184,6 +190,15 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
     case link::Control::kGoAway:
       spdlog::info("link {}: relay is going away: {}", index_, control.go_away().reason());
       return;
+    case link::Control::kTunnelNotice: {
+      const link::TunnelNotice& notice = control.tunnel_notice();
+      CounterOf("rdv_agent_tunnel_notices_total", "TunnelNotice messages received from relays")
+          .Inc();
+      spdlog::warn("tunnel {} {}: notice from relay: {}",
+                   absl::AsciiStrToLower(link::ServiceKind_Name(notice.service().kind())),
+                   notice.service().name(), notice.detail());
+      return;
+    }
     default:
       break;
   }
@@ -215,7 +230,13 @@ void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
     link_->Close(absl::InvalidArgumentError("relay opened a stream before authentication"));
     return;
   }
+  if (open.has_tunnel() || open.service().kind() == link::PAIR ||
+      open.service().kind() == link::PRIVATE) {
+    ServeTunnel(stream, open);
+    return;
+  }
   for (const ServiceConfig& service : agent_.config().services) {
+    if (service.is_tunnel()) continue;
     if (WireKind(service.kind) == open.service().kind() &&
         (service.name == open.service().name() ||
          (service.named_by_host() && NormalizeHost(service.name) == open.service().name()))) {
@@ -229,6 +250,36 @@ void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
   }
   CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
   stream.Refuse(StrCat("this agent does not serve ", open.service().name()));
+}
+
+void RelayLink::ServeTunnel(Stream& stream, const link::Open& open) {
+  const link::ServiceSpec& wanted = open.service();
+  std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(wanted.kind()));
+  if (!open.has_tunnel() || (wanted.kind() != link::PAIR && wanted.kind() != link::PRIVATE)) {
+    CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
+    stream.Refuse(StrCat("not a tunnel stream: ", kind, " ", wanted.name()), link::NOT_ALLOWED);
+    return;
+  }
+  for (const ServiceConfig& service : agent_.config().services) {
+    if (WireKind(service.kind) != wanted.kind() || service.name != wanted.name()) continue;
+    if (service.kind == ServiceConfig::Kind::kPair &&
+        PairId(service.secret, service.name) != wanted.pair_id()) {
+      continue;
+    }
+    agent_.ServeTunnel(stream, service);
+    return;
+  }
+  CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
+  stream.Refuse(StrCat("this agent does not serve ", kind, " ", wanted.name()),
+                link::HOST_UNREACHABLE);
+}
+
+Link* RelayLink::ready_link() {
+  if (state_ != State::kReady || link_ == nullptr || link_->failed() ||
+      link_->peer_going_away()) {
+    return nullptr;
+  }
+  return link_.get();
 }
 
 void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) {
@@ -258,35 +309,13 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
                                 const std::string& proxy_protocol,
                                 std::function<void(const absl::Status&)> refuse) {
   Link* link = link_.get();
-  // The timer and the connect race; whichever comes first settles the stream.
-  struct Pending {
-    uv_timer_t timer;
-    bool settled = false;
-  };
-  auto* pending = new Pending;
-  uv_timer_init(agent_.loop(), &pending->timer);
   std::weak_ptr<RelayLink*> weak = alive_;
-  pending->timer.data = new std::function<void()>([this, pending, refuse, weak, link] {
-    if (pending->settled) return;
-    pending->settled = true;
-    if (!weak.expired() && link == link_.get()) refuse(absl::DeadlineExceededError("timed out"));
-  });
-  uv_timer_start(
-      &pending->timer, [](uv_timer_t* t) { (*static_cast<std::function<void()>*>(t->data))(); },
-      static_cast<uint64_t>(absl::ToInt64Milliseconds(agent_.config().connect_timeout)), 0);
-  auto release = [](Pending* p) {
-    delete static_cast<std::function<void()>*>(p->timer.data);
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->timer),
-             [](uv_handle_t* h) { delete reinterpret_cast<Pending*>(h); });
-  };
-  TcpConnection::Connect(
-      agent_.loop(), reinterpret_cast<const sockaddr*>(&address),
-      [this, weak, pending, release, refuse, link, proxy_protocol,
+  TcpConnection::ConnectWithin(
+      agent_.loop(), address,
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(agent_.config().connect_timeout)),
+      [this, weak, refuse, link, proxy_protocol,
        stream_id](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
-        bool late = pending->settled;
-        pending->settled = true;
-        release(pending);
-        if (weak.expired() || late || link != link_.get()) {
+        if (weak.expired() || link != link_.get()) {
           if (tcp.ok()) (*tcp)->Close();
           return;
         }
@@ -349,20 +378,12 @@ void RelayLink::Down(const absl::Status& status) {
 }
 
 void RelayLink::ScheduleRedial() {
-  const AgentConfig& config = agent_.config();
-  uint64_t initial = static_cast<uint64_t>(absl::ToInt64Milliseconds(config.reconnect.initial));
-  uint64_t max = static_cast<uint64_t>(absl::ToInt64Milliseconds(config.reconnect.max));
-  backoff_ms_ = backoff_ms_ == 0 ? initial : std::min(max, backoff_ms_ * 2);
-  // Jitter in [0.5, 1.5) of the step keeps a crowd of agents from redialing in lockstep.
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(getpid()));
-  std::uniform_real_distribution<double> jitter(0.5, 1.5);
-  uint64_t delay = static_cast<uint64_t>(static_cast<double>(backoff_ms_) * jitter(rng));
   uv_timer_start(
       timer_,
       [](uv_timer_t* t) {
         if (t->data) static_cast<RelayLink*>(t->data)->OnTimer();
       },
-      delay, 0);
+      backoff_.NextDelayMs(), 0);
 }
 
 void RelayLink::Shutdown() {

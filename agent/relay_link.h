@@ -4,7 +4,9 @@
 // 2. Hello -> Challenge -> Proof (HMAC over the nonce and the TLS exporter) -> AuthResult
 // 3. Register every service; log each Registered / refusal
 // 4. serve Opens: connect to the target (with a timeout), accept and splice, or refuse with
-//    the connect error so the relay can tell its client; udp flows go to AgentUdpFlows
+//    the connect error so the relay can tell its client; udp flows go to AgentUdpFlows; tunnel
+//    streams (pair, private) become the serving end of a Tunnel (agent/tunnel.h); connect
+//    entries open their tunnels on a ready link
 // 5. on any drop: back off (jittered, exponential from reconnect.initial to reconnect.max), redial
 #ifndef RDV_AGENT_RELAY_LINK_H_
 #define RDV_AGENT_RELAY_LINK_H_
@@ -15,6 +17,7 @@
 #include <string>
 
 #include "agent/agent.h"
+#include "agent/reconnect_backoff.h"
 #include "agent/udp_flow.h"
 #include "common/link.h"
 #include "common/metrics.h"
@@ -29,6 +32,8 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
 
   void Start() { Dial(); }
   void Shutdown();
+  // The link when it is up and takes new streams (the relay has not sent GoAway), else nullptr.
+  Link* ready_link();
   // Tells the relay the health of `service`'s target (ServiceHealth); dropped unless the link is
   // up: every link reports all checked services again once it has registered.
   void SendServiceHealth(const ServiceConfig& service, bool healthy, const std::string& detail);
@@ -61,6 +66,8 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
   void ScheduleRedial();
   void OnTimer();
   void ConnectTarget(uint32_t stream_id, const ServiceConfig& service);
+  // An Open of kind PAIR or PRIVATE: handed to the agent's tunnel for the service, or refused.
+  void ServeTunnel(Stream& stream, const link::Open& open);
   void ConnectResolved(uint32_t stream_id, const sockaddr_storage& address,
                        const std::string& proxy_protocol,
                        std::function<void(const absl::Status&)> refuse);
@@ -72,7 +79,7 @@ class RelayLink : public TlsSession::Handler, public LinkTransport, public LinkH
   std::unique_ptr<TlsSession> tls_;
   std::unique_ptr<Link> link_;
   uv_timer_t* timer_;  // redial backoff, then ping/idle while up
-  uint64_t backoff_ms_ = 0;
+  ReconnectBackoff backoff_;
   uint64_t last_receive_ms_ = 0;
   uint64_t dial_generation_ = 0;       // stale dial/resolve callbacks compare against this
   std::shared_ptr<RelayLink*> alive_;  // async callbacks hold a weak_ptr to this token
