@@ -287,10 +287,10 @@ class LocalClient : public TcpConnection::Handler, public StreamHandler {
     }
     std::string what = destination_.empty() ? "" : StrCat(" to ", destination_);
     if (socks_ && reply) {
-      spdlog::info("{}: refused {}{} (SOCKS reply {:#04x}): {}", owner_.Describe(), peer_, what,
+      spdlog::info("connect {}: refused {}{} (SOCKS reply {:#04x}): {}", owner_.Describe(), peer_, what,
                    static_cast<int>(*reply), detail);
     } else {
-      spdlog::info("{}: closing {}{}: {}", owner_.Describe(), peer_, what, detail);
+      spdlog::info("connect {}: closing {}{}: {}", owner_.Describe(), peer_, what, detail);
     }
     if (stream_ != nullptr) {
       Stream* stream = stream_;

@@ -190,15 +190,9 @@ void RelayLink::OnControl(Link& link, const link::Control& control) {
     case link::Control::kGoAway:
       spdlog::info("link {}: relay is going away: {}", index_, control.go_away().reason());
       return;
-    case link::Control::kTunnelNotice: {
-      const link::TunnelNotice& notice = control.tunnel_notice();
-      CounterOf("rdv_agent_tunnel_notices_total", "TunnelNotice messages received from relays")
-          .Inc();
-      spdlog::warn("tunnel {} {}: notice from relay: {}",
-                   absl::AsciiStrToLower(link::ServiceKind_Name(notice.service().kind())),
-                   notice.service().name(), notice.detail());
+    case link::Control::kTunnelNotice:
+      agent_.OnTunnelNotice(control.tunnel_notice());
       return;
-    }
     default:
       break;
   }
