@@ -36,7 +36,7 @@ SYSTEMS = ["direct", "rendezvous", "ssh", "haproxy"]
 PHASES = ["throughput", "http", "rss", "sni", "smtp", "tunnel"]
 RATIO_METRICS = ["throughput_gbps", "http_rps", "http_p50_ms", "http_p99_ms", "https_sni_rps",
                  "https_sni_conn_rps", "smtp_msgs", "tunnel_throughput_gbps", "tunnel_setup_p50_ms",
-                 "tunnel_setup_p90_ms"]
+                 "tunnel_setup_p90_ms", "tunnel_cpu_s_per_gb"]
 RATIO_PEERS = ["ssh", "haproxy", "direct"]
 
 SECRET = "bench-secret-0123456789"

@@ -23,6 +23,11 @@ rounds), so a change in the machine's background load hits all systems alike. Fi
   tunnel_setup_p50_ms,    connection setup: connect + a 1-byte round trip through the echo
   tunnel_setup_p90_ms     server + close, SAMPLES times in a row per round; median and 90th
                           percentile of all samples
+  tunnel_cpu_s_per_gb     CPU time (user + system) the system's own processes (relay and both
+                          agents; sshd with its session processes and both ssh clients) spent
+                          per GB iperf3 carried, summed over the rounds: the cost of the
+                          tunnel itself, which stays meaningful when other work on the machine
+                          takes CPU away and throughput alone would mislead
 
 bench.py adds `ratio <metric> rendezvous/ssh` and `rendezvous/direct` lines. The issue's targets:
 throughput ratio >= 2, setup latency ratio <= 1; the phase logs whether they were met.
@@ -60,6 +65,38 @@ def setup_latencies(m, port, count):
         if i >= WARMUP:
             out.append(dt)
     return out
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(roots):
+    """User + system CPU seconds of the processes `roots` and all their descendants now alive."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    total, todo, seen = 0.0, list(roots), set()
+    while todo:
+        pid = todo.pop()
+        if pid in seen:
+            continue
+        seen.add(pid)
+        try:
+            total += _cpu_seconds(pid)
+        except (OSError, ValueError, IndexError):
+            continue  # gone meanwhile
+        todo += children.get(pid, [])
+    return total
 
 
 def p90(values):
@@ -138,11 +175,13 @@ log_level: info
         for agent in (agent_a, agent_b):
             agent.wait_line(rf"tunnel pair {re.escape(name)} up: ",
                             fail=rf"tunnel pair {re.escape(name)}: relay refused")
-    return {"iperf": ports["bench-iperf"], "echo": ports["bench-echo"]}
+    return {"iperf": ports["bench-iperf"], "echo": ports["bench-echo"],
+            "pids": [p.pid, agent_a.pid, agent_b.pid]}
 
 
 def start_ssh(b, m, iperf, echo):
     sshd_port = b.ssh_setup()
+    sshd = b.procs[-1]
     env = dict(os.environ, HOME=b.ssh_home)
     base = ["ssh", "-F", "/dev/null", "-N", "-c", SSH_CIPHER,
             "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
@@ -165,7 +204,8 @@ def start_ssh(b, m, iperf, echo):
     for port in local.values():
         a.wait_listening(port)
     setup_latencies(m, local["echo"], 1)
-    return local
+    # sshd forks a process per connection (and a privilege-separated child): count its tree.
+    return dict(local, pids=[sshd.pid, r.pid, a.pid])
 
 
 def phase(b, m):
@@ -194,10 +234,14 @@ def phase(b, m):
     samples = QUICK_SAMPLES if b.args.quick else SAMPLES
     gbps = {s: [] for s in entries}
     lat = {s: [] for s in entries}
+    cpu = {s: 0.0 for s in entries}
     for round_ in range(b.args.repeat):
         for system in list(entries):
             try:
+                pids = entries[system].get("pids", [])
+                before = tree_cpu_seconds(pids)
                 gbps[system].append(m.iperf3_gbps(entries[system]["iperf"], b.args.duration))
+                cpu[system] += tree_cpu_seconds(pids) - before
                 lat[system] += setup_latencies(m, entries[system]["echo"], samples)
             except (m.BenchError, OSError) as e:
                 m.log(f"FAILED tunnel {system} (round {round_ + 1}): {e}")
@@ -207,6 +251,9 @@ def phase(b, m):
         b.emit("tunnel_throughput_gbps", system, statistics.median(gbps[system]), "Gbit/s")
         b.emit("tunnel_setup_p50_ms", system, statistics.median(lat[system]), "ms")
         b.emit("tunnel_setup_p90_ms", system, p90(lat[system]), "ms")
+        if system != "direct":
+            gigabytes = sum(gbps[system]) * b.args.duration / 8
+            b.emit("tunnel_cpu_s_per_gb", system, cpu[system] / gigabytes, "s/GB")
     if "rendezvous" in entries and "ssh" in entries:
         t = statistics.median(gbps["rendezvous"]) / statistics.median(gbps["ssh"])
         l50 = statistics.median(lat["rendezvous"]) / statistics.median(lat["ssh"])
