@@ -232,12 +232,13 @@ class PairTest(harness.IntegrationTest):
 
     def test_socks5_credentials(self):
         url = f"http://localhost:{self.nginx.port}/"
-        r = socks_curl(url, ["--socks5-hostname", f"{USER}:{PASSWORD}@" + self.socks(self.auth_port)])
+        proxy = self.socks(self.auth_port)
+        r = socks_curl(url, ["--socks5-hostname", f"{USER}:{PASSWORD}@{proxy}"])
         self.assertEqual((r.rc, r.status, r.body.strip()), (0, 200, PAGE), r)
         before = agent_metric(self.agent_a, "rdv_agent_socks_refused_total", reason="auth")
-        r = socks_curl(url, ["--socks5-hostname", f"{USER}:nope@" + self.socks(self.auth_port)])
+        r = socks_curl(url, ["--socks5-hostname", f"{USER}:nope@{proxy}"])
         self.assertNotEqual(r.rc, 0, r)
-        r = socks_curl(url, ["--socks5-hostname", self.socks(self.auth_port)])  # no credentials
+        r = socks_curl(url, ["--socks5-hostname", proxy])  # no credentials
         self.assertNotEqual(r.rc, 0, r)
         self.assertEqual(agent_metric(self.agent_a, "rdv_agent_socks_refused_total",
                                       reason="auth"), before + 2)
