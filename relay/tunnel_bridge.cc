@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <utility>
 
@@ -103,22 +104,22 @@ class TunnelTap {
   }
   void Append(const std::string& path, std::string_view bytes) {
     absl::MutexLock lock(&mu_);
-    if (file_ == nullptr && !failed_) {
-      file_ = std::fopen(path.c_str(), "ab");
-      if (file_ == nullptr) {
-        failed_ = true;
+    auto [it, first] = files_.try_emplace(path, nullptr);
+    if (first) {
+      it->second = std::fopen(path.c_str(), "ab");
+      if (it->second == nullptr) {
         spdlog::error("tunnel_tap_file {}: cannot open: {}", path, std::strerror(errno));
       }
     }
-    if (file_ == nullptr) return;
-    std::fwrite(bytes.data(), 1, bytes.size(), file_);
-    std::fflush(file_);
+    if (it->second == nullptr) return;
+    std::fwrite(bytes.data(), 1, bytes.size(), it->second);
+    std::fflush(it->second);
   }
 
  private:
   absl::Mutex mu_;
-  FILE* file_ ABSL_GUARDED_BY(mu_) = nullptr;
-  bool failed_ ABSL_GUARDED_BY(mu_) = false;
+  // One per path (in-process tests run relays with different files); null = could not open.
+  std::map<std::string, FILE*> files_ ABSL_GUARDED_BY(mu_);
 };
 
 void TapAppend(const std::string& path, std::string_view bytes) {
