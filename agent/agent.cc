@@ -180,8 +180,8 @@ void Agent::OnTunnelNotice(const link::TunnelNotice& notice) {
   CounterOf("rdv_agent_tunnel_notices_total", "TunnelNotice messages received from relays").Inc();
   std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(notice.service().kind()));
   uint64_t now = uv_now(loop_);
-  auto [it, first] =
-      notice_logged_ms_.try_emplace(StrCat(kind, " ", notice.service().name(), " ", notice.detail()), now);
+  auto [it, first] = notice_logged_ms_.try_emplace(
+      StrCat(kind, " ", notice.service().name(), " ", notice.detail()), now);
   bool log = first || now - it->second >= kRepeatAfterMs;
   if (log) it->second = now;
   spdlog::log(log ? spdlog::level::warn : spdlog::level::debug,

@@ -14,8 +14,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "agent/agent_config.h"
-#include "agent/tunnel.h"
 #include "agent/agent_status.h"
+#include "agent/tunnel.h"
 #include "common/admin_http.h"
 #include "common/stream_splice.h"
 #include "common/tls.h"
@@ -81,7 +81,7 @@ class Agent : public Tunnel::Owner {
   absl::flat_hash_map<Tunnel*, std::unique_ptr<Tunnel>> serving_tunnels_;
   size_t next_tunnel_link_ = 0;
   absl::flat_hash_map<std::string, uint64_t> notice_logged_ms_;  // by kind, name and detail
-  std::unique_ptr<AdminServer> admin_;  // null unless config_.admin_listen
+  std::unique_ptr<AdminServer> admin_;                           // null unless config_.admin_listen
   bool shutting_down_ = false;
 };
 

@@ -134,14 +134,16 @@ absl::Status ParseTunnelSecurity(const YamlMap& map, ServiceConfig* service) {
   bool secret_given = map.Find("secret") || map.Find("secret_file");
   if (service->kind == ServiceConfig::Kind::kPair && certificate) {
     return map.Find(service->certificate_file.empty() ? "key_file" : "certificate_file")
-        ->Error("a pair is secured by its pairing secret; certificate_file and key_file are "
-                "only valid for private services");
+        ->Error(
+            "a pair is secured by its pairing secret; certificate_file and key_file are "
+            "only valid for private services");
   }
   if (certificate) {
     if (secret_given) {
       return map.Find(map.Find("secret") ? "secret" : "secret_file")
-          ->Error("set either a secret (PSK mode) or certificate_file and key_file (certificate "
-                  "mode), not both");
+          ->Error(
+              "set either a secret (PSK mode) or certificate_file and key_file (certificate "
+              "mode), not both");
     }
     if (service->certificate_file.empty() || service->key_file.empty()) {
       return map.Error("certificate mode needs both certificate_file and key_file");
@@ -175,12 +177,9 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   if (!kind_value.ok()) return kind_value.status();
   absl::StatusOr<std::string> kind = kind_value->AsString();
   static constexpr std::pair<std::string_view, ServiceConfig::Kind> kKinds[] = {
-      {"http", ServiceConfig::Kind::kHttp},
-      {"tcp", ServiceConfig::Kind::kTcp},
-      {"tls", ServiceConfig::Kind::kTls},
-      {"smtp", ServiceConfig::Kind::kSmtp},
-      {"udp", ServiceConfig::Kind::kUdp},
-      {"pair", ServiceConfig::Kind::kPair},
+      {"http", ServiceConfig::Kind::kHttp},      {"tcp", ServiceConfig::Kind::kTcp},
+      {"tls", ServiceConfig::Kind::kTls},        {"smtp", ServiceConfig::Kind::kSmtp},
+      {"udp", ServiceConfig::Kind::kUdp},        {"pair", ServiceConfig::Kind::kPair},
       {"private", ServiceConfig::Kind::kPrivate}};
   auto known = std::find_if(std::begin(kKinds), std::end(kKinds),
                             [&](const auto& entry) { return kind.ok() && *kind == entry.first; });
@@ -190,15 +189,18 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   }
   service.kind = known->second;
   if (service.is_tunnel()) {
-    for (std::string_view key : {"alias", "port", "proxy_protocol", "health_check", "rewrite_html"}) {
+    for (std::string_view key :
+         {"alias", "port", "proxy_protocol", "health_check", "rewrite_html"}) {
       if (map->HasKey(key)) {
         std::optional<YamlValue> where = map->Find(key);
-        return (where ? *where : map->value()).Error(absl::StrCat(
-            AbslView(key), " is not valid for ", AbslView(service.kind_name()), " services"));
+        return (where ? *where : map->value())
+            .Error(absl::StrCat(AbslView(key), " is not valid for ", AbslView(service.kind_name()),
+                                " services"));
       }
     }
   } else {
-    for (std::string_view key : {"secret", "secret_file", "certificate_file", "key_file", "allow"}) {
+    for (std::string_view key :
+         {"secret", "secret_file", "certificate_file", "key_file", "allow"}) {
       if (std::optional<YamlValue> where = map->Find(key)) {
         return where->Error(
             absl::StrCat(AbslView(key), " is only valid for pair and private services"));
@@ -370,7 +372,8 @@ absl::Status ParseConnectUsers(const YamlValue& value, ConnectConfig* connect) {
     if (!map.ok()) return map.status();
     if (absl::Status s = map->CheckKeys({"username", "password"}); !s.ok()) return s;
     ConnectConfig::User user;
-    for (auto [key, field] : {std::pair{"username", &user.username}, {"password", &user.password}}) {
+    for (auto [key, field] :
+         {std::pair{"username", &user.username}, {"password", &user.password}}) {
       absl::StatusOr<YamlValue> field_value = map->Require(key);
       if (!field_value.ok()) return field_value.status();
       absl::StatusOr<std::string> text = field_value->AsString();
@@ -408,17 +411,18 @@ absl::StatusOr<ConnectConfig> ParseConnect(const YamlValue& item) {
     return private_name->Error("set either pair or private, not both");
   }
   if (!pair && !private_name) {
-    return map->Error("one of pair (a pair's name) or private (a private service's name) is required");
+    return map->Error(
+        "one of pair (a pair's name) or private (a private service's name) is required");
   }
   connect.kind = pair ? ServiceConfig::Kind::kPair : ServiceConfig::Kind::kPrivate;
   const YamlValue& name_value = pair ? *pair : *private_name;
   absl::StatusOr<std::string> name = name_value.AsString();
   if (!name.ok()) return name.status();
   if (!IsValidServiceName(*name)) {
-    return name_value.Error(absl::StrCat(
-        "expected a ", AbslView(connect.kind_name()),
-        " service name (a letter, then letters, digits, '.', '_', '-'; at most 63), ",
-        name_value.Got()));
+    return name_value.Error(
+        absl::StrCat("expected a ", AbslView(connect.kind_name()),
+                     " service name (a letter, then letters, digits, '.', '_', '-'; at most 63), ",
+                     name_value.Got()));
   }
   connect.name = *std::move(name);
 
@@ -444,7 +448,8 @@ absl::StatusOr<ConnectConfig> ParseConnect(const YamlValue& item) {
           "valid for private connect entries");
     }
     if (!connect.peer_fingerprint.empty() && !connect.peer_ca_file.empty()) {
-      return map->Find("peer_ca_file")->Error("set either peer_fingerprint or peer_ca_file, not both");
+      return map->Find("peer_ca_file")
+          ->Error("set either peer_fingerprint or peer_ca_file, not both");
     }
     if (secret_given) {
       return map->Find(key)->Error(
@@ -466,8 +471,9 @@ absl::StatusOr<ConnectConfig> ParseConnect(const YamlValue& item) {
   if (absl::Status s = map->ReadBool("socks5", &connect.socks5); !s.ok()) return s;
   if (std::optional<YamlValue> users = map->Find("users")) {
     if (!connect.socks5) {
-      return users->Error("users are only valid with socks5: true (a plain port has no "
-                          "authentication)");
+      return users->Error(
+          "users are only valid with socks5: true (a plain port has no "
+          "authentication)");
     }
     if (absl::Status s = ParseConnectUsers(*users, &connect); !s.ok()) return s;
   }
@@ -488,8 +494,9 @@ absl::Status ParseConnects(const YamlMap& root, AgentConfig* config) {
     if (!connect.ok()) return connect.status();
     if (connect->listen.port != 0) {
       if (auto [it, inserted] = listen_owner.emplace(connect->listen, item.path()); !inserted) {
-        return item.AsMap()->Find("listen")->Error(absl::StrCat(
-            "listen address ", FormatHostPort(connect->listen), " is already used by ", it->second));
+        return item.AsMap()->Find("listen")->Error(
+            absl::StrCat("listen address ", FormatHostPort(connect->listen), " is already used by ",
+                         it->second));
       }
     }
     config->connects.push_back(*std::move(connect));
@@ -515,10 +522,10 @@ absl::Status ParseAdmin(const YamlMap& root, AgentConfig* config) {
 absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
   absl::StatusOr<YamlMap> root = document.Root();
   if (!root.ok()) return root.status();
-  if (absl::Status s = root->CheckKeys({"agent_id", "relays", "server_name", "relay_ca_file",
-                                        "relay_fingerprint", "credential", "links", "reconnect",
-                                        "connect_timeout_ms", "log_level", "services",
-                                        "connect", "admin"});
+  if (absl::Status s =
+          root->CheckKeys({"agent_id", "relays", "server_name", "relay_ca_file",
+                           "relay_fingerprint", "credential", "links", "reconnect",
+                           "connect_timeout_ms", "log_level", "services", "connect", "admin"});
       !s.ok()) {
     return s;
   }

@@ -99,7 +99,7 @@ struct ConnectConfig {
     std::string password;
   };
 
-  HostPort listen;  // an IP literal; port 0 = any (logged)
+  HostPort listen;                                        // an IP literal; port 0 = any (logged)
   ServiceConfig::Kind kind = ServiceConfig::Kind::kPair;  // kPair or kPrivate
   std::string name;
   // pair: the pairing secret; private: the shared secret (PSK mode), "" in certificate mode.
@@ -110,7 +110,9 @@ struct ConnectConfig {
   bool socks5 = false;      // a SOCKS5 server (else a plain port to the service's target)
   std::vector<User> users;  // socks5 only; empty = no authentication
 
-  std::string_view kind_name() const { return kind == ServiceConfig::Kind::kPair ? "pair" : "private"; }
+  std::string_view kind_name() const {
+    return kind == ServiceConfig::Kind::kPair ? "pair" : "private";
+  }
   std::string_view security() const { return secret.empty() ? "certificate" : "psk"; }
 };
 

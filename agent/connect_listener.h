@@ -84,7 +84,7 @@ class ConnectListener : public Tunnel::Owner {
   ReconnectBackoff backoff_;
   bool waiting_for_link_ = false;
   bool shutting_down_ = false;
-  std::string last_refusal_;  // logged once per change
+  std::string last_refusal_;                 // logged once per change
   std::shared_ptr<ConnectListener*> alive_;  // deferred work holds a weak_ptr to this token
 };
 

@@ -269,8 +269,7 @@ void RelayLink::ServeTunnel(Stream& stream, const link::Open& open) {
 }
 
 Link* RelayLink::ready_link() {
-  if (state_ != State::kReady || link_ == nullptr || link_->failed() ||
-      link_->peer_going_away()) {
+  if (state_ != State::kReady || link_ == nullptr || link_->failed() || link_->peer_going_away()) {
     return nullptr;
   }
   return link_.get();

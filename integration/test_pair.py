@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""Pairs end to end on loopback: an end-to-end tunnel between two agents through one relay.
+"""Tunnels end to end on loopback: two agents joined through one relay.
 
   nginx     the private web server of "site B"
   relay     relay-pair; credentials site-a and site-b, both granted pair:*
@@ -9,11 +9,17 @@ Checks: curl through the plain port and through SOCKS5 (names resolved by B, IPv
 refusals mapped to SOCKS reply codes and counted at both ends, /status of both agents (role,
 state, hops, security), and a third agent with the wrong pairing secret: no tunnel, a clear log
 line at both ends (the relay's TunnelNotice reaches B), and nothing reaches B's target.
+
+PrivateServiceTest: a private service in certificate mode (the serving agent holds a certificate
+from a throwaway CA; connecting ends verify it by CA file or pinned fingerprint), the relay's
+connect: grant, and a wrong pin failing the handshake at both ends.
 """
 
+import hashlib
 import json
 import os
 import re
+import ssl
 import subprocess
 import sys
 import textwrap
@@ -23,6 +29,7 @@ import urllib.request
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import harness  # noqa: E402
+import private_ca  # noqa: E402
 
 PAIR_SECRET = "pairing-secret-for-site-b"
 USER, PASSWORD = "alice", "wonderland"
@@ -73,26 +80,26 @@ def count_lines(path):
         return 0
 
 
-class PairTest(harness.IntegrationTest):
+def agent_yaml(relay, agent_id, credential, body, connect_timeout_ms=5000):
+    return textwrap.dedent(f"""\
+        agent_id: {agent_id}
+        relays: ["{harness.format_addr(relay.address('agent'))}"]
+        relay_fingerprint: "sha256:{relay.fingerprint}"
+        credential:
+          name: {credential}
+          secret: "{credential}-credential-secret"
+        links: 2
+        reconnect:
+          initial_ms: 100
+          max_ms: 400
+        connect_timeout_ms: {connect_timeout_ms}
+        log_level: {harness.LOG_LEVEL}
+        admin:
+          listen: "127.0.0.1:0"
+        """) + textwrap.dedent(body)
 
-    @classmethod
-    def agent_yaml(cls, agent_id, credential, body, connect_timeout_ms=5000):
-        return textwrap.dedent(f"""\
-            agent_id: {agent_id}
-            relays: ["{harness.format_addr(cls.relay.address('agent'))}"]
-            relay_fingerprint: "sha256:{cls.relay.fingerprint}"
-            credential:
-              name: {credential}
-              secret: "{credential}-credential-secret"
-            links: 2
-            reconnect:
-              initial_ms: 100
-              max_ms: 400
-            connect_timeout_ms: {connect_timeout_ms}
-            log_level: {harness.LOG_LEVEL}
-            admin:
-              listen: "127.0.0.1:0"
-            """) + textwrap.dedent(body)
+
+class PairTest(harness.IntegrationTest):
 
     @classmethod
     def setUpClass(cls):
@@ -115,7 +122,7 @@ class PairTest(harness.IntegrationTest):
                 secret: "site-b-credential-secret"
                 grants: ["pair:*"]
             """, name="relay")
-        cls.agent_b = h.agent(cls.agent_yaml("agent-b", "site-b", f"""\
+        cls.agent_b = h.agent(agent_yaml(cls.relay, "agent-b", "site-b", f"""\
             services:
               - kind: pair
                 name: site-b
@@ -134,7 +141,7 @@ class PairTest(harness.IntegrationTest):
         cls.socks_port = harness.free_port()
         cls.auth_port = harness.free_port()
         cls.bulk_port = harness.free_port()
-        cls.agent_a = h.agent(cls.agent_yaml("agent-a", "site-a", f"""\
+        cls.agent_a = h.agent(agent_yaml(cls.relay, "agent-a", "site-a", f"""\
             connect:
               - listen: 127.0.0.1:{cls.plain_port}
                 pair: site-b
@@ -225,12 +232,13 @@ class PairTest(harness.IntegrationTest):
 
     def test_socks5_credentials(self):
         url = f"http://localhost:{self.nginx.port}/"
-        r = socks_curl(url, ["--socks5-hostname", f"{USER}:{PASSWORD}@" + self.socks(self.auth_port)])
+        proxy = self.socks(self.auth_port)
+        r = socks_curl(url, ["--socks5-hostname", f"{USER}:{PASSWORD}@{proxy}"])
         self.assertEqual((r.rc, r.status, r.body.strip()), (0, 200, PAGE), r)
         before = agent_metric(self.agent_a, "rdv_agent_socks_refused_total", reason="auth")
-        r = socks_curl(url, ["--socks5-hostname", f"{USER}:nope@" + self.socks(self.auth_port)])
+        r = socks_curl(url, ["--socks5-hostname", f"{USER}:nope@{proxy}"])
         self.assertNotEqual(r.rc, 0, r)
-        r = socks_curl(url, ["--socks5-hostname", self.socks(self.auth_port)])  # no credentials
+        r = socks_curl(url, ["--socks5-hostname", proxy])  # no credentials
         self.assertNotEqual(r.rc, 0, r)
         self.assertEqual(agent_metric(self.agent_a, "rdv_agent_socks_refused_total",
                                       reason="auth"), before + 2)
@@ -263,7 +271,7 @@ class PairTest(harness.IntegrationTest):
         before_access = count_lines(access_log)
         mark_b = self.agent_b.mark()
         port = harness.free_port()
-        agent_c = self.h.agent(self.agent_yaml("agent-c", "site-a", f"""\
+        agent_c = self.h.agent(agent_yaml(self.relay, "agent-c", "site-a", f"""\
             connect:
               - listen: 127.0.0.1:{port}
                 pair: site-b
@@ -286,6 +294,95 @@ class PairTest(harness.IntegrationTest):
         self.assertEqual(count_lines(access_log), before_access)
         self.assertEqual(agent_metric(agent_c, "rdv_agent_tunnels_up"), 0)
         agent_c.stop()
+
+
+class PrivateServiceTest(harness.IntegrationTest):
+
+    @classmethod
+    def setUpClass(cls):
+        h = cls.shared_harness()
+        ca = private_ca.PrivateCa(h.path("ca"))
+        cert, key = ca.server("db.internal")
+        with open(cert, encoding="utf-8") as f:
+            cls.pin = hashlib.sha256(ssl.PEM_cert_to_DER_cert(f.read())).hexdigest()
+        cls.nginx = h.nginx(f'location / {{ return 200 "{PAGE}\\n"; }}')
+        cls.relay = h.relay(f"""\
+            relay_id: relay-private
+            state_dir: {h.path('relay-state')}
+            log_level: {harness.LOG_LEVEL}
+            agent_listener:
+              listen: ["127.0.0.1:0"]
+            admin:
+              listen: ["127.0.0.1:0"]
+            credentials:
+              - name: site-a
+                secret: "site-a-credential-secret"
+                grants: ["connect:db"]
+              - name: site-b
+                secret: "site-b-credential-secret"
+                grants: ["private:db"]
+              - name: outsider
+                secret: "outsider-credential-secret"
+                grants: ["connect:other"]
+            """, name="relay")
+        cls.agent_b = h.agent(agent_yaml(cls.relay, "agent-b", "site-b", f"""\
+            services:
+              - kind: private
+                name: db
+                target: {cls.nginx.target()}
+                certificate_file: {cert}
+                key_file: {key}
+            """), name="agent-b")
+        cls.agent_b.wait_registered("db", "private")
+        cls.ca_port = harness.free_port()
+        cls.pin_port = harness.free_port()
+        cls.agent_a = h.agent(agent_yaml(cls.relay, "agent-a", "site-a", f"""\
+            connect:
+              - listen: 127.0.0.1:{cls.ca_port}
+                private: db
+                peer_ca_file: {ca.cert}
+              - listen: 127.0.0.1:{cls.pin_port}
+                private: db
+                peer_fingerprint: "sha256:{cls.pin}"
+            """), name="agent-a")
+        harness.wait_until(
+            lambda: len(cls.agent_a.find(
+                r"tunnel private db up: peer agent-b via relay-private \(certificate\)")) >= 2,
+            10, "two certificate tunnels up")
+
+    def test_certificate_mode_by_ca_and_by_pin(self):
+        for port in (self.ca_port, self.pin_port):
+            r = harness.curl(f"http://127.0.0.1:{port}/")
+            self.assertEqual((r.rc, r.status, r.body.strip()), (0, 200, PAGE), r)
+        status = json.loads(admin_get(self.agent_a, "/status"))
+        self.assertEqual([(t["kind"], t["state"], t["security"]) for t in status["tunnels"]],
+                         [("private", "up", "certificate")] * 2, status)
+
+    def test_wrong_pin_fails_the_handshake_at_both_ends(self):
+        mark_b = self.agent_b.mark()
+        wrong = "0" * 64
+        agent = self.h.agent(agent_yaml(self.relay, "agent-wrong-pin", "site-a", f"""\
+            connect:
+              - listen: 127.0.0.1:{harness.free_port()}
+                private: db
+                peer_fingerprint: "{wrong}"
+            """), name="agent-wrong-pin")
+        agent.wait_line(r"tunnel private db failed: .*fingerprint")
+        self.agent_b.wait_line(r"tunnel private db failed: ", start=mark_b)
+        self.assertEqual(agent.find(r"tunnel private db up"), [])
+        agent.stop()
+
+    def test_connect_needs_the_grant(self):
+        agent = self.h.agent(agent_yaml(self.relay, "agent-outsider", "outsider", f"""\
+            connect:
+              - listen: 127.0.0.1:{harness.free_port()}
+                private: db
+                peer_ca_file: {self.h.path("ca", "ca.pem")}
+            """), name="agent-outsider")
+        agent.wait_line(r"tunnel private db: relay refused: .*not granted")
+        self.relay.wait_metric("rdv_tunnels_refused_total", lambda v: v >= 3, reason="not_granted")
+        self.assertEqual(len(agent.find(r"relay refused")), 1)
+        agent.stop()
 
 
 if __name__ == "__main__":

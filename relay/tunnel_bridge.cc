@@ -64,6 +64,12 @@ Gauge& Active() {
   static Gauge& gauge = GaugeOf("rdv_tunnels_active", "Bridged tunnel streams open now");
   return gauge;
 }
+Counter& Abandoned() {
+  static Counter& counter =
+      CounterOf("rdv_tunnels_abandoned_total",
+                "Tunnel streams whose opener went away before the far end answered");
+  return counter;
+}
 Counter& NoticesSent() {
   static Counter& counter =
       CounterOf("rdv_tunnel_notices_sent_total", "TunnelNotice messages sent to agents");
@@ -281,12 +287,12 @@ void BridgeSide::DeliverEnd() {
 void BridgeSide::Abort(const std::string& reason) {
   if (stream_ == nullptr) return;
   Stream* stream = stream_;
-  bool was_open = open_;
+  bool undecided_opener = role_ == Role::kOpener && !open_;
   Detach();
-  if (was_open) {
-    stream->Reset(reason);
-  } else {
+  if (undecided_opener) {
     stream->Refuse(reason);
+  } else {
+    stream->Reset(reason);  // also cancels a far end's stream still waiting for its answer
   }
 }
 
@@ -331,6 +337,7 @@ void BridgeSide::OnStreamClosed(Stream& stream, const absl::Status& status) {
   if (role_ == Role::kOpener && !was_open) {
     // Reset or link lost while the far end was being asked; its answer will find us gone.
     bridge_.opener_gone().store(true);
+    Abandoned().Inc();
     spdlog::info("tunnel {} from {}: the opener went away before the far end answered: {}",
                  bridge_.what(), bridge_.opener_agent(), status.message());
     return;

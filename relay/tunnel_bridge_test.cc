@@ -51,6 +51,11 @@ uint64_t Refusals(std::string_view reason) {
 uint64_t BridgedTotal() {
   return CounterOf("rdv_tunnels_bridged_total", "Tunnel streams joined to their far end").value();
 }
+uint64_t Abandoned() {
+  return CounterOf("rdv_tunnels_abandoned_total",
+                   "Tunnel streams whose opener went away before the far end answered")
+      .value();
+}
 int64_t ActiveTunnels() {
   return GaugeOf("rdv_tunnels_active", "Bridged tunnel streams open now").value();
 }
@@ -141,7 +146,8 @@ class FakeAgent : public TlsSession::Handler, public LinkTransport, public LinkH
   // Serving end policy: refuse with this reason (and error) instead of accepting.
   std::string refuse_reason;
   link::OpenError refuse_error = link::OPEN_ERROR_UNSPECIFIED;
-  bool consume = true;                         // accepted streams return credit at once
+  bool hold = false;    // leave streams the relay opens undecided (AcceptHeld answers later)
+  bool consume = true;  // accepted streams return credit at once
   std::function<void(TestStream&)> on_accept;  // e.g. send the reply
 
   bool ready = false;
@@ -152,6 +158,7 @@ class FakeAgent : public TlsSession::Handler, public LinkTransport, public LinkH
   std::vector<link::TunnelNotice> notices;
   std::vector<link::Open> opens;                      // streams the relay opened to us
   std::vector<std::unique_ptr<TestStream>> accepted;  // ... and accepted, in order
+  std::vector<uint32_t> held;                         // ... and left undecided
 
   // TlsSession::Handler
   void OnTlsReady() override {
@@ -213,6 +220,19 @@ class FakeAgent : public TlsSession::Handler, public LinkTransport, public LinkH
       stream.Refuse(refuse_reason, refuse_error);
       return;
     }
+    if (hold) {
+      held.push_back(stream.id());
+      return;
+    }
+    AcceptStream(stream, open);
+  }
+  TestStream* AcceptHeld(size_t index) {
+    Stream* stream = link_.FindStream(held.at(index));
+    if (stream == nullptr) return nullptr;
+    AcceptStream(*stream, stream->open());
+    return accepted.back().get();
+  }
+  void AcceptStream(Stream& stream, const link::Open& open) {
     auto handler = std::make_unique<TestStream>();
     handler->stream = &stream;
     handler->id = stream.id();
@@ -511,6 +531,40 @@ TEST_P(TunnelBridgeWorkersTest, ResetAndLinkLossCrossTheBridge) {
   EXPECT_EQ(third->closed->code(), absl::StatusCode::kAborted);
   EXPECT_THAT(Message(*third->closed), HasSubstr("link lost"));
   EXPECT_TRUE(a.ready);  // only the stream died
+}
+
+TEST_P(TunnelBridgeWorkersTest, OpenerLeavingBeforeTheAnswerCancelsTheFarEnd) {
+  bool cross_worker = GetParam();
+  FakeAgent& a = Connect("agent-a", "site-a", {Spec(link::PAIR, "site-a-marker", kPairIdB)});
+  FakeAgent* server = PlaceServer(kPairIdB, cross_worker);
+  ASSERT_NE(server, nullptr);
+  FakeAgent& b = *server;
+  b.hold = true;
+
+  TunnelStream* up = a.OpenTunnel(Spec(link::PRIVATE, "db"));
+  up->Send("early bytes", /*end=*/false);
+  ASSERT_TRUE(RunUntil([&] { return b.held.size() == 1; }));
+  uint64_t abandoned = Abandoned();
+  up->stream->Reset("gave up waiting");
+  up->stream = nullptr;
+  ASSERT_TRUE(RunUntil([&] { return Abandoned() == abandoned + 1; }));
+  TestStream* down = b.AcceptHeld(0);
+  ASSERT_NE(down, nullptr);
+  ASSERT_TRUE(RunUntil([&] { return down->closed.has_value(); }));
+  EXPECT_EQ(Message(*down->closed), "reset: the tunnel's opener went away");
+  EXPECT_TRUE(down->received.empty());  // the early bytes went with the opener
+
+  // The same when the opener's whole link goes.
+  int64_t active = ActiveTunnels();
+  a.OpenTunnel(Spec(link::PRIVATE, "db"));
+  ASSERT_TRUE(RunUntil([&] { return b.held.size() == 2; }));
+  Drop(a);
+  ASSERT_TRUE(RunUntil([&] { return Abandoned() == abandoned + 2; }));
+  down = b.AcceptHeld(1);
+  ASSERT_NE(down, nullptr);
+  ASSERT_TRUE(RunUntil([&] { return down->closed.has_value(); }));
+  EXPECT_EQ(Message(*down->closed), "reset: the tunnel's opener went away");
+  EXPECT_EQ(ActiveTunnels(), active);  // never bridged
 }
 
 INSTANTIATE_TEST_SUITE_P(SameAndCrossWorker, TunnelBridgeWorkersTest, ::testing::Bool(),
