@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "agent/health_check_config.h"
+#include "common/link_client_config.h"
 #include "common/yaml_config.h"
 
 namespace rdv {
@@ -67,11 +68,7 @@ struct ServiceConfig {
   }
 };
 
-struct AgentCredentialConfig {
-  std::string name;
-  // Resolved: from `secret`, or the contents of `secret_file` without trailing newlines.
-  std::string secret;
-};
+using AgentCredentialConfig = LinkCredentialConfig;
 
 struct ReconnectConfig {
   absl::Duration initial = absl::Milliseconds(100);
@@ -101,9 +98,6 @@ struct AgentConfig {
 // The alias an http service gets when none is configured (see ServiceConfig::alias); may be
 // empty or too long for a label, which the loader reports.
 std::string DefaultAlias(std::string_view service_name);
-
-// "sha256:AB:CD:..." / "abcd..." -> 64 lowercase hex digits; error if that is not what remains.
-absl::StatusOr<std::string> NormalizeFingerprint(std::string_view text);
 
 // Reads and validates `path`. Errors are InvalidArgumentError "path:line: key: problem".
 absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path);

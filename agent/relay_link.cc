@@ -1,9 +1,5 @@
 #include "agent/relay_link.h"
 
-#include <unistd.h>
-
-#include <random>
-
 #include "absl/strings/ascii.h"
 #include "common/auth.h"
 #include "common/metrics.h"
@@ -13,11 +9,6 @@
 
 namespace rdv {
 namespace {
-
-constexpr uint32_t kProtocolVersion = 1;
-constexpr std::string_view kExporterLabel = "EXPORTER-rdv-auth";
-constexpr uint64_t kPingIntervalMs = 10000;
-constexpr uint64_t kIdleTimeoutMs = 30000;
 
 link::ServiceKind WireKind(ServiceConfig::Kind kind) {
   switch (kind) {
@@ -35,167 +26,73 @@ link::ServiceKind WireKind(ServiceConfig::Kind kind) {
   return link::SERVICE_KIND_UNSPECIFIED;
 }
 
+LinkClientOptions ClientOptions(const Agent& agent, int index, HostPort relay) {
+  const AgentConfig& config = agent.config();
+  LinkClientOptions options;
+  options.log_name = StrCat("link ", index);
+  options.server_name = config.ServerNameFor(relay);
+  options.relay = std::move(relay);
+  options.tls_context = agent.tls_context();
+  options.fingerprint = config.relay_fingerprint;
+  options.id = config.agent_id;
+  options.credential = config.credential;
+  options.reconnect_initial_ms =
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(config.reconnect.initial));
+  options.reconnect_max_ms = static_cast<uint64_t>(absl::ToInt64Milliseconds(config.reconnect.max));
+  return options;
+}
+
 }  // namespace
 
 RelayLink::RelayLink(Agent& agent, int index, HostPort relay)
-    : agent_(agent),
-      index_(index),
-      relay_(std::move(relay)),
-      timer_(new uv_timer_t),
+    : LinkClient(agent.loop(), agent.tasks(), ClientOptions(agent, index, std::move(relay))),
+      agent_(agent),
       alive_(std::make_shared<RelayLink*>(this)),
-      udp_flows_(agent.loop(), agent.tasks(), kUdpFlowIdleTimeoutMs) {
-  uv_timer_init(agent.loop(), timer_);
-  timer_->data = this;
-}
+      udp_flows_(agent.loop(), agent.tasks(), kUdpFlowIdleTimeoutMs) {}
 
 RelayLink::~RelayLink() {
-  timer_->data = nullptr;
-  uv_close(reinterpret_cast<uv_handle_t*>(timer_),
-           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  // Before udp_flows_ goes: the link's streams still point at their flows.
   if (link_) link_->Close(absl::CancelledError("agent stopping"));
-  if (tls_) tls_->Close();
 }
 
-void RelayLink::Dial() {
-  if (state_ == State::kStopped) return;
-  state_ = State::kDialing;
-  uint64_t generation = ++dial_generation_;
-  std::weak_ptr<RelayLink*> weak = alive_;
-  ResolveAsync(
-      agent_.loop(), relay_.host, relay_.port, SOCK_STREAM,
-      [this, weak, generation](absl::StatusOr<sockaddr_storage> addr) {
-        if (weak.expired() || generation != dial_generation_) return;
-        if (!addr.ok()) {
-          Down(addr.status());
-          return;
-        }
-        TcpConnection::Connect(
-            agent_.loop(), reinterpret_cast<const sockaddr*>(&*addr),
-            [this, weak, generation](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
-              if (weak.expired() || generation != dial_generation_ || state_ != State::kDialing) {
-                if (tcp.ok()) (*tcp)->Close();
-                return;
-              }
-              if (!tcp.ok()) {
-                Down(tcp.status());
-                return;
-              }
-              Connected(std::move(*tcp));
-            });
-      });
-}
-
-void RelayLink::Connected(std::unique_ptr<TcpConnection> tcp) {
-  const AgentConfig& config = agent_.config();
-  state_ = State::kHandshake;
-  tls_ = TlsSession::Create(std::move(tcp), agent_.tls_context(), /*is_server=*/false,
-                            agent_.tasks(), config.ServerNameFor(relay_), config.relay_fingerprint);
-  LinkOptions options;
-  options.is_relay_side = false;
-  link_ = std::make_unique<Link>(*this, *this, options);
-  last_receive_ms_ = uv_now(agent_.loop());
-  // Handshake and authentication share the idle deadline.
-  uv_timer_start(
-      timer_,
-      [](uv_timer_t* t) {
-        if (t->data) static_cast<RelayLink*>(t->data)->OnTimer();
-      },
-      kPingIntervalMs, kPingIntervalMs);
-  tls_->Start(*this);
-}
-
-void RelayLink::OnTlsReady() {
-  state_ = State::kAuth;
-  link::Control control;
-  auto* hello = control.mutable_hello();
-  hello->set_version(kProtocolVersion);
-  hello->set_agent_id(agent_.config().agent_id);
-  hello->set_credential(agent_.config().credential.name);
-  hello->set_initial_stream_window(link_->options().stream_window);
-  hello->add_hops(agent_.config().agent_id);
-  link_->SendControl(control);
-}
-
-void RelayLink::OnTlsData(std::string_view plaintext) {
-  last_receive_ms_ = uv_now(agent_.loop());
-  link_->OnBytes(plaintext);
-}
-
-void RelayLink::OnTlsDrained() {
-  if (link_) link_->OnTransportDrained();
-}
-
-void RelayLink::OnTlsClosed(const absl::Status& status) { Down(status); }
-
-void RelayLink::OnLinkFailed(Link& link, const absl::Status& status) { Down(status); }
-
-void RelayLink::OnControl(Link& link, const link::Control& control) {
-  const AgentConfig& config = agent_.config();
-  switch (control.body_case()) {
-    case link::Control::kChallenge: {
-      if (state_ != State::kAuth) break;
-      const link::Challenge& challenge = control.challenge();
-      if (challenge.initial_stream_window() >= 1024) {
-        link_->set_peer_stream_window(challenge.initial_stream_window());
-      }
-      link::Control reply;
-      reply.mutable_proof()->set_mac(ComputeAuthMac(config.credential.secret, challenge.nonce(),
-                                                    tls_->ExportKeyingMaterial(kExporterLabel)));
-      link_->SendControl(reply);
-      return;
-    }
-    case link::Control::kAuthResult: {
-      if (state_ != State::kAuth) break;
-      if (!control.auth_result().ok()) {
-        spdlog::error("link {} refused by {}:{}: {}", index_, relay_.host, relay_.port,
-                      control.auth_result().reason());
-        Down(absl::PermissionDeniedError(AbslView(control.auth_result().reason())));
-        return;
-      }
-      state_ = State::kReady;
-      backoff_ms_ = 0;
-      spdlog::info("link {} up {}", index_, FormatHostPort(relay_));
-      link::Control reg;
-      for (const ServiceConfig& service : config.services) {
-        link::ServiceSpec* spec = reg.mutable_register_()->add_services();
-        spec->set_kind(WireKind(service.kind));
-        spec->set_name(service.name);
-        spec->set_port(service.port);
-        spec->set_alias(service.alias);
-        spec->set_balance(service.balance);
-        spec->set_rewrite_html(service.rewrite_html);
-      }
-      link_->SendControl(reg);
-      agent_.SendHealth(*this);  // after Register, so the relay knows the services
-      return;
-    }
-    case link::Control::kRegistered: {
-      const link::Registered& registered = control.registered();
-      std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(registered.service().kind()));
-      if (registered.ok()) {
-        spdlog::info("registered {} {} {}", kind, registered.service().name(),
-                     registered.routes_size() > 0 ? registered.routes(0) : "");
-      } else {
-        spdlog::error("refused {} {}: {}", kind, registered.service().name(), registered.reason());
-      }
-      return;
-    }
-    case link::Control::kGoAway:
-      spdlog::info("link {}: relay is going away: {}", index_, control.go_away().reason());
-      return;
-    default:
-      break;
+void RelayLink::OnLinkReady() {
+  link::Control reg;
+  for (const ServiceConfig& service : agent_.config().services) {
+    link::ServiceSpec* spec = reg.mutable_register_()->add_services();
+    spec->set_kind(WireKind(service.kind));
+    spec->set_name(service.name);
+    spec->set_port(service.port);
+    spec->set_alias(service.alias);
+    spec->set_balance(service.balance);
+    spec->set_rewrite_html(service.rewrite_html);
   }
-  CounterOf("rdv_frame_errors_total", "Links closed for a malformed or illegal frame",
-            "reason=\"unexpected_control\"")
-      .Inc();
-  link_->Close(absl::InvalidArgumentError(
-      StrCat("unexpected control message ", static_cast<int>(control.body_case()))));
+  link_->SendControl(reg);
+  agent_.SendHealth(*this);  // after Register, so the relay knows the services
+}
+
+bool RelayLink::OnReadyControl(const link::Control& control) {
+  if (control.body_case() != link::Control::kRegistered) return false;
+  const link::Registered& registered = control.registered();
+  std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(registered.service().kind()));
+  if (registered.ok()) {
+    spdlog::info("registered {} {} {}", kind, registered.service().name(),
+                 registered.routes_size() > 0 ? registered.routes(0) : "");
+  } else {
+    spdlog::error("refused {} {}: {}", kind, registered.service().name(), registered.reason());
+  }
+  return true;
+}
+
+void RelayLink::OnLinkDown(const absl::Status& status, bool was_ready) {
+  if (was_ready) {
+    CounterOf("rdv_agent_link_drops_total", "Links to the relay that dropped after coming up")
+        .Inc();
+  }
 }
 
 void RelayLink::SendServiceHealth(const ServiceConfig& service, bool healthy,
                                   const std::string& detail) {
-  if (state_ != State::kReady) return;
+  if (!ready()) return;
   link::Control control;
   link::ServiceHealth* report = control.mutable_service_health();
   report->set_kind(WireKind(service.kind));
@@ -206,14 +103,7 @@ void RelayLink::SendServiceHealth(const ServiceConfig& service, bool healthy,
 }
 
 void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open) {
-  if (state_ != State::kReady) {
-    // A relay that opens streams before authenticating us breaks the protocol.
-    CounterOf("rdv_frame_errors_total", "Links closed for a malformed or illegal frame",
-              "reason=\"open_before_auth\"")
-        .Inc();
-    link_->Close(absl::InvalidArgumentError("relay opened a stream before authentication"));
-    return;
-  }
+  if (!AcceptingStreams()) return;
   for (const ServiceConfig& service : agent_.config().services) {
     if (WireKind(service.kind) == open.service().kind() &&
         (service.name == open.service().name() ||
@@ -241,7 +131,7 @@ void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) 
     }
   };
   std::weak_ptr<RelayLink*> weak = alive_;
-  ResolveAsync(agent_.loop(), service.target.host, service.target.port, SOCK_STREAM,
+  ResolveAsync(loop(), service.target.host, service.target.port, SOCK_STREAM,
                [this, weak, link, stream_id, refuse,
                 proxy = service.proxy_protocol](absl::StatusOr<sockaddr_storage> address) {
                  if (weak.expired() || link != link_.get()) return;
@@ -263,7 +153,7 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
     bool settled = false;
   };
   auto* pending = new Pending;
-  uv_timer_init(agent_.loop(), &pending->timer);
+  uv_timer_init(loop(), &pending->timer);
   std::weak_ptr<RelayLink*> weak = alive_;
   pending->timer.data = new std::function<void()>([this, pending, refuse, weak, link] {
     if (pending->settled) return;
@@ -279,7 +169,7 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
              [](uv_handle_t* h) { delete reinterpret_cast<Pending*>(h); });
   };
   TcpConnection::Connect(
-      agent_.loop(), reinterpret_cast<const sockaddr*>(&address),
+      loop(), reinterpret_cast<const sockaddr*>(&address),
       [this, weak, pending, release, refuse, link, proxy_protocol,
        stream_id](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
         bool late = pending->settled;
@@ -312,67 +202,6 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
         stream->Accept(*raw);
         raw->Start();
       });
-}
-
-void RelayLink::OnTimer() {
-  uint64_t now = uv_now(agent_.loop());
-  if (state_ == State::kIdle) {
-    Dial();
-    return;
-  }
-  if (now - last_receive_ms_ > kIdleTimeoutMs) {
-    Down(absl::DeadlineExceededError("relay silent past the idle timeout"));
-    return;
-  }
-  if (state_ == State::kReady) link_->SendPing(now);
-}
-
-void RelayLink::Down(const absl::Status& status) {
-  if (state_ == State::kStopped || state_ == State::kIdle) return;
-  bool was_ready = state_ == State::kReady;
-  state_ = State::kIdle;
-  ++dial_generation_;
-  spdlog::warn("link {} down: {}", index_, status.message());
-  if (was_ready) {
-    CounterOf("rdv_agent_link_drops_total", "Links to the relay that dropped after coming up")
-        .Inc();
-  }
-  // Tear down after the current callbacks: we may be inside the link's or the session's.
-  std::shared_ptr<Link> link(link_.release());
-  std::shared_ptr<TlsSession> tls(tls_.release());
-  if (link) link->Close(status);
-  if (tls) tls->Close();
-  agent_.tasks().Defer([link, tls] {});
-  ScheduleRedial();
-}
-
-void RelayLink::ScheduleRedial() {
-  const AgentConfig& config = agent_.config();
-  uint64_t initial = static_cast<uint64_t>(absl::ToInt64Milliseconds(config.reconnect.initial));
-  uint64_t max = static_cast<uint64_t>(absl::ToInt64Milliseconds(config.reconnect.max));
-  backoff_ms_ = backoff_ms_ == 0 ? initial : std::min(max, backoff_ms_ * 2);
-  // Jitter in [0.5, 1.5) of the step keeps a crowd of agents from redialing in lockstep.
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(getpid()));
-  std::uniform_real_distribution<double> jitter(0.5, 1.5);
-  uint64_t delay = static_cast<uint64_t>(static_cast<double>(backoff_ms_) * jitter(rng));
-  uv_timer_start(
-      timer_,
-      [](uv_timer_t* t) {
-        if (t->data) static_cast<RelayLink*>(t->data)->OnTimer();
-      },
-      delay, 0);
-}
-
-void RelayLink::Shutdown() {
-  if (state_ == State::kReady) {
-    link_->SendGoAway("agent shutting down");
-    tls_->FlushNow();
-  }
-  state_ = State::kStopped;
-  ++dial_generation_;
-  uv_timer_stop(timer_);
-  if (link_) link_->Close(absl::CancelledError("agent shutting down"));
-  if (tls_) tls_->Close();
 }
 
 }  // namespace rdv
