@@ -189,6 +189,12 @@ std::string_view GrantKindName(GrantKind kind) {
       return "smtp";
     case GrantKind::kUdp:
       return "udp";
+    case GrantKind::kPair:
+      return "pair";
+    case GrantKind::kPrivate:
+      return "private";
+    case GrantKind::kConnect:
+      return "connect";
   }
   return "unknown";
 }
@@ -212,10 +218,16 @@ absl::StatusOr<Grant> ParseGrant(std::string_view text) {
     grant.kind_ = GrantKind::kSmtp;
   } else if (kind_text == "udp") {
     grant.kind_ = GrantKind::kUdp;
+  } else if (kind_text == "pair") {
+    grant.kind_ = GrantKind::kPair;
+  } else if (kind_text == "private") {
+    grant.kind_ = GrantKind::kPrivate;
+  } else if (kind_text == "connect") {
+    grant.kind_ = GrantKind::kConnect;
   } else {
-    return absl::InvalidArgumentError(absl::StrCat("invalid grant '", AbslView(text),
-                                                   "': unknown kind '", AbslView(kind_text),
-                                                   "' (http, tcp, tls, smtp, udp)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("invalid grant '", AbslView(text), "': unknown kind '", AbslView(kind_text),
+                     "' (http, tcp, tls, smtp, udp, pair, private, connect)"));
   }
 
   switch (grant.kind_) {
@@ -262,6 +274,21 @@ absl::StatusOr<Grant> ParseGrant(std::string_view text) {
       grant.port_high_ = high;
       return grant;
     }
+    case GrantKind::kPair:
+    case GrantKind::kPrivate:
+    case GrantKind::kConnect: {
+      // "*", a service name, or a service-name prefix followed by "*" ("site-*").
+      std::string_view name = pattern;
+      if (name.ends_with('*')) name.remove_suffix(1);
+      if (pattern != "*" && !IsValidServiceName(name)) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "invalid grant '", AbslView(text),
+            "': expected a name (a letter, then letters, digits, '.', '_', '-'), a name "
+            "prefix followed by * (site-*), or *"));
+      }
+      grant.pattern_ = std::string(pattern);
+      return grant;
+    }
   }
   return absl::InternalError("unreachable grant kind");
 }
@@ -282,6 +309,14 @@ bool Grant::AllowsPort(GrantKind kind, std::string_view service_name, uint16_t p
     return port == 0 || (port >= port_low_ && port <= port_high_);
   }
   return pattern_ == "*" || pattern_ == service_name;
+}
+
+bool Grant::AllowsTunnelName(GrantKind kind, std::string_view name) const {
+  if (kind_ != kind || !IsValidServiceName(name)) return false;
+  if (pattern_.ends_with('*')) {
+    return name.starts_with(std::string_view(pattern_).substr(0, pattern_.size() - 1));
+  }
+  return name == pattern_;
 }
 
 std::string Grant::ToString() const {

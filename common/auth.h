@@ -64,7 +64,7 @@ bool WildcardMatches(std::string_view pattern, std::string_view host);
 
 // ---- Grants --------------------------------------------------------------------------------
 
-enum class GrantKind { kHttp, kTcp, kTls, kSmtp, kUdp };
+enum class GrantKind { kHttp, kTcp, kTls, kSmtp, kUdp, kPair, kPrivate, kConnect };
 
 std::string_view GrantKindName(GrantKind kind);
 
@@ -79,6 +79,10 @@ std::string_view GrantKindName(GrantKind kind);
 //   tls:*.orang.com      TLS services by SNI name, patterns as for http
 //   smtp:orang.com       mail domains, patterns as for http
 //   udp:5353-5360        udp services, patterns as for tcp
+//   pair:site-b          register and connect to the pair named "site-b" (docs/protocol.md
+//                        "Tunnels"); pair:* any pair, pair:site-* any name starting "site-"
+//   private:db           register the private service "db"; patterns as for pair
+//   connect:db           open tunnels to the private service "db"; patterns as for pair
 class Grant {
  public:
   const std::string& pattern() const { return pattern_; }
@@ -97,6 +101,9 @@ class Grant {
   bool AllowsTcp(std::string_view service_name, uint16_t port) const {
     return AllowsPort(GrantKind::kTcp, service_name, port);
   }
+  // Whether the tunnel name `name` (a service name) is covered for `kind` (pair, private,
+  // connect): the pattern is "*", the exact name (case-sensitive), or "<prefix>*".
+  bool AllowsTunnelName(GrantKind kind, std::string_view name) const;
 
   // For tcp/udp port grants: the inclusive range; {0, 0} for name grants.
   bool IsPortRange() const { return port_low_ != 0; }

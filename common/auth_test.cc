@@ -169,6 +169,36 @@ TEST(GrantTest, ParsesKinds) {
   EXPECT_EQ(MustParse("http:*.Orang.com").ToString(), "http:*.orang.com");
 }
 
+TEST(GrantTest, TunnelGrants) {
+  EXPECT_EQ(MustParse("pair:*").kind(), GrantKind::kPair);
+  EXPECT_EQ(MustParse("private:db").kind(), GrantKind::kPrivate);
+  EXPECT_EQ(MustParse("connect:db").kind(), GrantKind::kConnect);
+  EXPECT_EQ(MustParse("pair:site-*").ToString(), "pair:site-*");
+
+  Grant any = MustParse("pair:*");
+  EXPECT_TRUE(any.AllowsTunnelName(GrantKind::kPair, "site-b"));
+  EXPECT_FALSE(any.AllowsTunnelName(GrantKind::kPrivate, "site-b"));
+  EXPECT_FALSE(any.AllowsTunnelName(GrantKind::kPair, "not a name"));
+  EXPECT_FALSE(any.AllowsTunnelName(GrantKind::kPair, ""));
+
+  Grant prefix = MustParse("pair:site-*");
+  EXPECT_TRUE(prefix.AllowsTunnelName(GrantKind::kPair, "site-b"));
+  EXPECT_TRUE(prefix.AllowsTunnelName(GrantKind::kPair, "site-"));
+  EXPECT_FALSE(prefix.AllowsTunnelName(GrantKind::kPair, "site"));
+  EXPECT_FALSE(prefix.AllowsTunnelName(GrantKind::kPair, "office-a"));
+
+  Grant exact = MustParse("connect:db");
+  EXPECT_TRUE(exact.AllowsTunnelName(GrantKind::kConnect, "db"));
+  EXPECT_FALSE(exact.AllowsTunnelName(GrantKind::kConnect, "DB"));
+  EXPECT_FALSE(exact.AllowsTunnelName(GrantKind::kConnect, "db2"));
+  // Registering and connecting are separate rights.
+  EXPECT_FALSE(exact.AllowsTunnelName(GrantKind::kPrivate, "db"));
+  EXPECT_FALSE(MustParse("private:db").AllowsTunnelName(GrantKind::kConnect, "db"));
+  // Tunnel grants never allow a public registration of the same name.
+  EXPECT_FALSE(MustParse("private:db").AllowsTcp("db", 0));
+  EXPECT_FALSE(MustParse("tcp:db").AllowsTunnelName(GrantKind::kPrivate, "db"));
+}
+
 TEST(GrantTest, PortRanges) {
   Grant range = MustParse("tcp:2020-2030");
   EXPECT_TRUE(range.IsPortRange());
@@ -204,7 +234,17 @@ TEST(GrantTest, RejectsBadGrants) {
                                "tcp:1db",
                                "tcp:d b",
                                "tcp:db*",
-                               "udp:"}) {
+                               "udp:",
+                               "pair:",
+                               "pair:**",
+                               "pair:1site",
+                               "pair:*site",
+                               "pair:si*te",
+                               "private:d b",
+                               "private:",
+                               "connect:-db",
+                               "connect:",
+                               "Pair:site"}) {
     absl::StatusOr<Grant> grant = ParseGrant(bad);
     EXPECT_FALSE(grant.ok()) << "'" << bad << "' parsed";
     if (!grant.ok()) {

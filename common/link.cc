@@ -83,6 +83,10 @@ void Stream::Refuse(std::string_view reason, link::OpenError error) {
   link_.Remove(*this, absl::OkStatus(), /*notify=*/false);
 }
 
+void Stream::Defer(StreamHandler& handler) {
+  if (state_ == State::kAwaitingAccept) handler_ = &handler;
+}
+
 bool Stream::Write(std::string_view data) {
   Link::Busy busy(link_);
   if (state_ == State::kClosed || end_requested_) return false;

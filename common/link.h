@@ -108,6 +108,10 @@ class Stream {
   // may carry more for the peer (a tunnel's setup); its stream_id and ok are filled in here.
   void Accept(StreamHandler& handler, link::OpenResult result = {});
   void Refuse(std::string_view reason, link::OpenError error = link::OPEN_ERROR_UNSPECIFIED);
+  // Peer-opened streams whose answer comes later (a relay bridging a tunnel first opens the
+  // far stream): until Accept or Refuse, `handler` hears only OnStreamClosed, when the peer
+  // resets the stream or the link is lost. What the peer sends meanwhile stays buffered.
+  void Defer(StreamHandler& handler);
   // Streams this side opened: the peer's OpenResult, from OnStreamAccepted on (and during the
   // OnStreamClosed that reports a refusal, for its reason and error).
   const link::OpenResult& result() const { return result_; }

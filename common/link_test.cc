@@ -269,6 +269,42 @@ TEST(LinkTest, ResetBeforeAcceptRemovesTheHeldStream) {
   EXPECT_EQ(pair.relay_handler.failures + pair.agent_handler.failures, 0);
 }
 
+TEST(LinkTest, DeferredStreamHearsOfResetAndLinkLossOnly) {
+  LinkPair pair;
+  pair.agent_handler.on_open = TestLinkHandler::OnOpen::kHold;
+  TestStream* reset = pair.OpenFromRelay();
+  TestStream* kept = pair.OpenFromRelay();
+  TestStream* lost = pair.OpenFromRelay();
+  reset->Send("early", /*end=*/false);
+  kept->Send("early data", /*end=*/true);
+  pair.Pump();
+  TestStream watch_reset, watch_kept, watch_lost;
+  pair.agent().FindStream(reset->id)->Defer(watch_reset);
+  pair.agent().FindStream(kept->id)->Defer(watch_kept);
+  pair.agent().FindStream(lost->id)->Defer(watch_lost);
+
+  // Buffered data is not delivered to the deferring handler.
+  reset->stream->Reset("opener gave up");
+  pair.Pump();
+  EXPECT_TRUE(watch_reset.received.empty());
+  ASSERT_TRUE(watch_reset.closed.has_value());
+  EXPECT_EQ(Message(*watch_reset.closed), "reset: opener gave up");
+  EXPECT_FALSE(watch_kept.closed.has_value());
+  EXPECT_TRUE(watch_kept.received.empty());
+
+  // Accepting later delivers what waited, to the accepting handler.
+  TestStream* accepted = pair.agent_handler.AcceptHeld(pair.agent(), kept->id);
+  ASSERT_NE(accepted, nullptr);
+  EXPECT_EQ(accepted->received, "early data");
+  EXPECT_TRUE(accepted->ended);
+  EXPECT_TRUE(watch_kept.received.empty());
+
+  pair.agent().Close(absl::UnavailableError("transport closed"));
+  ASSERT_TRUE(watch_lost.closed.has_value());
+  EXPECT_EQ(Message(*watch_lost.closed), "link lost: transport closed");
+  EXPECT_FALSE(watch_kept.closed.has_value());
+}
+
 TEST(LinkTest, ResettingFromInsideOnStreamDataIsSafe) {
   struct ResetOnData : TestStream {
     void OnStreamData(Stream& s, std::string_view data) override {

@@ -9,6 +9,7 @@
 #include "relay/relay.h"
 #include "relay/relay_worker.h"
 #include "relay/service_health.h"
+#include "relay/tunnel_bridge.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {
@@ -123,9 +124,7 @@ void AgentLink::Close(const absl::Status& status) {
     spdlog::info("agent link {} ({}, credential {}) closed: {}", id_, agent_id_, credential_name_,
                  status.message());
   }
-  worker_.directory().Release(*this);
-  ServicesRegistered().Add(-registered_);
-  registered_ = 0;
+  ReleaseRegistrations();
   if (counted_active_) {
     LinksActive().Dec();
     counted_active_ = false;
@@ -139,6 +138,16 @@ void AgentLink::Close(const absl::Status& status) {
   uv_timer_stop(timer_);
   tls_->Close();
   worker_.LinkClosed(*this);
+}
+
+void AgentLink::ReleaseRegistrations() {
+  worker_.directory().Release(*this);
+  ServicesRegistered().Add(-registered_);
+  registered_ = 0;
+  if (tunnel_registrations_ > 0) {
+    tunnel_registrations_ = 0;
+    worker_.relay().NoteTunnelServicesChanged();
+  }
 }
 
 void AgentLink::OnLinkFailed(Link& link, const absl::Status& status) {
@@ -180,10 +189,14 @@ void AgentLink::OnControl(Link& link, const link::Control& control) {
       ApplyServiceHealth(worker_.directory(), *this, control.service_health(),
                          StrCat("agent link ", id_, " (", agent_id_, ")"));
       return;
+    case link::Control::kUnregister:
+      if (state_ != State::kReady) break;
+      HandleUnregister(control.unregister());
+      return;
     case link::Control::kGoAway:
       spdlog::info("agent link {} ({}): agent is going away: {}", id_, agent_id_,
                    control.go_away().reason());
-      worker_.directory().Release(*this);
+      ReleaseRegistrations();
       return;
     default:
       break;
@@ -330,6 +343,26 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
                     std::string(port.status().message()));
     }
     result.mutable_service()->set_port(*port);
+  } else if (IsTunnelKind(spec.kind())) {
+    // Never on a public entrypoint: reached only by tunnel streams (tunnel_bridge.h).
+    if (!IsValidServiceName(name)) return refuse("invalid", "invalid service name");
+    GrantKind grant_kind = GrantKind::kPrivate;
+    if (spec.kind() == link::PAIR) {
+      grant_kind = GrantKind::kPair;
+      if (!IsValidPairId(spec.pair_id())) {
+        return refuse("invalid", "invalid pair id (expected 32 lowercase hex digits)");
+      }
+    } else {
+      result.mutable_service()->clear_pair_id();
+    }
+    bool granted = false;
+    for (const Grant& grant : credential_->grants) {
+      granted |= grant.AllowsTunnelName(grant_kind, name);
+    }
+    if (!granted) return refuse("not_granted", "name not granted to this credential");
+    result.mutable_service()->set_port(0);
+    result.mutable_service()->clear_alias();
+    result.mutable_service()->set_rewrite_html(false);
   } else {
     return refuse("invalid", "unsupported service kind");
   }
@@ -362,13 +395,65 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
   spdlog::info("agent link {} ({}, credential {}): registered {} {}", id_, agent_id_,
                credential_name_, absl::AsciiStrToLower(link::ServiceKind_Name(spec.kind())),
                result.service().name());
+  if (IsTunnelKind(spec.kind())) {
+    ++tunnel_registrations_;
+    worker_.relay().NoteTunnelServicesChanged();
+  }
   return result;
 }
 
+void AgentLink::HandleUnregister(const link::Unregister& request) {
+  bool tunnels_changed = false;
+  for (const link::ServiceSpec& spec : request.services()) {
+    link::ServiceSpec service = spec;
+    if (spec.kind() == link::HTTP || spec.kind() == link::TLS || spec.kind() == link::SMTP) {
+      service.set_name(NormalizeHost(spec.name()));
+    }
+    if (!worker_.directory().Withdraw(service, *this)) {
+      spdlog::info("agent link {} ({}): unregister of {} {} it does not hold, ignored", id_,
+                   agent_id_, absl::AsciiStrToLower(link::ServiceKind_Name(spec.kind())),
+                   spec.name());
+      continue;
+    }
+    ServicesRegistered().Dec();
+    if (registered_ > 0) --registered_;
+    if (IsTunnelKind(spec.kind())) {
+      if (tunnel_registrations_ > 0) --tunnel_registrations_;
+      tunnels_changed = true;
+    }
+    spdlog::info("agent link {} ({}, credential {}): unregistered {} {}", id_, agent_id_,
+                 credential_name_, absl::AsciiStrToLower(link::ServiceKind_Name(spec.kind())),
+                 service.name());
+  }
+  if (tunnels_changed) worker_.relay().NoteTunnelServicesChanged();
+}
+
 void AgentLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open) {
-  // Connect mode (agent-opened streams) is not offered yet.
-  CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
-  stream.Refuse("the relay does not accept streams from agents");
+  open_streams_ = link.stream_count();
+  if (state_ != State::kReady) {
+    CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
+    stream.Refuse("the link is not authenticated");
+    return;
+  }
+  RouteTunnel(worker_, stream, open, TunnelOrigin{credential_, peer_, agent_id_});
+}
+
+Stream* AgentLink::OpenTunnelStream(link::Open open, StreamHandler& handler) {
+  if (state_ != State::kReady) return nullptr;
+  Stream* stream = link_.OpenStream(std::move(open), handler);
+  if (stream != nullptr) CounterOf("rdv_streams_opened_total", "Streams opened to agents").Inc();
+  open_streams_ = link_.stream_count();
+  return stream;
+}
+
+void AgentLink::SendTunnelNotice(const link::TunnelNotice& notice) {
+  if (state_ != State::kReady) return;
+  spdlog::info("agent link {} ({}): notice about {} {}: {}", id_, agent_id_,
+               absl::AsciiStrToLower(link::ServiceKind_Name(notice.service().kind())),
+               notice.service().name(), notice.detail());
+  link::Control control;
+  *control.mutable_tunnel_notice() = notice;
+  link_.SendControl(control);
 }
 
 void AgentLink::OnPong(Link& link, uint64_t sent_ms) { rtt_ms_ = uv_now(worker_.loop()) - sent_ms; }

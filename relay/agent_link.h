@@ -3,9 +3,11 @@
 // 1. TLS handshake (ALPN rdv/1) within the handshake timeout.
 // 2. Hello -> Challenge(nonce) -> Proof(HMAC over nonce and the TLS exporter) -> AuthResult.
 //    The secret never crosses; the exporter binds the proof to this TLS session.
-// 3. Register -> one Registered per service (grant check, claim in the directory, tcp port).
-// 4. Streams: entrypoints open them through OpenStream(); pings keep the link alive; silence
-//    past the idle timeout closes it.
+// 3. Register -> one Registered per service (grant check, claim in the directory, tcp port);
+//    Unregister withdraws some of them again.
+// 4. Streams: entrypoints open them through OpenStream(); streams the agent opens are tunnel
+//    streams, routed and bridged by RouteTunnel (relay/tunnel_bridge.h); pings keep the link
+//    alive; silence past the idle timeout closes it.
 #ifndef RDV_RELAY_AGENT_LINK_H_
 #define RDV_RELAY_AGENT_LINK_H_
 
@@ -49,6 +51,8 @@ class AgentLink : public StreamCarrier,
   int worker() const override { return worker_.index(); }
   const std::string& agent() const override { return agent_id_; }
   size_t open_streams() const override { return open_streams_.load(std::memory_order_relaxed); }
+  Stream* OpenTunnelStream(link::Open open, StreamHandler& handler) override;
+  void SendTunnelNotice(const link::TunnelNotice& notice) override;
 
   // TlsSession::Handler
   void OnTlsReady() override;
@@ -71,6 +75,9 @@ class AgentLink : public StreamCarrier,
   void HandleProof(const link::Proof& proof);
   void HandleRegister(const link::Register& request);
   link::Registered RegisterOne(const link::ServiceSpec& spec);
+  void HandleUnregister(const link::Unregister& request);
+  // Forgets every registration of this link (GoAway, close).
+  void ReleaseRegistrations();
   void Refuse(std::string_view counter_reason, std::string_view wire_reason,
               std::string_view log_detail);
   void OnTimer();
@@ -91,6 +98,7 @@ class AgentLink : public StreamCarrier,
   bool counted_active_ = false;
   bool counted_for_credential_ = false;
   int registered_ = 0;
+  int tunnel_registrations_ = 0;         // PRIVATE and PAIR ones among them
   std::atomic<size_t> open_streams_{0};  // link_.stream_count(), read by other workers
 };
 

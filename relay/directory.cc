@@ -50,6 +50,10 @@ std::string InMemoryDirectory::Key(link::ServiceKind kind, const std::string& na
   return StrCat(static_cast<int>(kind), "/", name);
 }
 
+std::string InMemoryDirectory::KeyOf(const link::ServiceSpec& service) {
+  return Key(service.kind(), service.kind() == link::PAIR ? service.pair_id() : service.name());
+}
+
 std::string InMemoryDirectory::AgentKey(const StreamCarrier& carrier) {
   if (!carrier.agent().empty()) return StrCat("agent:", carrier.agent());
   return StrCat("link:", reinterpret_cast<uintptr_t>(&carrier));
@@ -72,13 +76,17 @@ void InMemoryDirectory::UpdateHealthGauge(const Entry& entry) {
 absl::Status InMemoryDirectory::Claim(const link::ServiceSpec& service, const std::string& alias,
                                       StreamCarrier& carrier) {
   absl::MutexLock lock(&mu_);
-  std::string key = Key(service.kind(), service.name());
+  std::string key = KeyOf(service);
   std::string_view policy = PolicyOf(service);
   if (!IsKnownPolicy(policy)) {
     return absl::InvalidArgumentError(StrCat("unknown balance policy '", policy, "'"));
   }
   auto it = entries_.find(key);
   if (it != entries_.end() && it->second.credential != carrier.credential()) {
+    if (service.kind() == link::PAIR) {
+      return absl::AlreadyExistsError(
+          StrCat("pair ", service.name(), " (this pairing secret) is held by another credential"));
+    }
     return absl::AlreadyExistsError(StrCat(service.name(), " is held by another credential"));
   }
   if (it != entries_.end()) {
@@ -113,20 +121,39 @@ absl::Status InMemoryDirectory::Claim(const link::ServiceSpec& service, const st
   return absl::OkStatus();
 }
 
-void InMemoryDirectory::Release(StreamCarrier& carrier) {
-  absl::MutexLock lock(&mu_);
+bool InMemoryDirectory::RemoveMember(Entry& entry, const StreamCarrier& carrier) {
+  size_t removed =
+      std::erase_if(entry.members, [&](const Member& m) { return m.carrier == &carrier; });
+  if (removed == 0) return false;
+  // The agent's last link gone: forget its report, a returning agent reports afresh.
   std::string agent = AgentKey(carrier);
-  for (auto& [key, entry] : entries_) {
-    size_t removed =
-        std::erase_if(entry.members, [&](const Member& m) { return m.carrier == &carrier; });
-    if (removed == 0) continue;
-    // The agent's last link gone: forget its report, a returning agent reports afresh.
-    bool agent_left = std::none_of(entry.members.begin(), entry.members.end(),
-                                   [&](const Member& m) { return m.agent == agent; });
-    if (!agent_left) continue;
+  bool agent_left = std::none_of(entry.members.begin(), entry.members.end(),
+                                 [&](const Member& m) { return m.agent == agent; });
+  if (agent_left) {
     entry.next_link.erase(agent);
     if (entry.healthy.erase(agent) > 0) UpdateHealthGauge(entry);
   }
+  return true;
+}
+
+void InMemoryDirectory::Release(StreamCarrier& carrier) {
+  absl::MutexLock lock(&mu_);
+  for (auto& [key, entry] : entries_) RemoveMember(entry, carrier);
+}
+
+bool InMemoryDirectory::Withdraw(const link::ServiceSpec& service, StreamCarrier& carrier) {
+  absl::MutexLock lock(&mu_);
+  if (service.kind() == link::PAIR && service.pair_id().empty()) {
+    bool removed = false;
+    for (auto& [key, entry] : entries_) {
+      if (entry.service.kind() == link::PAIR && entry.service.name() == service.name()) {
+        removed |= RemoveMember(entry, carrier);
+      }
+    }
+    return removed;
+  }
+  auto it = entries_.find(KeyOf(service));
+  return it != entries_.end() && RemoveMember(it->second, carrier);
 }
 
 absl::StatusOr<bool> InMemoryDirectory::SetHealth(const StreamCarrier& carrier,
@@ -149,7 +176,7 @@ absl::StatusOr<bool> InMemoryDirectory::SetHealth(const StreamCarrier& carrier,
 
 InMemoryDirectory::Entry* InMemoryDirectory::Find(link::ServiceKind kind, const std::string& name) {
   if (auto it = entries_.find(Key(kind, name)); it != entries_.end()) return &it->second;
-  if (kind == link::TCP || kind == link::UDP) return nullptr;
+  if (kind == link::TCP || kind == link::UDP || IsTunnelKind(kind)) return nullptr;
   if (kind == link::HTTP) {
     if (auto it = http_alias_.find(name); it != http_alias_.end()) {
       auto entry = entries_.find(it->second);
@@ -283,6 +310,44 @@ RouteResult InMemoryDirectory::Lookup(link::ServiceKind kind, const std::string&
   result.outcome =
       entry->members.empty() ? RouteResult::Outcome::kNoLink : RouteResult::Outcome::kFound;
   return result;
+}
+
+std::vector<link::ServiceSpec> InMemoryDirectory::TunnelServices() {
+  absl::MutexLock lock(&mu_);
+  std::vector<link::ServiceSpec> services;
+  for (const auto& [key, entry] : entries_) {
+    if (IsTunnelKind(entry.service.kind()) && !entry.members.empty()) {
+      services.push_back(entry.service);
+    }
+  }
+  return services;
+}
+
+std::vector<RouteResult> InMemoryDirectory::OtherPairHolders(const std::string& name,
+                                                             const std::string& pair_id) {
+  absl::MutexLock lock(&mu_);
+  std::vector<RouteResult> holders;
+  for (const auto& [key, entry] : entries_) {
+    if (entry.service.kind() != link::PAIR || entry.service.name() != name ||
+        entry.service.pair_id() == pair_id) {
+      continue;
+    }
+    std::vector<const std::string*> agents;  // one link per agent: each is told once
+    for (const Member& member : entry.members) {
+      if (std::any_of(agents.begin(), agents.end(),
+                      [&](const std::string* agent) { return *agent == member.agent; })) {
+        continue;
+      }
+      agents.push_back(&member.agent);
+      RouteResult holder;
+      holder.outcome = RouteResult::Outcome::kFound;
+      holder.service = entry.service;
+      holder.carrier = member.carrier;
+      holder.worker = member.worker;
+      holders.push_back(std::move(holder));
+    }
+  }
+  return holders;
 }
 
 }  // namespace rdv

@@ -14,6 +14,11 @@
 // group's policy (ServiceSpec.balance) is set by the first registration; while other agents
 // are in the group, a registration asking another policy is refused. An agent that reported the
 // service unhealthy (ServiceHealth) gets no new streams until it reports healthy again.
+//
+// Tunnel services (docs/protocol.md "Tunnels"): PRIVATE entries are keyed by name like tcp
+// services, PAIR entries by their pair_id (the name is only their label), so a pair id is
+// unique relay-wide. Only their own kind reaches them: host routing (aliases, wildcards) and
+// the public entrypoints' kinds never match a tunnel entry.
 #ifndef RDV_RELAY_DIRECTORY_H_
 #define RDV_RELAY_DIRECTORY_H_
 
@@ -51,7 +56,15 @@ class StreamCarrier {
   // From the carrier's own worker loop: opens a tunnel stream (docs/protocol.md "Tunnels") with
   // `open` as given (stream_id assigned here); nullptr when the carrier cannot take one now.
   virtual Stream* OpenTunnelStream(link::Open open, StreamHandler& handler) { return nullptr; }
+  // From the carrier's own worker loop: tells the agent something about a tunnel service it
+  // serves (a TunnelNotice control).
+  virtual void SendTunnelNotice(const link::TunnelNotice& notice) {}
 };
+
+// The kinds reached only by agent-opened tunnel streams.
+inline bool IsTunnelKind(link::ServiceKind kind) {
+  return kind == link::PRIVATE || kind == link::PAIR;
+}
 
 struct RouteResult {
   enum class Outcome { kFound, kUnknown, kNoLink };
@@ -80,6 +93,9 @@ class Directory {
                              StreamCarrier& carrier) = 0;
   // Forgets every registration of `carrier` (its claims remain with the credential).
   virtual void Release(StreamCarrier& carrier) = 0;
+  // Forgets `carrier`'s registration of `service` (kind and name; a PAIR by its pair_id, or by
+  // name when pair_id is empty), as Release does for all of them. Returns whether there was one.
+  virtual bool Withdraw(const link::ServiceSpec& service, StreamCarrier& carrier) = 0;
   // The agent behind `carrier` reports the health of (kind, name) (already normalized). Applies
   // to every link of that agent. Returns whether the agent's state changed (true for a first
   // unhealthy report); NotFound when `carrier` does not serve the name.
@@ -107,6 +123,19 @@ class Directory {
   // Matches like RouteHost/RouteService without picking a member (carrier stays null): for a
   // connection that already holds a stream and asks whether a request stays on it.
   virtual RouteResult Lookup(link::ServiceKind kind, const std::string& name) = 0;
+
+  // Routes a pair by its pair_id (Reroute takes the pair_id as the name too).
+  RouteResult RoutePair(const std::string& pair_id, int worker, std::string_view client_ip) {
+    return RouteService(link::PAIR, pair_id, worker, client_ip);
+  }
+  // The registered PRIVATE and PAIR services that have at least one member now (what a relay
+  // registers with its upstream).
+  virtual std::vector<link::ServiceSpec> TunnelServices() = 0;
+  // One link per agent holding a PAIR labelled `name` under a pair_id other than `pair_id`:
+  // whom to tell that someone asked for the name with another pairing secret. Each carrier is
+  // valid to use only on its `worker`, and only if it is still listed when used there.
+  virtual std::vector<RouteResult> OtherPairHolders(const std::string& name,
+                                                    const std::string& pair_id) = 0;
 };
 
 // Single-relay directory held in memory, shared by the worker loops.
@@ -117,6 +146,7 @@ class InMemoryDirectory : public Directory {
   absl::Status Claim(const link::ServiceSpec& service, const std::string& alias,
                      StreamCarrier& carrier) override;
   void Release(StreamCarrier& carrier) override;
+  bool Withdraw(const link::ServiceSpec& service, StreamCarrier& carrier) override;
   absl::StatusOr<bool> SetHealth(const StreamCarrier& carrier, link::ServiceKind kind,
                                  const std::string& name, bool healthy) override;
   RouteResult RouteHost(link::ServiceKind kind, const std::string& host, int worker,
@@ -126,6 +156,9 @@ class InMemoryDirectory : public Directory {
   RouteResult Reroute(link::ServiceKind kind, const std::string& name, int worker,
                       std::string_view client_ip, const StreamCarrier* chosen) override;
   RouteResult Lookup(link::ServiceKind kind, const std::string& name) override;
+  std::vector<link::ServiceSpec> TunnelServices() override;
+  std::vector<RouteResult> OtherPairHolders(const std::string& name,
+                                            const std::string& pair_id) override;
 
  private:
   struct Member {  // one link
@@ -142,6 +175,11 @@ class InMemoryDirectory : public Directory {
     std::map<std::string, size_t> next_link;  // agent key -> round robin cursor over its links
   };
   static std::string Key(link::ServiceKind kind, const std::string& name);
+  // The key `service` is claimed under: a PAIR's pair_id, else its name.
+  static std::string KeyOf(const link::ServiceSpec& service);
+  // Removes `carrier` from `entry`; forgets its agent's health report when that was the
+  // agent's last link. Returns whether it was a member.
+  static bool RemoveMember(Entry& entry, const StreamCarrier& carrier);
   static std::string AgentKey(const StreamCarrier& carrier);
   static bool IsHealthy(const Entry& entry, const std::string& agent);
   Entry* Find(link::ServiceKind kind, const std::string& name) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -325,5 +325,156 @@ TEST(DirectoryTest, TcpServicesByName) {
             RouteResult::Outcome::kUnknown);
 }
 
+link::ServiceSpec Private(const std::string& name) {
+  link::ServiceSpec spec;
+  spec.set_kind(link::PRIVATE);
+  spec.set_name(name);
+  return spec;
+}
+
+link::ServiceSpec Pair(const std::string& name, const std::string& pair_id) {
+  link::ServiceSpec spec;
+  spec.set_kind(link::PAIR);
+  spec.set_name(name);
+  spec.set_pair_id(pair_id);
+  return spec;
+}
+
+constexpr char kPairIdA[] = "0123456789abcdef0123456789abcdef";
+constexpr char kPairIdB[] = "fedcba9876543210fedcba9876543210";
+
+TEST(DirectoryTest, PairsAreKeyedByPairId) {
+  InMemoryDirectory directory("relay.test");
+  FakeCarrier a("site-a", 0, "agent-a"), b("site-b", 1, "agent-b"), other("site-a", 0, "a2");
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", a).ok());
+  // Another pairing secret under the same name is another pair: no conflict.
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdB), "", b).ok());
+
+  RouteResult first = directory.RoutePair(kPairIdA, 0, "");
+  EXPECT_EQ(first.outcome, RouteResult::Outcome::kFound);
+  EXPECT_EQ(first.carrier, &a);
+  EXPECT_EQ(first.service.name(), "site-b");
+  EXPECT_EQ(first.service.pair_id(), kPairIdA);
+  EXPECT_EQ(directory.RoutePair(kPairIdB, 0, "").carrier, &b);
+  EXPECT_EQ(directory.RoutePair(kPairIdB, 0, "").worker, 1);
+  // Not by name.
+  EXPECT_EQ(directory.RouteService(link::PAIR, "site-b", 0, "").outcome,
+            RouteResult::Outcome::kUnknown);
+
+  // A pair id is unique relay-wide: another credential cannot take it.
+  FakeCarrier thief("mallory", 0, "m");
+  absl::Status taken = directory.Claim(Pair("site-b", kPairIdA), "", thief);
+  EXPECT_EQ(taken.code(), absl::StatusCode::kAlreadyExists);
+  EXPECT_EQ(taken.message(), "pair site-b (this pairing secret) is held by another credential");
+  // The same credential's other agent joins the group.
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", other).ok());
+  std::map<const StreamCarrier*, int> picks;
+  for (int i = 0; i < 4; ++i) picks[directory.RoutePair(kPairIdA, 0, "").carrier]++;
+  EXPECT_EQ(picks[&a], 2);
+  EXPECT_EQ(picks[&other], 2);
+}
+
+TEST(DirectoryTest, TunnelEntriesAreNeverReachedFromPublicKinds) {
+  InMemoryDirectory directory("relay.test");
+  FakeCarrier c("site", 0);
+  ASSERT_TRUE(directory.Claim(Private("db"), "", c).ok());
+  ASSERT_TRUE(directory.Claim(Pair("db", kPairIdA), "", c).ok());
+  EXPECT_EQ(directory.RouteService(link::PRIVATE, "db", 0, "").carrier, &c);
+  for (link::ServiceKind kind : {link::HTTP, link::TLS, link::SMTP}) {
+    EXPECT_EQ(directory.RouteHost(kind, "db", 0, "").outcome, RouteResult::Outcome::kUnknown);
+    EXPECT_EQ(directory.RouteHost(kind, std::string(kPairIdA), 0, "").outcome,
+              RouteResult::Outcome::kUnknown);
+    EXPECT_EQ(directory.Lookup(kind, "db").outcome, RouteResult::Outcome::kUnknown);
+  }
+  for (link::ServiceKind kind : {link::TCP, link::UDP}) {
+    EXPECT_EQ(directory.RouteService(kind, "db", 0, "").outcome, RouteResult::Outcome::kUnknown);
+    EXPECT_EQ(directory.RouteService(kind, std::string(kPairIdA), 0, "").outcome,
+              RouteResult::Outcome::kUnknown);
+  }
+  // Nor by a zone alias or a wildcard: tunnel kinds match exactly.
+  EXPECT_EQ(directory.RouteHttp("db.relay.test", 0, "").outcome, RouteResult::Outcome::kUnknown);
+  EXPECT_EQ(directory.RouteHost(link::PRIVATE, "x.db", 0, "").outcome,
+            RouteResult::Outcome::kUnknown);
+}
+
+TEST(DirectoryTest, TunnelServicesListsHeldTunnelEntries) {
+  InMemoryDirectory directory("");
+  FakeCarrier a("site", 0, "agent-a"), b("site", 1, "agent-b");
+  link::ServiceSpec tcp;
+  tcp.set_kind(link::TCP);
+  tcp.set_name("ssh");
+  ASSERT_TRUE(directory.Claim(tcp, "", a).ok());
+  ASSERT_TRUE(directory.Claim(Private("db"), "", a).ok());
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", b).ok());
+  EXPECT_TRUE(directory.Claim(Http("www.orang.com"), "", a).ok());
+
+  auto names = [&] {
+    std::map<std::string, std::string> out;  // name -> pair_id
+    for (const link::ServiceSpec& spec : directory.TunnelServices()) {
+      EXPECT_TRUE(IsTunnelKind(spec.kind()));
+      out[spec.name()] = spec.pair_id();
+    }
+    return out;
+  };
+  EXPECT_EQ(names(), (std::map<std::string, std::string>{{"db", ""}, {"site-b", kPairIdA}}));
+  // Entries whose members all left are not listed (their claims remain).
+  directory.Release(b);
+  EXPECT_EQ(names(), (std::map<std::string, std::string>{{"db", ""}}));
+  EXPECT_EQ(directory.RoutePair(kPairIdA, 0, "").outcome, RouteResult::Outcome::kNoLink);
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", b).ok());
+  EXPECT_EQ(names().size(), 2u);
+}
+
+TEST(DirectoryTest, WithdrawForgetsOneRegistrationOfOneLink) {
+  InMemoryDirectory directory("");
+  FakeCarrier a("site", 0, "agent-a"), a2("site", 1, "agent-a"), b("site", 0, "agent-b");
+  ASSERT_TRUE(directory.Claim(Private("db"), "", a).ok());
+  ASSERT_TRUE(directory.Claim(Private("db"), "", a2).ok());
+  ASSERT_TRUE(directory.Claim(Private("cache"), "", a).ok());
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", b).ok());
+
+  EXPECT_TRUE(directory.Withdraw(Private("db"), a));
+  EXPECT_FALSE(directory.Withdraw(Private("db"), a));   // already gone
+  EXPECT_FALSE(directory.Withdraw(Private("web"), a));  // never registered
+  // The agent's other link still serves db; the link's other registration stays.
+  EXPECT_EQ(directory.RouteService(link::PRIVATE, "db", 0, "").carrier, &a2);
+  EXPECT_EQ(directory.RouteService(link::PRIVATE, "cache", 0, "").carrier, &a);
+  EXPECT_TRUE(directory.Withdraw(Private("db"), a2));
+  EXPECT_EQ(directory.RouteService(link::PRIVATE, "db", 0, "").outcome,
+            RouteResult::Outcome::kNoLink);
+
+  // A pair by its pair_id; the wrong pair_id does not match; by name when it has none.
+  EXPECT_FALSE(directory.Withdraw(Pair("site-b", kPairIdB), b));
+  EXPECT_TRUE(directory.Withdraw(Pair("site-b", kPairIdA), b));
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", b).ok());
+  EXPECT_TRUE(directory.Withdraw(Pair("site-b", ""), b));
+  EXPECT_EQ(directory.RoutePair(kPairIdA, 0, "").outcome, RouteResult::Outcome::kNoLink);
+  EXPECT_EQ(directory.TunnelServices().size(), 1u);  // cache
+}
+
+TEST(DirectoryTest, OtherPairHoldersOneLinkPerAgent) {
+  InMemoryDirectory directory("");
+  FakeCarrier a1("site", 0, "agent-a"), a2("site", 1, "agent-a"), b("other", 1, "agent-b"),
+      same("site", 0, "agent-c");
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", a1).ok());
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", a2).ok());
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdB), "", b).ok());
+  ASSERT_TRUE(directory.Claim(Pair("office", std::string(31, 'a') + "b"), "", same).ok());
+
+  // Someone asked for "site-b" with a third secret: both pairs' holders are told, once each.
+  std::vector<RouteResult> holders = directory.OtherPairHolders("site-b", std::string(32, 'c'));
+  ASSERT_EQ(holders.size(), 2u);
+  std::map<const StreamCarrier*, int> workers;
+  for (const RouteResult& holder : holders) workers[holder.carrier] = holder.worker;
+  EXPECT_TRUE(workers.contains(&a1) != workers.contains(&a2));
+  EXPECT_EQ(workers.at(&b), 1);
+  // The asker's own pair id is not "other".
+  holders = directory.OtherPairHolders("site-b", kPairIdA);
+  ASSERT_EQ(holders.size(), 1u);
+  EXPECT_EQ(holders[0].carrier, &b);
+  EXPECT_EQ(holders[0].service.pair_id(), kPairIdB);
+  EXPECT_TRUE(directory.OtherPairHolders("nobody", kPairIdA).empty());
+}
+
 }  // namespace
 }  // namespace rdv

@@ -32,6 +32,8 @@ void DeclareMetrics() {
   CounterOf("rdv_udp_datagrams_sent_total", "Datagrams sent to clients of udp service ports");
   CounterOf("rdv_udp_sessions_opened_total", "udp sessions opened");
   CounterOf("rdv_udp_sessions_expired_total", "udp sessions closed after the idle timeout");
+  CounterOf("rdv_tunnels_bridged_total", "Tunnel streams joined to their far end");
+  GaugeOf("rdv_tunnels_active", "Bridged tunnel streams open now");
 }
 
 }  // namespace
@@ -338,6 +340,9 @@ std::vector<std::string> Relay::RoutesFor(const link::ServiceSpec& service,
     routes.push_back(StrCat("tls://", service.name(), ":", entry_port("tls")));
   } else if (service.kind() == link::SMTP) {
     routes.push_back(StrCat("smtp://", service.name(), ":", entry_port("smtp")));
+  } else if (service.kind() == link::PRIVATE || service.kind() == link::PAIR) {
+    // Reached only through tunnels (relay/tunnel_bridge.h), never on a public entrypoint.
+    routes.push_back(StrCat(service.kind() == link::PAIR ? "pair " : "private ", service.name()));
   } else if (service.kind() == link::UDP) {
     routes.push_back(
         StrCat("udp://", config_.udp.bind.empty() ? "" : config_.udp.bind[0], ":", service.port()));

@@ -387,7 +387,7 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   if (absl::Status s =
           root->CheckKeys({"relay_id", "state_dir", "workers", "log_level", "agent_listener",
                            "http", "tcp", "tls", "smtp", "proxy", "udp", "admin", "link",
-                           "proxy_protocol_from", "credentials", "upstream"});
+                           "proxy_protocol_from", "credentials", "tunnel_tap_file", "upstream"});
       !s.ok()) {
     return s;
   }
@@ -402,6 +402,9 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   }
   if (absl::Status s = root->ReadString("state_dir", &config.state_dir); !s.ok()) return s;
   if (config.state_dir.empty()) return root->Find("state_dir")->Error("must not be empty");
+  if (absl::Status s = root->ReadString("tunnel_tap_file", &config.tunnel_tap_file); !s.ok()) {
+    return s;
+  }
   if (absl::Status s = root->ReadUint<uint32_t>("workers", 0, 1024, &config.workers); !s.ok()) {
     return s;
   }

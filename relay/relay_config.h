@@ -163,6 +163,9 @@ struct RelayConfig {
   NetworkList proxy_protocol_from;
   std::vector<CredentialConfig> credentials;  // at least one, unique names
   std::optional<UpstreamConfig> upstream;     // absent: no cascade
+  // Debugging aid: every byte the relay bridges between two tunnel streams (both directions)
+  // is appended to this file. "" = off.
+  std::string tunnel_tap_file;
 
   const CredentialConfig* FindCredential(std::string_view name) const;
 };

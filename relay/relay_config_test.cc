@@ -191,6 +191,24 @@ TEST(RelayConfigTest, PortZeroAndEmptyAdmin) {
   EXPECT_TRUE(config->admin.listen.empty());
 }
 
+TEST(RelayConfigTest, TunnelGrantsAndTapFile) {
+  absl::StatusOr<RelayConfig> config = Parse(
+      "tunnel_tap_file: /tmp/tap.bin\n"
+      "credentials:\n"
+      "  - name: site-a\n"
+      "    secret: s3cret-s3cret\n"
+      "    grants: ['pair:*', 'private:db', 'connect:db', 'pair:site-*']\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->tunnel_tap_file, "/tmp/tap.bin");
+  const std::vector<Grant>& grants = config->credentials[0].grants;
+  ASSERT_EQ(grants.size(), 4u);
+  EXPECT_EQ(grants[0].kind(), GrantKind::kPair);
+  EXPECT_EQ(grants[1].kind(), GrantKind::kPrivate);
+  EXPECT_EQ(grants[2].kind(), GrantKind::kConnect);
+  EXPECT_EQ(grants[3].ToString(), "pair:site-*");
+  EXPECT_TRUE(Parse(kMinimalConfig)->tunnel_tap_file.empty());
+}
+
 TEST(RelayConfigTest, SecretFile) {
   std::string path = WriteTempFile("secret", "file-secret-value\n");
   absl::StatusOr<RelayConfig> config =
@@ -383,7 +401,15 @@ TEST(RelayConfigTest, GrantsAndNetworks) {
             "kind:pattern, e.g. http:*.example.com");
   EXPECT_EQ(ErrorOf(FullWith("\"http:www.orang.com\"", "\"ftp:x\"")),
             "relay.yaml:35: credentials[0].grants[1]: invalid grant 'ftp:x': unknown kind 'ftp' "
-            "(http, tcp, tls, smtp, udp)");
+            "(http, tcp, tls, smtp, udp, pair, private, connect)");
+  EXPECT_EQ(ErrorOf(FullWith("\"http:www.orang.com\"", "\"pair:site b\"")),
+            "relay.yaml:35: credentials[0].grants[1]: invalid grant 'pair:site b': expected a "
+            "name (a letter, then letters, digits, '.', '_', '-'), a name prefix followed by * "
+            "(site-*), or *");
+  EXPECT_EQ(ErrorOf(FullWith("\"http:www.orang.com\"", "\"connect:\"")),
+            "relay.yaml:35: credentials[0].grants[1]: invalid grant 'connect:': expected a "
+            "name (a letter, then letters, digits, '.', '_', '-'), a name prefix followed by * "
+            "(site-*), or *");
   EXPECT_EQ(ErrorOf(FullWith("\"::1/128\"", "\"::1/129\"")),
             "relay.yaml:36: credentials[0].networks[1]: invalid network '::1/129': prefix length "
             "must be 0-128");
