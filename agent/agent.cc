@@ -1,7 +1,9 @@
 #include "agent/agent.h"
 
+#include "agent/connect_listener.h"
 #include "agent/health_check.h"
 #include "agent/relay_link.h"
+#include "common/metrics.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -11,13 +13,19 @@ Agent::Agent(AgentConfig config, uv_loop_t* loop)
     : config_(std::move(config)), loop_(loop), tasks_(loop) {}
 
 Agent::~Agent() {
+  admin_.reset();
   for (auto& checker : health_checkers_) {
     if (checker) checker->Stop();
   }
   health_checkers_.clear();
+  // Tunnels before the links their streams live on.
+  for (auto& listener : connect_listeners_) listener->Shutdown();
+  serving_tunnels_.clear();
   links_.clear();
   splices_.clear();
   tasks_.Close();
+  // Last: deferred work run by tasks_.Close() may still reach into them.
+  connect_listeners_.clear();
 }
 
 absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentConfig config, uv_loop_t* loop) {
@@ -25,15 +33,44 @@ absl::StatusOr<std::unique_ptr<Agent>> Agent::Create(AgentConfig config, uv_loop
   absl::StatusOr<SslCtxPtr> ctx = CreateLinkClientContext(agent->config_.relay_ca_file);
   if (!ctx.ok()) return ctx.status();
   agent->tls_context_ = std::move(*ctx);
+  for (const ConnectConfig& connect : agent->config_.connects) {
+    absl::StatusOr<std::unique_ptr<ConnectListener>> listener =
+        ConnectListener::Create(*agent, connect);
+    if (!listener.ok()) return listener.status();
+    agent->connect_listeners_.push_back(*std::move(listener));
+  }
+  if (const std::optional<HostPort>& listen = agent->config_.admin_listen) {
+    Agent* raw = agent.get();
+    AdminRouter router = [raw](std::string_view path) -> std::optional<AdminResponse> {
+      if (path == "/metrics") return MetricsResponse();
+      if (path == "/status") {
+        return AdminResponse{200, "application/json", RenderAgentStatusJson(raw->Status())};
+      }
+      if (path == "/healthz") return AdminResponse{200, "text/plain", "ok\n"};
+      return std::nullopt;
+    };
+    absl::StatusOr<std::unique_ptr<AdminServer>> admin =
+        AdminServer::Create(loop, agent->tasks_, listen->host, listen->port, std::move(router));
+    if (!admin.ok()) {
+      return absl::Status(admin.status().code(), StrCat("admin.listen ", FormatHostPort(*listen),
+                                                        ": ", admin.status().message()));
+    }
+    agent->admin_ = *std::move(admin);
+    spdlog::info("admin listening {}", agent->admin_->address());
+  }
   return agent;
 }
 
 void Agent::Start() {
+  // Registered now so that /metrics shows them before anything happened.
+  RelayLink::LinksUp();
+  CounterOf("rdv_agent_link_drops_total", "Links to the relay that dropped after coming up");
   for (uint32_t i = 0; i < config_.links; ++i) {
     const HostPort& relay = config_.relays[i % config_.relays.size()];
     links_.push_back(std::make_unique<RelayLink>(*this, static_cast<int>(i), relay));
   }
   for (auto& link : links_) link->Start();
+  for (auto& listener : connect_listeners_) listener->Start();
   for (size_t i = 0; i < config_.services.size(); ++i) {
     const ServiceConfig& service = config_.services[i];
     if (!service.health_check) {
@@ -85,10 +122,98 @@ void Agent::Shutdown() {
     if (checker) checker->Stop();
   }
   health_checkers_.clear();
+  // Tunnels first: the peer hears GoAway inside each, then the relay links close under them.
+  for (auto& listener : connect_listeners_) listener->Shutdown();
+  for (auto& [raw, tunnel] : serving_tunnels_) tunnel->SendGoAway("agent shutting down");
+  serving_tunnels_.clear();
+  if (admin_) admin_->Close();
   for (auto& link : links_) link->Shutdown();
   links_.clear();
   splices_.clear();
   tasks_.Close();
+}
+
+Link* Agent::ReadyRelayLink() {
+  for (size_t i = 0; i < links_.size(); ++i) {
+    RelayLink& link = *links_[(next_tunnel_link_ + i) % links_.size()];
+    if (Link* ready = link.ready_link()) {
+      next_tunnel_link_ = (next_tunnel_link_ + i + 1) % links_.size();
+      return ready;
+    }
+  }
+  return nullptr;
+}
+
+void Agent::OnRelayLinkReady() {
+  if (shutting_down_) return;
+  for (auto& listener : connect_listeners_) listener->OnRelayLinkReady();
+}
+
+Tunnel::Context Agent::TunnelContext() const {
+  Tunnel::Context context;
+  context.loop = loop_;
+  context.tasks = const_cast<LoopTasks*>(&tasks_);
+  context.agent_id = config_.agent_id;
+  context.connect_timeout = config_.connect_timeout;
+  return context;
+}
+
+void Agent::ServeTunnel(Stream& stream, const ServiceConfig& service) {
+  if (shutting_down_) {
+    stream.Refuse("agent shutting down");
+    return;
+  }
+  absl::StatusOr<std::unique_ptr<Tunnel>> tunnel =
+      Tunnel::Serve(TunnelContext(), ServingEndpoint(service), stream, *this);
+  if (!tunnel.ok()) {
+    spdlog::warn("tunnel {} {}: refused a tunnel from {}: {}", service.kind_name(), service.name,
+                 stream.open().tunnel().agent_id(), tunnel.status().message());
+    return;
+  }
+  Tunnel* raw = tunnel->get();
+  serving_tunnels_.emplace(raw, *std::move(tunnel));
+}
+
+void Agent::OnTunnelClosed(Tunnel& tunnel, const absl::Status& status) {
+  Tunnel* raw = &tunnel;
+  tasks_.Defer([this, raw] { serving_tunnels_.erase(raw); });
+}
+
+AgentStatus Agent::Status() const {
+  AgentStatus status;
+  status.agent_id = config_.agent_id;
+  for (const auto& link : links_) {
+    status.links.push_back({FormatHostPort(link->relay()), std::string(link->state_name())});
+  }
+  auto add = [&status](const Tunnel& tunnel, std::string_view role) {
+    AgentTunnelStatus& entry = status.tunnels.emplace_back();
+    entry.kind = std::string(tunnel.kind_name());
+    entry.name = tunnel.name();
+    entry.role = std::string(role);
+    entry.state = std::string(tunnel.state_name());
+    entry.peer_agent = tunnel.peer_agent();
+    entry.hops = tunnel.hops();
+    entry.streams = tunnel.stream_count();
+    entry.security = tunnel.security();
+  };
+  for (const auto& listener : connect_listeners_) {
+    if (const Tunnel* tunnel = listener->tunnel()) {
+      add(*tunnel, "connect");
+    } else {
+      // Between attempts: the entry is still listed, so an operator sees it is not up.
+      const ConnectConfig& config = listener->config();
+      AgentTunnelStatus& entry = status.tunnels.emplace_back();
+      entry.kind = std::string(config.kind_name());
+      entry.name = config.name;
+      entry.role = "connect";
+      entry.state = "down";
+      entry.security = std::string(config.security());
+    }
+  }
+  for (const auto& [raw, tunnel] : serving_tunnels_) {
+    if (tunnel->state() != Tunnel::State::kClosed) add(*tunnel, "serve");
+  }
+  return status;
 }
 
 void Agent::Adopt(std::unique_ptr<StreamSplice> splice) {

@@ -1,5 +1,8 @@
 // The agent process: keeps `links` links to the relay(s), registers its services on each, and
-// for every stream the relay opens connects to the service's private target and splices.
+// for every stream the relay opens connects to the service's private target and splices. It
+// serves the far end of tunnels to its pair and private services (agent/tunnel.h), and runs the
+// listeners of its `connect:` entries (agent/connect_listener.h), whose tunnels it opens on any
+// ready link.
 #ifndef RDV_AGENT_AGENT_H_
 #define RDV_AGENT_AGENT_H_
 
@@ -11,18 +14,23 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "agent/agent_config.h"
+#include "agent/tunnel.h"
+#include "agent/agent_status.h"
+#include "common/admin_http.h"
 #include "common/stream_splice.h"
 #include "common/tls.h"
 
 namespace rdv {
 
+class ConnectListener;
 class HealthChecker;
 class RelayLink;
 
-class Agent {
+class Agent : public Tunnel::Owner {
  public:
+  // Binds the connect listeners too (an address in use is an error here).
   static absl::StatusOr<std::unique_ptr<Agent>> Create(AgentConfig config, uv_loop_t* loop);
-  ~Agent();
+  ~Agent() override;
 
   void Start();
   // Sends GoAway on every link, closes everything; the loop then ends.
@@ -41,6 +49,18 @@ class Agent {
   // Sends the health of every service with checks on `link` (after it registered).
   void SendHealth(RelayLink& link);
 
+  // Tunnels: a ready relay link to open one on (in turn), or nullptr when none is up.
+  Link* ReadyRelayLink();
+  // `link` registered: connect entries waiting for a link open their tunnels.
+  void OnRelayLinkReady();
+  Tunnel::Context TunnelContext() const;
+  // The serving end of a tunnel to `service` (a pair or private service this agent holds).
+  void ServeTunnel(Stream& stream, const ServiceConfig& service);
+  // Tunnel::Owner, for the tunnels this agent serves.
+  void OnTunnelClosed(Tunnel& tunnel, const absl::Status& status) override;
+  // What GET /status on the admin listener reports.
+  AgentStatus Status() const;
+
  private:
   Agent(AgentConfig config, uv_loop_t* loop);
   void OnHealthChange(size_t service, bool healthy, const std::string& detail);
@@ -53,6 +73,11 @@ class Agent {
   // One per service of config_.services; null where health_check is off.
   std::vector<std::unique_ptr<HealthChecker>> health_checkers_;
   absl::flat_hash_map<StreamSplice*, std::unique_ptr<StreamSplice>> splices_;
+  // One per config_.connects entry.
+  std::vector<std::unique_ptr<ConnectListener>> connect_listeners_;
+  absl::flat_hash_map<Tunnel*, std::unique_ptr<Tunnel>> serving_tunnels_;
+  size_t next_tunnel_link_ = 0;
+  std::unique_ptr<AdminServer> admin_;  // null unless config_.admin_listen
   bool shutting_down_ = false;
 };
 

@@ -5,6 +5,7 @@
 #include <climits>
 #include <map>
 #include <optional>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -49,11 +50,79 @@ absl::Status ParseRelays(const YamlMap& root, AgentConfig* config) {
   return absl::OkStatus();
 }
 
+// `allow:` of a pair or private service: a list of {network, ports}.
+absl::Status ParseAllowList(const YamlValue& value, AllowList* allow) {
+  absl::StatusOr<std::vector<YamlValue>> items = value.AsList();
+  if (!items.ok()) return items.status();
+  for (const YamlValue& item : *items) {
+    absl::StatusOr<YamlMap> rule = item.AsMap();
+    if (!rule.ok()) return rule.status();
+    if (absl::Status s = rule->CheckKeys({"network", "ports"}); !s.ok()) return s;
+    absl::StatusOr<YamlValue> network_value = rule->Require("network");
+    if (!network_value.ok()) return network_value.status();
+    absl::StatusOr<std::string> network = network_value->AsString();
+    if (!network.ok()) return network.status();
+    std::vector<PortRange> ports;
+    if (std::optional<YamlValue> ports_value = rule->Find("ports")) {
+      absl::StatusOr<std::string> text = ports_value->AsString();
+      if (!text.ok()) return text.status();
+      absl::StatusOr<std::vector<PortRange>> parsed = ParsePortList(*text);
+      if (!parsed.ok()) return ports_value->Error(std::string(parsed.status().message()));
+      ports = *std::move(parsed);
+    }
+    if (absl::Status s = allow->Add(*network, std::move(ports)); !s.ok()) {
+      return network_value->Error(std::string(s.message()));
+    }
+  }
+  return absl::OkStatus();
+}
+
+// The security of a pair or private service: the secret (pair; private PSK mode) or the
+// certificate and key (private certificate mode).
+absl::Status ParseTunnelSecurity(const YamlMap& map, ServiceConfig* service) {
+  if (absl::Status s = map.ReadReadablePath("certificate_file", &service->certificate_file);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = map.ReadReadablePath("key_file", &service->key_file); !s.ok()) return s;
+  bool certificate = !service->certificate_file.empty() || !service->key_file.empty();
+  bool secret_given = map.Find("secret") || map.Find("secret_file");
+  if (service->kind == ServiceConfig::Kind::kPair && certificate) {
+    return map.Find(service->certificate_file.empty() ? "key_file" : "certificate_file")
+        ->Error(
+            "a pair is secured by its pairing secret; certificate_file and key_file are "
+            "only valid for private services");
+  }
+  if (certificate) {
+    if (secret_given) {
+      return map.Find(map.Find("secret") ? "secret" : "secret_file")
+          ->Error(
+              "set either a secret (PSK mode) or certificate_file and key_file (certificate "
+              "mode), not both");
+    }
+    if (service->certificate_file.empty() || service->key_file.empty()) {
+      return map.Error("certificate mode needs both certificate_file and key_file");
+    }
+    return absl::OkStatus();
+  }
+  if (service->kind == ServiceConfig::Kind::kPrivate && !secret_given) {
+    return map.Error(
+        "a private service needs secret or secret_file (PSK mode), or certificate_file and "
+        "key_file (certificate mode)");
+  }
+  absl::StatusOr<std::string> secret =
+      map.ReadSecret("secret", "secret_file", kMinTunnelSecretLength);
+  if (!secret.ok()) return secret.status();
+  service->secret = *std::move(secret);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   absl::StatusOr<YamlMap> map = item.AsMap();
   if (!map.ok()) return map.status();
   if (absl::Status s = map->CheckKeys({"name", "kind", "target", "alias", "port", "proxy_protocol",
-                                       "balance", "health_check", "rewrite_html"});
+                                       "balance", "health_check", "rewrite_html", "secret",
+                                       "secret_file", "certificate_file", "key_file", "allow"});
       !s.ok()) {
     return s;
   }
@@ -63,18 +132,36 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
   if (!kind_value.ok()) return kind_value.status();
   absl::StatusOr<std::string> kind = kind_value->AsString();
   static constexpr std::pair<std::string_view, ServiceConfig::Kind> kKinds[] = {
-      {"http", ServiceConfig::Kind::kHttp},
-      {"tcp", ServiceConfig::Kind::kTcp},
-      {"tls", ServiceConfig::Kind::kTls},
-      {"smtp", ServiceConfig::Kind::kSmtp},
-      {"udp", ServiceConfig::Kind::kUdp}};
+      {"http", ServiceConfig::Kind::kHttp},      {"tcp", ServiceConfig::Kind::kTcp},
+      {"tls", ServiceConfig::Kind::kTls},        {"smtp", ServiceConfig::Kind::kSmtp},
+      {"udp", ServiceConfig::Kind::kUdp},        {"pair", ServiceConfig::Kind::kPair},
+      {"private", ServiceConfig::Kind::kPrivate}};
   auto known = std::find_if(std::begin(kKinds), std::end(kKinds),
                             [&](const auto& entry) { return kind.ok() && *kind == entry.first; });
   if (known == std::end(kKinds)) {
     return kind_value->Error(
-        absl::StrCat("expected one of http|tcp|tls|smtp|udp, ", kind_value->Got()));
+        absl::StrCat("expected one of http|tcp|tls|smtp|udp|pair|private, ", kind_value->Got()));
   }
   service.kind = known->second;
+  if (service.is_tunnel()) {
+    for (std::string_view key :
+         {"alias", "port", "proxy_protocol", "health_check", "rewrite_html"}) {
+      if (map->HasKey(key)) {
+        std::optional<YamlValue> where = map->Find(key);
+        return (where ? *where : map->value())
+            .Error(absl::StrCat(AbslView(key), " is not valid for ", AbslView(service.kind_name()),
+                                " services"));
+      }
+    }
+  } else {
+    for (std::string_view key :
+         {"secret", "secret_file", "certificate_file", "key_file", "allow"}) {
+      if (std::optional<YamlValue> where = map->Find(key)) {
+        return where->Error(
+            absl::StrCat(AbslView(key), " is only valid for pair and private services"));
+      }
+    }
+  }
 
   absl::StatusOr<YamlValue> name_value = map->Require("name");
   if (!name_value.ok()) return name_value.status();
@@ -99,12 +186,20 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
     service.name = *std::move(name);
   }
 
-  absl::StatusOr<YamlValue> target_value = map->Require("target");
-  if (!target_value.ok()) return target_value.status();
-  absl::StatusOr<HostPort> target =
-      target_value->AsHostPort(/*allow_port_zero=*/false, /*require_ip_literal=*/false);
-  if (!target.ok()) return target.status();
-  service.target = *std::move(target);
+  if (!service.is_tunnel() || map->Find("target")) {
+    absl::StatusOr<YamlValue> target_value = map->Require("target");
+    if (!target_value.ok()) return target_value.status();
+    absl::StatusOr<HostPort> target =
+        target_value->AsHostPort(/*allow_port_zero=*/false, /*require_ip_literal=*/false);
+    if (!target.ok()) return target.status();
+    service.target = *std::move(target);
+  }
+  if (service.is_tunnel()) {
+    if (absl::Status s = ParseTunnelSecurity(*map, &service); !s.ok()) return s;
+    if (std::optional<YamlValue> allow = map->Find("allow")) {
+      if (absl::Status s = ParseAllowList(*allow, &service.allow); !s.ok()) return s;
+    }
+  }
 
   if (absl::Status s =
           map->ReadEnum("proxy_protocol", {"off", "v1", "v2"}, &service.proxy_protocol);
@@ -177,13 +272,21 @@ absl::StatusOr<ServiceConfig> ParseService(const YamlValue& item) {
 }
 
 absl::Status ParseServices(const YamlMap& root, AgentConfig* config) {
-  absl::StatusOr<std::vector<YamlValue>> items =
-      root.RequireNonEmptyList("services", "at least one service is required");
-  if (!items.ok()) return items.status();
+  std::vector<YamlValue> items;
+  if (std::optional<YamlValue> services = root.Find("services")) {
+    absl::StatusOr<std::vector<YamlValue>> list = services->AsList();
+    if (!list.ok()) return list.status();
+    items = *std::move(list);
+  }
+  if (items.empty() && config->connects.empty()) {
+    std::optional<YamlValue> services = root.Find("services");
+    return (services ? *services : root.value())
+        .Error("at least one service (or a connect entry) is required");
+  }
   std::map<std::pair<ServiceConfig::Kind, std::string>, std::string> name_owner;
   std::map<std::string, std::string> alias_owner;
   std::map<std::pair<ServiceConfig::Kind, uint16_t>, std::string> port_owner;
-  for (const YamlValue& item : *items) {
+  for (const YamlValue& item : items) {
     absl::StatusOr<ServiceConfig> service = ParseService(item);
     if (!service.ok()) return service.status();
     // The map lookups below succeed: ParseService read these keys from this very item.
@@ -216,12 +319,168 @@ absl::Status ParseServices(const YamlMap& root, AgentConfig* config) {
   return absl::OkStatus();
 }
 
+absl::Status ParseConnectUsers(const YamlValue& value, ConnectConfig* connect) {
+  absl::StatusOr<std::vector<YamlValue>> items = value.AsList();
+  if (!items.ok()) return items.status();
+  for (const YamlValue& item : *items) {
+    absl::StatusOr<YamlMap> map = item.AsMap();
+    if (!map.ok()) return map.status();
+    if (absl::Status s = map->CheckKeys({"username", "password"}); !s.ok()) return s;
+    ConnectConfig::User user;
+    for (auto [key, field] :
+         {std::pair{"username", &user.username}, {"password", &user.password}}) {
+      absl::StatusOr<YamlValue> field_value = map->Require(key);
+      if (!field_value.ok()) return field_value.status();
+      absl::StatusOr<std::string> text = field_value->AsString();
+      if (!text.ok()) return text.status();
+      // RFC 1929 carries each in 1..255 bytes.
+      if (text->empty() || text->size() > 255) {
+        return field_value->Error(absl::StrCat("expected 1 to 255 bytes, got ", text->size()));
+      }
+      *field = *std::move(text);
+    }
+    connect->users.push_back(std::move(user));
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<ConnectConfig> ParseConnect(const YamlValue& item) {
+  absl::StatusOr<YamlMap> map = item.AsMap();
+  if (!map.ok()) return map.status();
+  if (absl::Status s = map->CheckKeys({"listen", "pair", "private", "secret", "secret_file",
+                                       "peer_fingerprint", "peer_ca_file", "socks5", "users"});
+      !s.ok()) {
+    return s;
+  }
+  ConnectConfig connect;
+  absl::StatusOr<YamlValue> listen_value = map->Require("listen");
+  if (!listen_value.ok()) return listen_value.status();
+  absl::StatusOr<HostPort> listen =
+      listen_value->AsHostPort(/*allow_port_zero=*/true, /*require_ip_literal=*/true);
+  if (!listen.ok()) return listen.status();
+  connect.listen = *std::move(listen);
+
+  std::optional<YamlValue> pair = map->Find("pair");
+  std::optional<YamlValue> private_name = map->Find("private");
+  if (pair && private_name) {
+    return private_name->Error("set either pair or private, not both");
+  }
+  if (!pair && !private_name) {
+    return map->Error(
+        "one of pair (a pair's name) or private (a private service's name) is required");
+  }
+  connect.kind = pair ? ServiceConfig::Kind::kPair : ServiceConfig::Kind::kPrivate;
+  const YamlValue& name_value = pair ? *pair : *private_name;
+  absl::StatusOr<std::string> name = name_value.AsString();
+  if (!name.ok()) return name.status();
+  if (!IsValidServiceName(*name)) {
+    return name_value.Error(
+        absl::StrCat("expected a ", AbslView(connect.kind_name()),
+                     " service name (a letter, then letters, digits, '.', '_', '-'; at most 63), ",
+                     name_value.Got()));
+  }
+  connect.name = *std::move(name);
+
+  std::string fingerprint;
+  if (absl::Status s = map->ReadString("peer_fingerprint", &fingerprint); !s.ok()) return s;
+  if (!fingerprint.empty()) {
+    absl::StatusOr<std::string> normalized = NormalizeFingerprint(fingerprint);
+    if (!normalized.ok()) {
+      return map->Find("peer_fingerprint")->Error(std::string(normalized.status().message()));
+    }
+    connect.peer_fingerprint = *std::move(normalized);
+  }
+  if (absl::Status s = map->ReadReadablePath("peer_ca_file", &connect.peer_ca_file); !s.ok()) {
+    return s;
+  }
+  bool certificate = !connect.peer_fingerprint.empty() || !connect.peer_ca_file.empty();
+  bool secret_given = map->Find("secret") || map->Find("secret_file");
+  if (certificate) {
+    std::string_view key = connect.peer_fingerprint.empty() ? "peer_ca_file" : "peer_fingerprint";
+    if (connect.kind == ServiceConfig::Kind::kPair) {
+      return map->Find(key)->Error(
+          "a pair is secured by its pairing secret; peer_fingerprint and peer_ca_file are only "
+          "valid for private connect entries");
+    }
+    if (!connect.peer_fingerprint.empty() && !connect.peer_ca_file.empty()) {
+      return map->Find("peer_ca_file")
+          ->Error("set either peer_fingerprint or peer_ca_file, not both");
+    }
+    if (secret_given) {
+      return map->Find(key)->Error(
+          "set either a secret (PSK mode) or peer_fingerprint/peer_ca_file (certificate mode), not "
+          "both");
+    }
+  } else {
+    if (connect.kind == ServiceConfig::Kind::kPrivate && !secret_given) {
+      return map->Error(
+          "a private connect entry needs secret or secret_file (PSK mode), or peer_fingerprint "
+          "or peer_ca_file (certificate mode)");
+    }
+    absl::StatusOr<std::string> secret =
+        map->ReadSecret("secret", "secret_file", kMinTunnelSecretLength);
+    if (!secret.ok()) return secret.status();
+    connect.secret = *std::move(secret);
+  }
+
+  if (absl::Status s = map->ReadBool("socks5", &connect.socks5); !s.ok()) return s;
+  if (std::optional<YamlValue> users = map->Find("users")) {
+    if (!connect.socks5) {
+      return users->Error(
+          "users are only valid with socks5: true (a plain port has no "
+          "authentication)");
+    }
+    if (absl::Status s = ParseConnectUsers(*users, &connect); !s.ok()) return s;
+  }
+  return connect;
+}
+
+absl::Status ParseConnects(const YamlMap& root, AgentConfig* config) {
+  std::optional<YamlValue> connects = root.Find("connect");
+  if (!connects) return absl::OkStatus();
+  absl::StatusOr<std::vector<YamlValue>> items = connects->AsList();
+  if (!items.ok()) return items.status();
+  std::map<HostPort, std::string, bool (*)(const HostPort&, const HostPort&)> listen_owner(
+      [](const HostPort& a, const HostPort& b) {
+        return std::tie(a.host, a.port) < std::tie(b.host, b.port);
+      });
+  for (const YamlValue& item : *items) {
+    absl::StatusOr<ConnectConfig> connect = ParseConnect(item);
+    if (!connect.ok()) return connect.status();
+    if (connect->listen.port != 0) {
+      if (auto [it, inserted] = listen_owner.emplace(connect->listen, item.path()); !inserted) {
+        return item.AsMap()->Find("listen")->Error(
+            absl::StrCat("listen address ", FormatHostPort(connect->listen), " is already used by ",
+                         it->second));
+      }
+    }
+    config->connects.push_back(*std::move(connect));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseAdmin(const YamlMap& root, AgentConfig* config) {
+  std::optional<YamlValue> admin = root.Find("admin");
+  if (!admin) return absl::OkStatus();
+  absl::StatusOr<YamlMap> map = admin->AsMap();
+  if (!map.ok()) return map.status();
+  if (absl::Status s = map->CheckKeys({"listen"}); !s.ok()) return s;
+  absl::StatusOr<YamlValue> listen = map->Require("listen");
+  if (!listen.ok()) return listen.status();
+  absl::StatusOr<HostPort> address =
+      listen->AsHostPort(/*allow_port_zero=*/true, /*require_ip_literal=*/true);
+  if (!address.ok()) return address.status();
+  config->admin_listen = *std::move(address);
+  return absl::OkStatus();
+}
+
 absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
   absl::StatusOr<YamlMap> root = document.Root();
   if (!root.ok()) return root.status();
-  if (absl::Status s = root->CheckKeys({"agent_id", "relays", "server_name", "relay_ca_file",
-                                        "relay_fingerprint", "credential", "links", "reconnect",
-                                        "connect_timeout_ms", "log_level", "services"});
+  if (absl::Status s =
+          root->CheckKeys({"agent_id", "relays", "server_name", "relay_ca_file",
+                           "relay_fingerprint", "credential", "links", "reconnect",
+                           "connect_timeout_ms", "log_level", "services", "connect", "admin"});
       !s.ok()) {
     return s;
   }
@@ -273,7 +532,9 @@ absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
       !s.ok()) {
     return s;
   }
+  if (absl::Status s = ParseConnects(*root, &config); !s.ok()) return s;
   if (absl::Status s = ParseServices(*root, &config); !s.ok()) return s;
+  if (absl::Status s = ParseAdmin(*root, &config); !s.ok()) return s;
   return config;
 }
 

@@ -14,20 +14,26 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "agent/allow_list.h"
 #include "agent/health_check_config.h"
 #include "common/link_client_config.h"
 #include "common/yaml_config.h"
 
 namespace rdv {
 
+// Shortest pairing secret (and private-service shared secret): the tunnel's key derives from it.
+inline constexpr size_t kMinTunnelSecretLength = 16;
+
 struct ServiceConfig {
-  enum class Kind { kHttp, kTcp, kTls, kSmtp, kUdp };
+  enum class Kind { kHttp, kTcp, kTls, kSmtp, kUdp, kPair, kPrivate };
 
   // http, tls (SNI), smtp (recipient domain): a host name or "*.suffix", lowercase.
-  // tcp, udp: a service name (see IsValidServiceName).
+  // tcp, udp, pair, private: a service name (see IsValidServiceName).
   std::string name;
   Kind kind = Kind::kHttp;
-  HostPort target;  // port is never 0
+  // Port never 0, except for pair and private services, where the target is optional (port 0 =
+  // none: only SOCKS5 connect ends, naming their destination, can use the service).
+  HostPort target;
   // http only: the label routed as "<alias>.<relay zone>". Defaults to the name with '*'
   // dropped, '.' turned into '-', and leading/trailing '-' trimmed ("*.orang.com" ->
   // "orang-com"). Always a valid DNS label; empty for tcp.
@@ -48,6 +54,20 @@ struct ServiceConfig {
   // http only: ask the relay to rewrite links in text/html bodies of /TUNNEL:<name>/ responses.
   bool rewrite_html = false;
 
+  // pair and private (end-to-end tunnels, docs/protocol.md "Tunnels"):
+  // pair: the pairing secret; private: the shared secret in PSK mode ("" in certificate mode).
+  std::string secret;
+  // private, certificate mode: this end's certificate and key (PEM files).
+  std::string certificate_file;
+  std::string key_file;
+  // Destinations a SOCKS5 connect end may name; empty = none.
+  AllowList allow;
+
+  bool is_tunnel() const { return kind == Kind::kPair || kind == Kind::kPrivate; }
+  bool has_target() const { return target.port != 0; }
+  // TunnelSetup.security: "psk" or "certificate".
+  std::string_view security() const { return certificate_file.empty() ? "psk" : "certificate"; }
+
   bool named_by_host() const {
     return kind == Kind::kHttp || kind == Kind::kTls || kind == Kind::kSmtp;
   }
@@ -63,17 +83,41 @@ struct ServiceConfig {
         return "smtp";
       case Kind::kUdp:
         return "udp";
+      case Kind::kPair:
+        return "pair";
+      case Kind::kPrivate:
+        return "private";
     }
     return "?";
   }
 };
 
-using AgentCredentialConfig = LinkCredentialConfig;
+// One `connect:` entry: a local listener whose connections travel through an end-to-end tunnel
+// to the agent serving a pair or private service.
+struct ConnectConfig {
+  struct User {
+    std::string username;
+    std::string password;
+  };
 
-struct ReconnectConfig {
-  absl::Duration initial = absl::Milliseconds(100);
-  absl::Duration max = absl::Milliseconds(10000);  // >= initial
+  HostPort listen;                                        // an IP literal; port 0 = any (logged)
+  ServiceConfig::Kind kind = ServiceConfig::Kind::kPair;  // kPair or kPrivate
+  std::string name;
+  // pair: the pairing secret; private: the shared secret (PSK mode), "" in certificate mode.
+  std::string secret;
+  // private, certificate mode: exactly one, to verify the serving end's certificate.
+  std::string peer_fingerprint;  // 64 lowercase hex digits
+  std::string peer_ca_file;
+  bool socks5 = false;      // a SOCKS5 server (else a plain port to the service's target)
+  std::vector<User> users;  // socks5 only; empty = no authentication
+
+  std::string_view kind_name() const {
+    return kind == ServiceConfig::Kind::kPair ? "pair" : "private";
+  }
+  std::string_view security() const { return secret.empty() ? "certificate" : "psk"; }
 };
+
+using AgentCredentialConfig = LinkCredentialConfig;
 
 struct AgentConfig {
   std::string agent_id;          // default: "<hostname>-<pid>"
@@ -87,7 +131,12 @@ struct AgentConfig {
   ReconnectConfig reconnect;
   absl::Duration connect_timeout = absl::Milliseconds(5000);
   std::string log_level = "info";       // trace|debug|info|warn|error (spdlog::level::from_str)
-  std::vector<ServiceConfig> services;  // at least one; (kind, name) unique
+  std::vector<ServiceConfig> services;  // (kind, name) unique
+  std::vector<ConnectConfig> connects;  // `connect:`; listen addresses unique
+  // At least one service or one connect entry.
+  // `admin.listen`: the local admin HTTP server (GET /metrics, GET /status); nullopt = none.
+  // The host is an IP literal; port 0 binds any free port.
+  std::optional<HostPort> admin_listen;
 
   // The TLS server name to present to `relay`: server_name if set, else the relay's host.
   std::string ServerNameFor(const HostPort& relay) const {

@@ -8,6 +8,7 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "common/config_test_support.h"
+#include "common/tcp_connection.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
@@ -272,12 +273,13 @@ TEST(AgentConfigTest, Credential) {
 
 TEST(AgentConfigTest, Services) {
   EXPECT_EQ(ErrorOf(MinimalConfig("services: []\n")),
-            "agent.yaml:6: services: at least one service is required");
+            "agent.yaml:6: services: at least one service (or a connect entry) is required");
   EXPECT_EQ(ErrorOf(MinimalConfig("")),
-            "agent.yaml:1: missing required key 'services' at top level");
+            "agent.yaml:1: at least one service (or a connect entry) is required");
   EXPECT_EQ(ErrorOf(FullWith("    kind: tcp\n    target: 127.0.0.1:6379",
                              "    kind: ftp\n    target: 127.0.0.1:6379")),
-            "agent.yaml:33: services[4].kind: expected one of http|tcp|tls|smtp|udp, got 'ftp'");
+            "agent.yaml:33: services[4].kind: expected one of http|tcp|tls|smtp|udp|pair|private, "
+            "got 'ftp'");
   EXPECT_EQ(ErrorOf(FullWith("  - name: cache\n    kind: tcp\n", "  - name: cache\n")),
             "agent.yaml:32: missing required key 'kind' in 'services[4]'");
   EXPECT_EQ(ErrorOf(FullWith("    target: 127.0.0.1:6379\n", "")),
@@ -475,7 +477,238 @@ TEST(AgentConfigTest, BalanceAndHealthCheck) {
             "round_robin|least_streams|client_ip_hash, got 'random'");
 }
 
-}  // namespace
+// Line numbers in the tunnel tests refer to this text (MinimalConfig's first 5 lines, then this).
+constexpr std::string_view kTunnelConfig = R"(services:
+  - kind: pair
+    name: site-b
+    secret: "pairing-secret-0123"
+    target: 127.0.0.1:22
+    allow:
+      - {network: 192.168.50.0/24, ports: "22,80,8000-8100"}
+      - {network: "::1/128"}
+  - kind: private
+    name: db
+    target: 127.0.0.1:5432
+    secret: "db-shared-secret-01"
+connect:
+  - listen: 127.0.0.1:2222
+    pair: site-b
+    secret: "pairing-secret-0123"
+  - listen: "[::1]:1080"
+    private: db
+    secret: "db-shared-secret-01"
+    socks5: true
+    users: [{username: u, password: p}]
+)";
+
+std::string TunnelWith(std::string_view from, std::string_view to) {
+  return MinimalConfig(config_test::ReplaceFirst(kTunnelConfig, from, to));
+}
+
+sockaddr_storage Address(const char* ip, uint16_t port) {
+  absl::StatusOr<sockaddr_storage> address = ResolveNumeric(ip, port);
+  EXPECT_TRUE(address.ok()) << ip;
+  return *address;
+}
+
+bool Allows(const AllowList& allow, const char* ip, uint16_t port) {
+  sockaddr_storage address = Address(ip, port);
+  return allow.Allows(reinterpret_cast<const sockaddr*>(&address));
+}
+
+TEST(AgentConfigTest, TunnelServicesAndConnects) {
+  absl::StatusOr<AgentConfig> config = Parse(MinimalConfig(kTunnelConfig));
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_EQ(config->services.size(), 2u);
+  const ServiceConfig& pair = config->services[0];
+  EXPECT_EQ(pair.kind, ServiceConfig::Kind::kPair);
+  EXPECT_EQ(pair.kind_name(), "pair");
+  EXPECT_TRUE(pair.is_tunnel());
+  EXPECT_EQ(pair.secret, "pairing-secret-0123");
+  EXPECT_EQ(pair.security(), "psk");
+  EXPECT_EQ(pair.target, (HostPort{"127.0.0.1", 22}));
+  EXPECT_EQ(pair.allow.size(), 2u);
+  EXPECT_TRUE(Allows(pair.allow, "192.168.50.7", 8050));
+  EXPECT_FALSE(Allows(pair.allow, "192.168.50.7", 443));
+  EXPECT_TRUE(Allows(pair.allow, "::1", 443));
+  EXPECT_EQ(config->services[1].kind, ServiceConfig::Kind::kPrivate);
+  EXPECT_TRUE(config->services[1].allow.empty());
+
+  ASSERT_EQ(config->connects.size(), 2u);
+  const ConnectConfig& plain = config->connects[0];
+  EXPECT_EQ(plain.listen, (HostPort{"127.0.0.1", 2222}));
+  EXPECT_EQ(plain.kind, ServiceConfig::Kind::kPair);
+  EXPECT_EQ(plain.name, "site-b");
+  EXPECT_EQ(plain.secret, "pairing-secret-0123");
+  EXPECT_EQ(plain.security(), "psk");
+  EXPECT_FALSE(plain.socks5);
+  const ConnectConfig& socks = config->connects[1];
+  EXPECT_EQ(socks.listen, (HostPort{"::1", 1080}));
+  EXPECT_EQ(socks.kind, ServiceConfig::Kind::kPrivate);
+  EXPECT_EQ(socks.kind_name(), "private");
+  EXPECT_TRUE(socks.socks5);
+  ASSERT_EQ(socks.users.size(), 1u);
+  EXPECT_EQ(socks.users[0].username, "u");
+  EXPECT_EQ(socks.users[0].password, "p");
+}
+
+TEST(AgentConfigTest, ConnectOnlyAgent) {
+  absl::StatusOr<AgentConfig> config = Parse(MinimalConfig(
+      "connect:\n  - {listen: '127.0.0.1:0', pair: site-b, secret: pairing-secret-0123}\n"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_TRUE(config->services.empty());
+  EXPECT_EQ(config->connects[0].listen.port, 0);
+  config = Parse(MinimalConfig("services: []\nconnect:\n  - {listen: '127.0.0.1:0', pair: "
+                               "site-b, secret: pairing-secret-0123}\n"));
+  ASSERT_TRUE(config.ok()) << config.status();
+}
+
+TEST(AgentConfigTest, TunnelServiceErrors) {
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"pairing-secret-0123\"\n    target: 127.0.0.1:22",
+                               "    secret: \"short\"\n    target: 127.0.0.1:22")),
+            "agent.yaml:9: services[0].secret: the secret must be at least 16 characters long (it "
+            "has 5)");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"pairing-secret-0123\"\n    target: 127.0.0.1:22",
+                               "    target: 127.0.0.1:22")),
+            "agent.yaml:7: services[0]: one of secret or secret_file is required");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect",
+                               "    port: 5\nconnect")),
+            "agent.yaml:17: services[1].port: port is not valid for private services");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect",
+                               "    proxy_protocol: v1\nconnect")),
+            "agent.yaml:17: services[1].proxy_protocol: proxy_protocol is not valid for private "
+            "services");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect", "connect")),
+            "agent.yaml:14: services[1]: a private service needs secret or secret_file (PSK "
+            "mode), or certificate_file and key_file (certificate mode)");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect",
+                               "    secret: \"db-shared-secret-01\"\n"
+                               "    certificate_file: /etc/hostname\n"
+                               "    key_file: /etc/hostname\nconnect")),
+            "agent.yaml:17: services[1].secret: set either a secret (PSK mode) or certificate_file "
+            "and key_file (certificate mode), not both");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect",
+                               "    certificate_file: /etc/hostname\nconnect")),
+            "agent.yaml:14: services[1]: certificate mode needs both certificate_file and "
+            "key_file");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"pairing-secret-0123\"\n    target",
+                               "    secret: \"pairing-secret-0123\"\n"
+                               "    certificate_file: /etc/hostname\n    target")),
+            "agent.yaml:10: services[0].certificate_file: a pair is secured by its pairing secret; "
+            "certificate_file and key_file are only valid for private services");
+  EXPECT_EQ(ErrorOf(MinimalConfig("services:\n  - {name: w, kind: tcp, target: 'a:1', allow: []}\n")),
+            "agent.yaml:7: services[0].allow: allow is only valid for pair and private services");
+  // Without a target, a pair serves SOCKS5 connect ends only.
+  absl::StatusOr<AgentConfig> config =
+      Parse(TunnelWith("    target: 127.0.0.1:22\n", ""));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->services[0].has_target());
+  // Certificate mode.
+  config = Parse(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect",
+                            "    certificate_file: /etc/hostname\n"
+                            "    key_file: /etc/hostname\nconnect"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->services[1].security(), "certificate");
+  EXPECT_EQ(config->services[1].key_file, "/etc/hostname");
+}
+
+TEST(AgentConfigTest, AllowListErrors) {
+  EXPECT_EQ(ErrorOf(TunnelWith("192.168.50.0/24", "192.168.50.1/24")),
+            "agent.yaml:12: services[0].allow[0].network: invalid network '192.168.50.1/24': "
+            "address has bits set beyond the /24 prefix");
+  EXPECT_EQ(ErrorOf(TunnelWith("\"22,80,8000-8100\"", "\"22,80,8100-8000\"")),
+            "agent.yaml:12: services[0].allow[0].ports: invalid port range '8100-8000': the first "
+            "port is above the last");
+  EXPECT_EQ(ErrorOf(TunnelWith("\"22,80,8000-8100\"", "\"22,0\"")),
+            "agent.yaml:12: services[0].allow[0].ports: invalid port '0': expected 1-65535 or a "
+            "range like 8000-8100");
+  EXPECT_EQ(ErrorOf(TunnelWith("{network: \"::1/128\"}", "{ports: \"22\"}")),
+            "agent.yaml:13: missing required key 'network' in 'services[0].allow[1]'");
+  EXPECT_EQ(ErrorOf(TunnelWith("{network: \"::1/128\"}", "{network: \"::1/128\", port: 2}")),
+            "agent.yaml:13: unknown key 'port' in 'services[0].allow[1]'");
+}
+
+TEST(AgentConfigTest, ConnectErrors) {
+  EXPECT_EQ(ErrorOf(TunnelWith("    pair: site-b\n", "")),
+            "agent.yaml:19: connect[0]: one of pair (a pair's name) or private (a private "
+            "service's name) is required");
+  EXPECT_EQ(ErrorOf(TunnelWith("    pair: site-b\n", "    pair: site-b\n    private: db\n")),
+            "agent.yaml:21: connect[0].private: set either pair or private, not both");
+  EXPECT_EQ(ErrorOf(TunnelWith("listen: 127.0.0.1:2222", "listen: localhost:2222")),
+            "agent.yaml:19: connect[0].listen: invalid address 'localhost:2222': the host must be "
+            "an IP address, e.g. 0.0.0.0 or [::]");
+  EXPECT_EQ(ErrorOf(TunnelWith("\"[::1]:1080\"", "127.0.0.1:2222")),
+            "agent.yaml:22: connect[1].listen: listen address 127.0.0.1:2222 is already used by "
+            "connect[0]");
+  EXPECT_EQ(ErrorOf(TunnelWith("    pair: site-b\n", "    pair: 1site\n")),
+            "agent.yaml:20: connect[0].pair: expected a pair service name (a letter, then "
+            "letters, digits, '.', '_', '-'; at most 63), got '1site'");
+  EXPECT_EQ(ErrorOf(TunnelWith("    socks5: true\n", "")),
+            "agent.yaml:25: connect[1].users: users are only valid with socks5: true (a plain "
+            "port has no authentication)");
+  EXPECT_EQ(ErrorOf(TunnelWith("{username: u, password: p}", "{username: u, password: ''}")),
+            "agent.yaml:26: connect[1].users[0].password: expected 1 to 255 bytes, got 0");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"pairing-secret-0123\"\n  - listen",
+                               "    secret: \"pairing-secret-0123\"\n    peer_fingerprint: " +
+                                   std::string(kFingerprint) + "\n  - listen")),
+            "agent.yaml:22: connect[0].peer_fingerprint: a pair is secured by its pairing secret; "
+            "peer_fingerprint and peer_ca_file are only valid for private connect entries");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5",
+                               "    socks5")),
+            "agent.yaml:22: connect[1]: a private connect entry needs secret or secret_file (PSK "
+            "mode), or peer_fingerprint or peer_ca_file (certificate mode)");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5",
+                               "    secret: \"db-shared-secret-01\"\n    peer_ca_file: "
+                               "/etc/hostname\n    socks5")),
+            "agent.yaml:25: connect[1].peer_ca_file: set either a secret (PSK mode) or "
+            "peer_fingerprint/peer_ca_file (certificate mode), not both");
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5",
+                               "    peer_fingerprint: nope\n    socks5")),
+            "agent.yaml:24: connect[1].peer_fingerprint: expected a SHA-256 fingerprint: 64 hex "
+            "digits, optionally prefixed with 'sha256:' and separated by ':'");
+  EXPECT_EQ(ErrorOf(TunnelWith("    socks5: true\n", "    socks5: yes\n")),
+            "agent.yaml:25: connect[1].socks5: expected true or false, got 'yes'");
+  // Certificate mode.
+  absl::StatusOr<AgentConfig> config =
+      Parse(TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5",
+                       "    peer_fingerprint: \"sha256:" + std::string(kFingerprint) +
+                           "\"\n    socks5"));
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->connects[1].peer_fingerprint, kFingerprint);
+  EXPECT_EQ(config->connects[1].security(), "certificate");
+}
+
+TEST(AllowListTest, PortLists) {
+  absl::StatusOr<std::vector<PortRange>> ports = ParsePortList(" 22, 80,8000-8100 ");
+  ASSERT_TRUE(ports.ok()) << ports.status();
+  EXPECT_THAT(*ports, ElementsAre(PortRange{22, 22}, PortRange{80, 80}, PortRange{8000, 8100}));
+  EXPECT_TRUE(ParsePortList("65535").ok());
+  for (std::string_view bad : {"", "65536", "0", "a", "1-", "-5", "22,,80", "5-4", "+5", "1-2-3"}) {
+    EXPECT_FALSE(ParsePortList(bad).ok()) << bad;
+  }
+}
+
+TEST(AllowListTest, Matching) {
+  AllowList allow;
+  EXPECT_FALSE(Allows(allow, "127.0.0.1", 80));  // empty allows nothing
+  ASSERT_TRUE(allow.Add("10.0.0.0/8", {{22, 22}, {8000, 8100}}).ok());
+  ASSERT_TRUE(allow.Add("127.0.0.1", {}).ok());
+  ASSERT_TRUE(allow.Add("2001:db8::/32", {{443, 443}}).ok());
+  EXPECT_TRUE(Allows(allow, "10.1.2.3", 22));
+  EXPECT_TRUE(Allows(allow, "10.1.2.3", 8000));
+  EXPECT_TRUE(Allows(allow, "10.1.2.3", 8100));
+  EXPECT_FALSE(Allows(allow, "10.1.2.3", 8101));
+  EXPECT_FALSE(Allows(allow, "11.1.2.3", 22));
+  EXPECT_TRUE(Allows(allow, "127.0.0.1", 1));
+  EXPECT_TRUE(Allows(allow, "127.0.0.1", 65535));
+  EXPECT_FALSE(Allows(allow, "127.0.0.2", 80));
+  EXPECT_TRUE(Allows(allow, "::ffff:10.9.9.9", 22));  // IPv4-mapped matches the IPv4 block
+  EXPECT_TRUE(Allows(allow, "2001:db8::1", 443));
+  EXPECT_FALSE(Allows(allow, "2001:db8::1", 80));
+  EXPECT_FALSE(Allows(allow, "::1", 443));
+  EXPECT_FALSE(allow.Add("10.0.0.1/8", {}).ok());
+}
+
 TEST(AgentConfigTest, UdpServices) {
   absl::StatusOr<AgentConfig> config = Parse(MinimalConfig(
       "services:\n  - {name: dns, kind: udp, target: 'resolver.lan:53', port: 5353}\n"));
@@ -487,4 +720,31 @@ TEST(AgentConfigTest, UdpServices) {
               testing::HasSubstr("proxy_protocol is not valid for udp services"));
 }
 
+TEST(AgentConfigTest, Admin) {
+  absl::StatusOr<AgentConfig> config = Parse(MinimalConfig());
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_FALSE(config->admin_listen.has_value());  // absent: no admin listener
+
+  config = Parse(MinimalConfig() + "admin:\n  listen: 127.0.0.1:9101\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(config->admin_listen.has_value());
+  EXPECT_EQ(*config->admin_listen, (HostPort{"127.0.0.1", 9101}));
+  config = Parse(MinimalConfig() + "admin: {listen: \"[::1]:0\"}\n");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(*config->admin_listen, (HostPort{"::1", 0}));
+
+  EXPECT_EQ(ErrorOf(MinimalConfig() + "admin:\n  listen: localhost:9101\n"),
+            "agent.yaml:11: admin.listen: invalid address 'localhost:9101': the host must be an "
+            "IP address, e.g. 0.0.0.0 or [::]");
+  EXPECT_THAT(ErrorOf(MinimalConfig() + "admin:\n  listen: 127.0.0.1:70000\n"),
+              StartsWith("agent.yaml:11: admin.listen: invalid address '127.0.0.1:70000'"));
+  EXPECT_EQ(ErrorOf(MinimalConfig() + "admin:\n  port: 9101\n"),
+            "agent.yaml:11: unknown key 'port' in 'admin'");
+  EXPECT_EQ(ErrorOf(MinimalConfig() + "admin: {}\n"),
+            "agent.yaml:10: missing required key 'listen' in 'admin'");
+  EXPECT_EQ(ErrorOf(MinimalConfig() + "admin: 127.0.0.1:9101\n"),
+            "agent.yaml:10: admin: expected a map, got '127.0.0.1:9101'");
+}
+
+}  // namespace
 }  // namespace rdv

@@ -1,16 +1,24 @@
 // rdv-agent: flags, config, the agent, the loop.
 #include <uv.h>
 
+#include <string_view>
+
 #include "agent/agent.h"
 #include "agent/agent_config.h"
+#include "agent/status_command.h"
 #include "common/process_main.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
 
 int main(int argc, char** argv) {
+  if (argc >= 2 && std::string_view(argv[1]) == "status") {
+    return rdv::RunStatusCommand(argc - 1, argv + 1);
+  }
   rdv::CommandLine flags;
   if (auto exit_code = rdv::ParseCommandLine(
-          argc, argv, "rdv-agent", "Rendezvous agent: publishes private services via a relay",
+          argc, argv, "rdv-agent",
+          "Rendezvous agent: publishes private services via a relay.\n"
+          "`rdv-agent status --admin host:port [--json]` prints a running agent's status.",
           flags)) {
     return *exit_code;
   }

@@ -4,6 +4,7 @@
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/proxy_protocol.h"
+#include "common/secure_channel.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
 
@@ -22,6 +23,10 @@ link::ServiceKind WireKind(ServiceConfig::Kind kind) {
       return link::SMTP;
     case ServiceConfig::Kind::kUdp:
       return link::UDP;
+    case ServiceConfig::Kind::kPair:
+      return link::PAIR;
+    case ServiceConfig::Kind::kPrivate:
+      return link::PRIVATE;
   }
   return link::SERVICE_KIND_UNSPECIFIED;
 }
@@ -36,9 +41,7 @@ LinkClientOptions ClientOptions(const Agent& agent, int index, HostPort relay) {
   options.fingerprint = config.relay_fingerprint;
   options.id = config.agent_id;
   options.credential = config.credential;
-  options.reconnect_initial_ms =
-      static_cast<uint64_t>(absl::ToInt64Milliseconds(config.reconnect.initial));
-  options.reconnect_max_ms = static_cast<uint64_t>(absl::ToInt64Milliseconds(config.reconnect.max));
+  options.reconnect = config.reconnect;
   return options;
 }
 
@@ -55,9 +58,16 @@ RelayLink::~RelayLink() {
   if (link_) link_->Close(absl::CancelledError("agent stopping"));
 }
 
+void RelayLink::Shutdown() {
+  if (ready()) LinksUp().Dec();
+  LinkClient::Shutdown("agent shutting down");
+}
+
 void RelayLink::OnLinkReady() {
+  const AgentConfig& config = agent_.config();
+  LinksUp().Inc();
   link::Control reg;
-  for (const ServiceConfig& service : agent_.config().services) {
+  for (const ServiceConfig& service : config.services) {
     link::ServiceSpec* spec = reg.mutable_register_()->add_services();
     spec->set_kind(WireKind(service.kind));
     spec->set_name(service.name);
@@ -65,26 +75,45 @@ void RelayLink::OnLinkReady() {
     spec->set_alias(service.alias);
     spec->set_balance(service.balance);
     spec->set_rewrite_html(service.rewrite_html);
+    if (service.kind == ServiceConfig::Kind::kPair) {
+      spec->set_pair_id(PairId(service.secret, service.name));
+    }
   }
-  link_->SendControl(reg);
+  if (!config.services.empty()) link_->SendControl(reg);
   agent_.SendHealth(*this);  // after Register, so the relay knows the services
+  agent_.OnRelayLinkReady();
 }
 
 bool RelayLink::OnReadyControl(const link::Control& control) {
-  if (control.body_case() != link::Control::kRegistered) return false;
-  const link::Registered& registered = control.registered();
-  std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(registered.service().kind()));
-  if (registered.ok()) {
-    spdlog::info("registered {} {} {}", kind, registered.service().name(),
-                 registered.routes_size() > 0 ? registered.routes(0) : "");
-  } else {
-    spdlog::error("refused {} {}: {}", kind, registered.service().name(), registered.reason());
+  switch (control.body_case()) {
+    case link::Control::kRegistered: {
+      const link::Registered& registered = control.registered();
+      std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(registered.service().kind()));
+      if (registered.ok()) {
+        spdlog::info("registered {} {} {}", kind, registered.service().name(),
+                     registered.routes_size() > 0 ? registered.routes(0) : "");
+      } else {
+        spdlog::error("refused {} {}: {}", kind, registered.service().name(), registered.reason());
+      }
+      return true;
+    }
+    case link::Control::kTunnelNotice: {
+      const link::TunnelNotice& notice = control.tunnel_notice();
+      CounterOf("rdv_agent_tunnel_notices_total", "TunnelNotice messages received from relays")
+          .Inc();
+      spdlog::warn("tunnel {} {}: notice from relay: {}",
+                   absl::AsciiStrToLower(link::ServiceKind_Name(notice.service().kind())),
+                   notice.service().name(), notice.detail());
+      return true;
+    }
+    default:
+      return false;
   }
-  return true;
 }
 
 void RelayLink::OnLinkDown(const absl::Status& status, bool was_ready) {
   if (was_ready) {
+    LinksUp().Dec();
     CounterOf("rdv_agent_link_drops_total", "Links to the relay that dropped after coming up")
         .Inc();
   }
@@ -104,7 +133,13 @@ void RelayLink::SendServiceHealth(const ServiceConfig& service, bool healthy,
 
 void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open) {
   if (!AcceptingStreams()) return;
+  if (open.has_tunnel() || open.service().kind() == link::PAIR ||
+      open.service().kind() == link::PRIVATE) {
+    ServeTunnel(stream, open);
+    return;
+  }
   for (const ServiceConfig& service : agent_.config().services) {
+    if (service.is_tunnel()) continue;
     if (WireKind(service.kind) == open.service().kind() &&
         (service.name == open.service().name() ||
          (service.named_by_host() && NormalizeHost(service.name) == open.service().name()))) {
@@ -118,6 +153,28 @@ void RelayLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
   }
   CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
   stream.Refuse(StrCat("this agent does not serve ", open.service().name()));
+}
+
+void RelayLink::ServeTunnel(Stream& stream, const link::Open& open) {
+  const link::ServiceSpec& wanted = open.service();
+  std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(wanted.kind()));
+  if (!open.has_tunnel() || (wanted.kind() != link::PAIR && wanted.kind() != link::PRIVATE)) {
+    CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
+    stream.Refuse(StrCat("not a tunnel stream: ", kind, " ", wanted.name()), link::NOT_ALLOWED);
+    return;
+  }
+  for (const ServiceConfig& service : agent_.config().services) {
+    if (WireKind(service.kind) != wanted.kind() || service.name != wanted.name()) continue;
+    if (service.kind == ServiceConfig::Kind::kPair &&
+        PairId(service.secret, service.name) != wanted.pair_id()) {
+      continue;
+    }
+    agent_.ServeTunnel(stream, service);
+    return;
+  }
+  CounterOf("rdv_streams_refused_total", "Streams refused").Inc();
+  stream.Refuse(StrCat("this agent does not serve ", kind, " ", wanted.name()),
+                link::HOST_UNREACHABLE);
 }
 
 void RelayLink::ConnectTarget(uint32_t stream_id, const ServiceConfig& service) {
@@ -147,35 +204,13 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
                                 const std::string& proxy_protocol,
                                 std::function<void(const absl::Status&)> refuse) {
   Link* link = link_.get();
-  // The timer and the connect race; whichever comes first settles the stream.
-  struct Pending {
-    uv_timer_t timer;
-    bool settled = false;
-  };
-  auto* pending = new Pending;
-  uv_timer_init(loop(), &pending->timer);
   std::weak_ptr<RelayLink*> weak = alive_;
-  pending->timer.data = new std::function<void()>([this, pending, refuse, weak, link] {
-    if (pending->settled) return;
-    pending->settled = true;
-    if (!weak.expired() && link == link_.get()) refuse(absl::DeadlineExceededError("timed out"));
-  });
-  uv_timer_start(
-      &pending->timer, [](uv_timer_t* t) { (*static_cast<std::function<void()>*>(t->data))(); },
-      static_cast<uint64_t>(absl::ToInt64Milliseconds(agent_.config().connect_timeout)), 0);
-  auto release = [](Pending* p) {
-    delete static_cast<std::function<void()>*>(p->timer.data);
-    uv_close(reinterpret_cast<uv_handle_t*>(&p->timer),
-             [](uv_handle_t* h) { delete reinterpret_cast<Pending*>(h); });
-  };
-  TcpConnection::Connect(
-      loop(), reinterpret_cast<const sockaddr*>(&address),
-      [this, weak, pending, release, refuse, link, proxy_protocol,
+  TcpConnection::ConnectWithin(
+      loop(), address,
+      static_cast<uint64_t>(absl::ToInt64Milliseconds(agent_.config().connect_timeout)),
+      [this, weak, refuse, link, proxy_protocol,
        stream_id](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
-        bool late = pending->settled;
-        pending->settled = true;
-        release(pending);
-        if (weak.expired() || late || link != link_.get()) {
+        if (weak.expired() || link != link_.get()) {
           if (tcp.ok()) (*tcp)->Close();
           return;
         }
@@ -202,6 +237,12 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
         stream->Accept(*raw);
         raw->Start();
       });
+}
+
+Gauge& RelayLink::LinksUp() {
+  static Gauge& gauge =
+      GaugeOf("rdv_agent_links_up", "Links of this agent that are up (authenticated)");
+  return gauge;
 }
 
 }  // namespace rdv

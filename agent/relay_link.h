@@ -4,7 +4,9 @@
 //    (common/link_client.h)
 // 2. Register every service; log each Registered / refusal
 // 3. serve Opens: connect to the target (with a timeout), accept and splice, or refuse with
-//    the connect error so the relay can tell its client; udp flows go to AgentUdpFlows
+//    the connect error so the relay can tell its client; udp flows go to AgentUdpFlows; tunnel
+//    streams (pair, private) become the serving end of a Tunnel (agent/tunnel.h); connect
+//    entries open their tunnels on a ready link (LinkClient::ready_link)
 #ifndef RDV_AGENT_RELAY_LINK_H_
 #define RDV_AGENT_RELAY_LINK_H_
 
@@ -17,6 +19,7 @@
 #include "agent/udp_flow.h"
 #include "common/link.h"
 #include "common/link_client.h"
+#include "common/metrics.h"
 
 namespace rdv {
 
@@ -25,10 +28,12 @@ class RelayLink : public LinkClient {
   RelayLink(Agent& agent, int index, HostPort relay);
   ~RelayLink() override;
 
-  void Shutdown() { LinkClient::Shutdown("agent shutting down"); }
+  void Shutdown();
   // Tells the relay the health of `service`'s target (ServiceHealth); dropped unless the link is
   // up: every link reports all checked services again once it has registered.
   void SendServiceHealth(const ServiceConfig& service, bool healthy, const std::string& detail);
+  // rdv_agent_links_up; registered at start so that /metrics always shows it.
+  static Gauge& LinksUp();
 
   // LinkHandler
   void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) override;
@@ -40,6 +45,8 @@ class RelayLink : public LinkClient {
   void OnLinkDown(const absl::Status& status, bool was_ready) override;
 
   void ConnectTarget(uint32_t stream_id, const ServiceConfig& service);
+  // An Open of kind PAIR or PRIVATE: handed to the agent's tunnel for the service, or refused.
+  void ServeTunnel(Stream& stream, const link::Open& open);
   void ConnectResolved(uint32_t stream_id, const sockaddr_storage& address,
                        const std::string& proxy_protocol,
                        std::function<void(const absl::Status&)> refuse);

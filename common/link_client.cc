@@ -1,10 +1,5 @@
 #include "common/link_client.h"
 
-#include <unistd.h>
-
-#include <algorithm>
-#include <random>
-
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/str_cat.h"
@@ -25,6 +20,7 @@ LinkClient::LinkClient(uv_loop_t* loop, LoopTasks& tasks, LinkClientOptions opti
       tasks_(tasks),
       options_(std::move(options)),
       timer_(new uv_timer_t),
+      backoff_(options_.reconnect),
       alive_(std::make_shared<LinkClient*>(this)) {
   uv_timer_init(loop_, timer_);
   timer_->data = this;
@@ -135,7 +131,7 @@ void LinkClient::OnControl(Link& link, const link::Control& control) {
         return;
       }
       state_ = State::kReady;
-      backoff_ms_ = 0;
+      backoff_.Reset();
       spdlog::info("{} up {}", options_.log_name, FormatHostPort(options_.relay));
       OnLinkReady();
       return;
@@ -189,18 +185,35 @@ void LinkClient::Down(const absl::Status& status) {
 }
 
 void LinkClient::ScheduleRedial() {
-  uint64_t initial = options_.reconnect_initial_ms;
-  backoff_ms_ = backoff_ms_ == 0 ? initial : std::min(options_.reconnect_max_ms, backoff_ms_ * 2);
-  // Jitter in [0.5, 1.5) of the step keeps a crowd of clients from redialing in lockstep.
-  static thread_local std::mt19937_64 rng(std::random_device{}() ^ static_cast<uint64_t>(getpid()));
-  std::uniform_real_distribution<double> jitter(0.5, 1.5);
-  uint64_t delay = static_cast<uint64_t>(static_cast<double>(backoff_ms_) * jitter(rng));
   uv_timer_start(
       timer_,
       [](uv_timer_t* t) {
         if (t->data) static_cast<LinkClient*>(t->data)->OnTimer();
       },
-      delay, 0);
+      backoff_.NextDelayMs(), 0);
+}
+
+Link* LinkClient::ready_link() {
+  if (state_ != State::kReady || link_ == nullptr || link_->failed() || link_->peer_going_away()) {
+    return nullptr;
+  }
+  return link_.get();
+}
+
+std::string_view LinkClient::state_name() const {
+  switch (state_) {
+    case State::kReady:
+      return "up";
+    case State::kDialing:
+    case State::kHandshake:
+    case State::kAuth:
+      return "connecting";
+    case State::kIdle:
+      return "down";
+    case State::kStopped:
+      return "stopped";
+  }
+  return "?";
 }
 
 void LinkClient::Shutdown(std::string_view reason) {

@@ -25,6 +25,7 @@
 #include "common/link.h"
 #include "common/link_client_config.h"
 #include "common/loop_tasks.h"
+#include "common/reconnect_backoff.h"
 #include "common/tls.h"
 #include "common/yaml_config.h"
 
@@ -41,8 +42,7 @@ struct LinkClientOptions {
   LinkOptions link;  // is_relay_side is always false here
   uint64_t ping_interval_ms = 10000;
   uint64_t idle_timeout_ms = 30000;
-  uint64_t reconnect_initial_ms = 100;
-  uint64_t reconnect_max_ms = 10000;
+  ReconnectConfig reconnect;
 };
 
 class LinkClient : public TlsSession::Handler, public LinkTransport, public LinkHandler {
@@ -54,7 +54,12 @@ class LinkClient : public TlsSession::Handler, public LinkTransport, public Link
   // GoAway when up, flush, close; never redials afterwards.
   void Shutdown(std::string_view reason);
   bool ready() const { return state_ == State::kReady; }
+  // The link when it is up and takes new streams (the relay has not sent GoAway), else nullptr.
+  Link* ready_link();
+  // "up" (authenticated), "connecting", "down" (waiting to redial) or "stopped".
+  std::string_view state_name() const;
   const LinkClientOptions& options() const { return options_; }
+  const HostPort& relay() const { return options_.relay; }
   // The relay's Challenge.relay_id on the current (or last) link.
   const std::string& relay_id() const { return relay_id_; }
 
@@ -104,7 +109,7 @@ class LinkClient : public TlsSession::Handler, public LinkTransport, public Link
   const LinkClientOptions options_;
   std::string relay_id_;
   uv_timer_t* timer_;  // redial backoff, then ping/idle while connected
-  uint64_t backoff_ms_ = 0;
+  ReconnectBackoff backoff_;
   uint64_t last_receive_ms_ = 0;
   uint64_t dial_generation_ = 0;        // stale dial/resolve callbacks compare against this
   std::shared_ptr<LinkClient*> alive_;  // async callbacks hold a weak_ptr to this token

@@ -9,6 +9,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 #include "common/yaml_config.h"
 
 namespace rdv {
@@ -25,6 +26,12 @@ struct RelayTrustConfig {
   std::string server_name;        // "" = the host part of the relay address
   std::string relay_ca_file;      // PEM CA certificates the relay's chain must verify against
   std::string relay_fingerprint;  // 64 lowercase hex digits (SHA-256 of the relay cert DER)
+};
+
+// The redial schedule (common/reconnect_backoff.h); agent.yaml's `reconnect`.
+struct ReconnectConfig {
+  absl::Duration initial = absl::Milliseconds(100);
+  absl::Duration max = absl::Milliseconds(10000);  // >= initial
 };
 
 // "sha256:AB:CD:..." / "abcd..." -> 64 lowercase hex digits; error if that is not what remains.

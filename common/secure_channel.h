@@ -6,6 +6,11 @@
 //    Handler::SendCiphertext (possibly from inside OnCiphertext or Send)
 // 3. Send() encrypts plaintext in records of up to 16 KiB
 //
+// The channel never nests callbacks: a call made from inside a callback (Send from OnPlaintext,
+// or OnCiphertext from SendCiphertext when two channels are wired back to back) only queues its
+// work, which the running call finishes before it returns. The handler must not destroy the
+// channel from inside a callback (defer it, e.g. to the next loop iteration).
+//
 // Security (docs/protocol.md "Tunnels"): a TLS 1.3 external PSK (identity "rdv-tunnel",
 // TLS_AES_128_GCM_SHA256, psk_dhe_ke), or a certificate on the server verified by the client
 // against a pinned SHA-256 fingerprint or a CA file. ALPN rdv/1 either way.
@@ -58,17 +63,20 @@ class SecureChannel {
   };
 
   // Validates the options (files readable, key matches certificate, PSK length) and builds the
-  // OpenSSL state. A client starts its handshake at once (its first flight goes out through
-  // SendCiphertext from Start()).
+  // OpenSSL state. Nothing is sent or delivered before Start().
   static absl::StatusOr<std::unique_ptr<SecureChannel>> Create(const SecureChannelOptions& options,
                                                                Handler& handler);
   virtual ~SecureChannel() = default;
 
+  // Both ends call it once. A client's first flight goes out through SendCiphertext from here;
+  // ciphertext fed before Start() is kept and processed from here.
   virtual void Start() = 0;
   virtual void OnCiphertext(std::string_view bytes) = 0;
   // Before OnSecured the plaintext is buffered and sent once the handshake completes.
   virtual void Send(std::string_view plaintext) = 0;
-  // Sends close_notify.
+  // Sends close_notify once pending plaintext is out; the peer's records are still delivered
+  // until its own close_notify (OnChannelClosed with OK). Before OnSecured it abandons the
+  // handshake without sending anything and without calling the handler.
   virtual void Close() = 0;
   virtual bool secured() const = 0;
 };

@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cassert>
 #include <cstring>
 
@@ -313,15 +314,27 @@ absl::StatusOr<int> TcpConnection::DetachFd() {
 
 void ResolveAsync(uv_loop_t* loop, const std::string& host, uint16_t port, int socktype,
                   std::function<void(absl::StatusOr<sockaddr_storage>)> done) {
+  ResolveAllAsync(loop, host, port, socktype,
+                  [done = std::move(done)](absl::StatusOr<std::vector<sockaddr_storage>> all) {
+                    if (!all.ok()) {
+                      done(all.status());
+                    } else {
+                      done(all->front());
+                    }
+                  });
+}
+
+void ResolveAllAsync(uv_loop_t* loop, const std::string& host, uint16_t port, int socktype,
+                     std::function<void(absl::StatusOr<std::vector<sockaddr_storage>>)> done) {
   absl::StatusOr<sockaddr_storage> numeric = ResolveNumeric(host, port);
   if (numeric.ok()) {
-    done(numeric);
+    done(std::vector<sockaddr_storage>{*numeric});
     return;
   }
   struct Request {
     uv_getaddrinfo_t req;
     uint16_t port;
-    std::function<void(absl::StatusOr<sockaddr_storage>)> done;
+    std::function<void(absl::StatusOr<std::vector<sockaddr_storage>>)> done;
   };
   auto* request = new Request{{}, port, std::move(done)};
   addrinfo hints{};
@@ -330,17 +343,26 @@ void ResolveAsync(uv_loop_t* loop, const std::string& host, uint16_t port, int s
       loop, &request->req,
       [](uv_getaddrinfo_t* req, int status, addrinfo* result) {
         std::unique_ptr<Request> request(reinterpret_cast<Request*>(req));
-        if (status != 0 || result == nullptr) {
-          request->done(absl::UnavailableError(StrCat("cannot resolve: ", UvError(status))));
-        } else {
+        std::vector<sockaddr_storage> addresses;
+        for (addrinfo* ai = status == 0 ? result : nullptr; ai != nullptr; ai = ai->ai_next) {
+          if (ai->ai_family != AF_INET && ai->ai_family != AF_INET6) continue;
           sockaddr_storage storage{};
-          std::memcpy(&storage, result->ai_addr, result->ai_addrlen);
+          std::memcpy(&storage, ai->ai_addr, ai->ai_addrlen);
           if (storage.ss_family == AF_INET) {
             reinterpret_cast<sockaddr_in*>(&storage)->sin_port = htons(request->port);
           } else {
             reinterpret_cast<sockaddr_in6*>(&storage)->sin6_port = htons(request->port);
           }
-          request->done(storage);
+          bool seen = std::any_of(addresses.begin(), addresses.end(), [&](const auto& other) {
+            return std::memcmp(&other, &storage, sizeof(storage)) == 0;
+          });
+          if (!seen) addresses.push_back(storage);
+        }
+        if (status != 0 || addresses.empty()) {
+          request->done(absl::UnavailableError(
+              StrCat("cannot resolve: ", status != 0 ? UvError(status) : "no address")));
+        } else {
+          request->done(std::move(addresses));
         }
         uv_freeaddrinfo(result);
       },
@@ -350,6 +372,47 @@ void ResolveAsync(uv_loop_t* loop, const std::string& host, uint16_t port, int s
     delete request;
     callback(absl::UnavailableError(StrCat("cannot resolve: ", UvError(rc))));
   }
+}
+
+void TcpConnection::ConnectWithin(uv_loop_t* loop, const sockaddr_storage& address,
+                                  uint64_t timeout_ms, ConnectCallback done) {
+  // The timer and the connect race; whichever comes first settles. The timer handle is freed
+  // in its close callback, which runs after the connect has settled too.
+  struct Pending {
+    uv_timer_t timer;
+    ConnectCallback done;
+    bool settled = false;
+  };
+  auto* pending = new Pending{{}, std::move(done)};
+  uv_timer_init(loop, &pending->timer);
+  pending->timer.data = pending;
+  auto release = [](Pending* p) {
+    uv_close(reinterpret_cast<uv_handle_t*>(&p->timer),
+             [](uv_handle_t* h) { delete static_cast<Pending*>(h->data); });
+  };
+  uv_timer_start(
+      &pending->timer,
+      [](uv_timer_t* t) {
+        auto* p = static_cast<Pending*>(t->data);
+        if (p->settled) return;
+        p->settled = true;
+        ConnectCallback callback = std::move(p->done);
+        callback(absl::DeadlineExceededError("timed out"));
+      },
+      timeout_ms, 0);
+  Connect(loop, reinterpret_cast<const sockaddr*>(&address),
+          [pending, release](absl::StatusOr<std::unique_ptr<TcpConnection>> tcp) {
+            bool late = pending->settled;
+            pending->settled = true;
+            ConnectCallback callback = std::move(pending->done);
+            uv_timer_stop(&pending->timer);
+            release(pending);
+            if (late) {
+              if (tcp.ok()) (*tcp)->Close();
+              return;
+            }
+            callback(std::move(tcp));
+          });
 }
 
 }  // namespace rdv

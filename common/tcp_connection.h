@@ -15,6 +15,7 @@
 #include <string>
 #include <string_view>
 #include <utility>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -53,6 +54,10 @@ class TcpConnection {
   // Connects; `done` runs once with the connection or an error. The callback owns the result.
   using ConnectCallback = std::function<void(absl::StatusOr<std::unique_ptr<TcpConnection>>)>;
   static void Connect(uv_loop_t* loop, const sockaddr* address, ConnectCallback done);
+  // Connect, given up after `timeout_ms` (`done` then gets DeadlineExceededError "timed out", and
+  // a connection that completes later is closed). `done` runs once, on the loop.
+  static void ConnectWithin(uv_loop_t* loop, const sockaddr_storage& address, uint64_t timeout_ms,
+                            ConnectCallback done);
 
   ~TcpConnection();
   TcpConnection(const TcpConnection&) = delete;
@@ -121,6 +126,10 @@ absl::StatusOr<sockaddr_storage> ResolveNumeric(std::string_view host, uint16_t 
 // "cannot resolve: <reason>".
 void ResolveAsync(uv_loop_t* loop, const std::string& host, uint16_t port, int socktype,
                   std::function<void(absl::StatusOr<sockaddr_storage>)> done);
+// Same, with every address the name resolves to, in the resolver's order (at least one on
+// success; duplicates removed). For callers that must vet each address (an allow-list).
+void ResolveAllAsync(uv_loop_t* loop, const std::string& host, uint16_t port, int socktype,
+                     std::function<void(absl::StatusOr<std::vector<sockaddr_storage>>)> done);
 std::string UvError(int code);
 
 }  // namespace rdv

@@ -18,7 +18,7 @@
 #include "relay/http_session.h"
 #include "relay/proxy_auth.h"
 #include "relay/proxy_tunnel.h"
-#include "relay/socks5.h"
+#include "common/socks5.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {

@@ -4,7 +4,7 @@
 #include "common/str_cat.h"
 #include "relay/http_codec.h"
 #include "relay/proxy_auth.h"
-#include "relay/socks5.h"
+#include "common/socks5.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {

@@ -182,9 +182,10 @@ void UpstreamLink::HandleTunnelNotice(const link::TunnelNotice& notice) {
 }
 
 Stream* UpstreamLink::OpenTunnelStream(link::Open open, StreamHandler& handler) {
-  if (!ready() || link_->peer_going_away()) return nullptr;
-  Stream* stream = link_->OpenStream(std::move(open), handler);
-  open_streams_ = link_->stream_count();
+  Link* link = ready_link();
+  if (link == nullptr) return nullptr;
+  Stream* stream = link->OpenStream(std::move(open), handler);
+  open_streams_ = link->stream_count();
   return stream;
 }
 

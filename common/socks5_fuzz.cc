@@ -9,7 +9,7 @@
 #include <string>
 #include <string_view>
 
-#include "relay/socks5.h"
+#include "common/socks5.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-#include "relay/socks5.h"
+#include "common/socks5.h"
 
 #include <arpa/inet.h>
 

@@ -9,8 +9,8 @@
 // Each Parse* function looks at the unconsumed input and returns the length of one complete
 // message at its front (filling `out`), 0 when more bytes are needed (nothing is consumed), or an
 // error. Any split of the input gives the same results.
-#ifndef RDV_RELAY_SOCKS5_H_
-#define RDV_RELAY_SOCKS5_H_
+#ifndef RDV_COMMON_SOCKS5_H_
+#define RDV_COMMON_SOCKS5_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -83,8 +83,8 @@ uint8_t ChooseMethod(const Greeting& greeting, bool require_credentials);
 
 std::string EncodeMethodSelection(uint8_t method);
 std::string EncodeAuthStatus(bool success);
-// A request reply. The relay never discloses the address it uses toward the target: BND.ADDR is
-// IPv4 0.0.0.0 and BND.PORT 0.
+// A request reply. The server (the relay's proxy entrypoint, an agent's socks5 connect listener)
+// never discloses the address it uses toward the target: BND.ADDR is IPv4 0.0.0.0 and BND.PORT 0.
 std::string EncodeReply(Reply reply);
 
 // The client side, for tests and tools.
@@ -97,4 +97,4 @@ absl::StatusOr<std::string> EncodeRequest(uint8_t command, AddressType type, std
 
 }  // namespace rdv::socks5
 
-#endif  // RDV_RELAY_SOCKS5_H_
+#endif  // RDV_COMMON_SOCKS5_H_
