@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include "absl/strings/ascii.h"
 #include "agent/connect_listener.h"
 #include "agent/health_check.h"
 #include "agent/relay_link.h"
@@ -172,6 +173,20 @@ void Agent::ServeTunnel(Stream& stream, const ServiceConfig& service) {
   }
   Tunnel* raw = tunnel->get();
   serving_tunnels_.emplace(raw, *std::move(tunnel));
+}
+
+void Agent::OnTunnelNotice(const link::TunnelNotice& notice) {
+  constexpr uint64_t kRepeatAfterMs = 60000;
+  CounterOf("rdv_agent_tunnel_notices_total", "TunnelNotice messages received from relays").Inc();
+  std::string kind = absl::AsciiStrToLower(link::ServiceKind_Name(notice.service().kind()));
+  uint64_t now = uv_now(loop_);
+  auto [it, first] = notice_logged_ms_.try_emplace(
+      StrCat(kind, " ", notice.service().name(), " ", notice.detail()), now);
+  bool log = first || now - it->second >= kRepeatAfterMs;
+  if (log) it->second = now;
+  spdlog::log(log ? spdlog::level::warn : spdlog::level::debug,
+              "tunnel {} {}: notice from relay: {}", kind, notice.service().name(),
+              notice.detail());
 }
 
 void Agent::OnTunnelClosed(Tunnel& tunnel, const absl::Status& status) {

@@ -14,8 +14,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "agent/agent_config.h"
-#include "agent/tunnel.h"
 #include "agent/agent_status.h"
+#include "agent/tunnel.h"
 #include "common/admin_http.h"
 #include "common/stream_splice.h"
 #include "common/tls.h"
@@ -56,6 +56,9 @@ class Agent : public Tunnel::Owner {
   Tunnel::Context TunnelContext() const;
   // The serving end of a tunnel to `service` (a pair or private service this agent holds).
   void ServeTunnel(Stream& stream, const ServiceConfig& service);
+  // A relay's TunnelNotice (e.g. someone asked for our pair with another secret): logged, the
+  // same notice at most once a minute (a misconfigured peer retries with backoff).
+  void OnTunnelNotice(const link::TunnelNotice& notice);
   // Tunnel::Owner, for the tunnels this agent serves.
   void OnTunnelClosed(Tunnel& tunnel, const absl::Status& status) override;
   // What GET /status on the admin listener reports.
@@ -77,7 +80,8 @@ class Agent : public Tunnel::Owner {
   std::vector<std::unique_ptr<ConnectListener>> connect_listeners_;
   absl::flat_hash_map<Tunnel*, std::unique_ptr<Tunnel>> serving_tunnels_;
   size_t next_tunnel_link_ = 0;
-  std::unique_ptr<AdminServer> admin_;  // null unless config_.admin_listen
+  absl::flat_hash_map<std::string, uint64_t> notice_logged_ms_;  // by kind, name and detail
+  std::unique_ptr<AdminServer> admin_;                           // null unless config_.admin_listen
   bool shutting_down_ = false;
 };
 

@@ -558,8 +558,9 @@ TEST(AgentConfigTest, ConnectOnlyAgent) {
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_TRUE(config->services.empty());
   EXPECT_EQ(config->connects[0].listen.port, 0);
-  config = Parse(MinimalConfig("services: []\nconnect:\n  - {listen: '127.0.0.1:0', pair: "
-                               "site-b, secret: pairing-secret-0123}\n"));
+  config =
+      Parse(MinimalConfig("services: []\nconnect:\n  - {listen: '127.0.0.1:0', pair: "
+                          "site-b, secret: pairing-secret-0123}\n"));
   ASSERT_TRUE(config.ok()) << config.status();
 }
 
@@ -571,9 +572,9 @@ TEST(AgentConfigTest, TunnelServiceErrors) {
   EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"pairing-secret-0123\"\n    target: 127.0.0.1:22",
                                "    target: 127.0.0.1:22")),
             "agent.yaml:7: services[0]: one of secret or secret_file is required");
-  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect",
-                               "    port: 5\nconnect")),
-            "agent.yaml:17: services[1].port: port is not valid for private services");
+  EXPECT_EQ(
+      ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect", "    port: 5\nconnect")),
+      "agent.yaml:17: services[1].port: port is not valid for private services");
   EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\nconnect",
                                "    proxy_protocol: v1\nconnect")),
             "agent.yaml:17: services[1].proxy_protocol: proxy_protocol is not valid for private "
@@ -596,11 +597,11 @@ TEST(AgentConfigTest, TunnelServiceErrors) {
                                "    certificate_file: /etc/hostname\n    target")),
             "agent.yaml:10: services[0].certificate_file: a pair is secured by its pairing secret; "
             "certificate_file and key_file are only valid for private services");
-  EXPECT_EQ(ErrorOf(MinimalConfig("services:\n  - {name: w, kind: tcp, target: 'a:1', allow: []}\n")),
-            "agent.yaml:7: services[0].allow: allow is only valid for pair and private services");
+  EXPECT_EQ(
+      ErrorOf(MinimalConfig("services:\n  - {name: w, kind: tcp, target: 'a:1', allow: []}\n")),
+      "agent.yaml:7: services[0].allow: allow is only valid for pair and private services");
   // Without a target, a pair serves SOCKS5 connect ends only.
-  absl::StatusOr<AgentConfig> config =
-      Parse(TunnelWith("    target: 127.0.0.1:22\n", ""));
+  absl::StatusOr<AgentConfig> config = Parse(TunnelWith("    target: 127.0.0.1:22\n", ""));
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_FALSE(config->services[0].has_target());
   // Certificate mode.
@@ -653,8 +654,7 @@ TEST(AgentConfigTest, ConnectErrors) {
                                    std::string(kFingerprint) + "\n  - listen")),
             "agent.yaml:22: connect[0].peer_fingerprint: a pair is secured by its pairing secret; "
             "peer_fingerprint and peer_ca_file are only valid for private connect entries");
-  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5",
-                               "    socks5")),
+  EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5", "    socks5")),
             "agent.yaml:22: connect[1]: a private connect entry needs secret or secret_file (PSK "
             "mode), or peer_fingerprint or peer_ca_file (certificate mode)");
   EXPECT_EQ(ErrorOf(TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5",
@@ -669,10 +669,9 @@ TEST(AgentConfigTest, ConnectErrors) {
   EXPECT_EQ(ErrorOf(TunnelWith("    socks5: true\n", "    socks5: yes\n")),
             "agent.yaml:25: connect[1].socks5: expected true or false, got 'yes'");
   // Certificate mode.
-  absl::StatusOr<AgentConfig> config =
-      Parse(TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5",
-                       "    peer_fingerprint: \"sha256:" + std::string(kFingerprint) +
-                           "\"\n    socks5"));
+  absl::StatusOr<AgentConfig> config = Parse(
+      TunnelWith("    secret: \"db-shared-secret-01\"\n    socks5",
+                 "    peer_fingerprint: \"sha256:" + std::string(kFingerprint) + "\"\n    socks5"));
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->connects[1].peer_fingerprint, kFingerprint);
   EXPECT_EQ(config->connects[1].security(), "certificate");

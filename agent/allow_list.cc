@@ -20,8 +20,8 @@ absl::StatusOr<uint16_t> ParsePort(std::string_view text, std::string_view item)
   });
   if (!digits || text.size() > 5 || !absl::SimpleAtoi(AbslView(text), &port) || port == 0 ||
       port > 65535) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("invalid port '", AbslView(item), "': expected 1-65535 or a range like 8000-8100"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "invalid port '", AbslView(item), "': expected 1-65535 or a range like 8000-8100"));
   }
   return static_cast<uint16_t>(port);
 }
@@ -41,8 +41,8 @@ absl::StatusOr<std::vector<PortRange>> ParsePortList(std::string_view text) {
     absl::StatusOr<uint16_t> high = ParsePort(high_text, item);
     if (!high.ok()) return high.status();
     if (*low > *high) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("invalid port range '", AbslView(item), "': the first port is above the last"));
+      return absl::InvalidArgumentError(absl::StrCat("invalid port range '", AbslView(item),
+                                                     "': the first port is above the last"));
     }
     ranges.push_back({*low, *high});
   }

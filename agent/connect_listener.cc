@@ -107,8 +107,7 @@ class LocalClient : public TcpConnection::Handler, public StreamHandler {
   void OnRead(std::string_view data) override {
     if (phase_ == Phase::kClosing) return;  // discarded while the refusal lingers
     input_.append(data);
-    if (phase_ == Phase::kGreeting || phase_ == Phase::kCredentials ||
-        phase_ == Phase::kRequest) {
+    if (phase_ == Phase::kGreeting || phase_ == Phase::kCredentials || phase_ == Phase::kRequest) {
       HandleSocks();
     }
   }
@@ -131,14 +130,13 @@ class LocalClient : public TcpConnection::Handler, public StreamHandler {
     uv_timer_stop(timer_);
     phase_ = Phase::kSpliced;
     if (socks_) socket_->Write(socks5::EncodeReply(socks5::Reply::kSucceeded));
-    splice_ = std::make_unique<StreamSplice>(std::move(socket_), stream_,
-                                             [this](StreamSplice&, const absl::Status& status) {
-                                               if (!status.ok()) {
-                                                 spdlog::debug("connect stream ended: {}",
-                                                               status.message());
-                                               }
-                                               Done();
-                                             });
+    splice_ = std::make_unique<StreamSplice>(
+        std::move(socket_), stream_, [this](StreamSplice&, const absl::Status& status) {
+          if (!status.ok()) {
+            spdlog::debug("connect stream ended: {}", status.message());
+          }
+          Done();
+        });
     std::string initial = std::move(input_);
     input_.clear();
     splice_->Start(initial);
@@ -169,12 +167,19 @@ class LocalClient : public TcpConnection::Handler, public StreamHandler {
   }
 
  private:
-  enum class Phase { kGreeting, kCredentials, kRequest, kWaiting, kOpening, kSpliced, kClosing,
-                     kDone };
+  enum class Phase {
+    kGreeting,
+    kCredentials,
+    kRequest,
+    kWaiting,
+    kOpening,
+    kSpliced,
+    kClosing,
+    kDone
+  };
 
   uint64_t ConnectTimeoutMs() const {
-    return static_cast<uint64_t>(
-        absl::ToInt64Milliseconds(owner_.agent_.config().connect_timeout));
+    return static_cast<uint64_t>(absl::ToInt64Milliseconds(owner_.agent_.config().connect_timeout));
   }
 
   // RFC 1928 (and 1929) server side, one message at a time from input_.
@@ -184,7 +189,8 @@ class LocalClient : public TcpConnection::Handler, public StreamHandler {
       if (phase_ == Phase::kGreeting) {
         socks5::Greeting greeting;
         absl::StatusOr<size_t> used = socks5::ParseGreeting(input_, greeting);
-        if (!used.ok()) return Refuse("malformed", std::nullopt, std::string(used.status().message()));
+        if (!used.ok())
+          return Refuse("malformed", std::nullopt, std::string(used.status().message()));
         if (*used == 0) return;
         input_.erase(0, *used);
         const std::vector<ConnectConfig::User>& users = owner_.config().users;
@@ -199,7 +205,8 @@ class LocalClient : public TcpConnection::Handler, public StreamHandler {
       } else if (phase_ == Phase::kCredentials) {
         socks5::Credentials credentials;
         absl::StatusOr<size_t> used = socks5::ParseCredentials(input_, credentials);
-        if (!used.ok()) return Refuse("malformed", std::nullopt, std::string(used.status().message()));
+        if (!used.ok())
+          return Refuse("malformed", std::nullopt, std::string(used.status().message()));
         if (*used == 0) return;
         input_.erase(0, *used);
         bool ok = UserMatches(owner_.config().users, credentials.username, credentials.password);
@@ -217,7 +224,8 @@ class LocalClient : public TcpConnection::Handler, public StreamHandler {
             return Refuse("address_type", socks5::Reply::kAddressTypeNotSupported,
                           std::string(used.status().message()));
           }
-          return Refuse("malformed", socks5::Reply::kGeneralFailure, std::string(used.status().message()));
+          return Refuse("malformed", socks5::Reply::kGeneralFailure,
+                        std::string(used.status().message()));
         }
         if (*used == 0) return;
         input_.erase(0, *used);  // what remains is the client's first bytes for the stream
@@ -287,10 +295,10 @@ class LocalClient : public TcpConnection::Handler, public StreamHandler {
     }
     std::string what = destination_.empty() ? "" : StrCat(" to ", destination_);
     if (socks_ && reply) {
-      spdlog::info("{}: refused {}{} (SOCKS reply {:#04x}): {}", owner_.Describe(), peer_, what,
-                   static_cast<int>(*reply), detail);
+      spdlog::info("connect {}: refused {}{} (SOCKS reply {:#04x}): {}", owner_.Describe(), peer_,
+                   what, static_cast<int>(*reply), detail);
     } else {
-      spdlog::info("{}: closing {}{}: {}", owner_.Describe(), peer_, what, detail);
+      spdlog::info("connect {}: closing {}{}: {}", owner_.Describe(), peer_, what, detail);
     }
     if (stream_ != nullptr) {
       Stream* stream = stream_;

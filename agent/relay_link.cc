@@ -97,15 +97,9 @@ bool RelayLink::OnReadyControl(const link::Control& control) {
       }
       return true;
     }
-    case link::Control::kTunnelNotice: {
-      const link::TunnelNotice& notice = control.tunnel_notice();
-      CounterOf("rdv_agent_tunnel_notices_total", "TunnelNotice messages received from relays")
-          .Inc();
-      spdlog::warn("tunnel {} {}: notice from relay: {}",
-                   absl::AsciiStrToLower(link::ServiceKind_Name(notice.service().kind())),
-                   notice.service().name(), notice.detail());
+    case link::Control::kTunnelNotice:
+      agent_.OnTunnelNotice(control.tunnel_notice());
       return true;
-    }
     default:
       return false;
   }

@@ -199,16 +199,16 @@ link::TunnelSetup Tunnel::OwnSetup() const {
 
 absl::Status Tunnel::TakePeerSetup(const link::TunnelSetup& setup) {
   if (setup.security() != endpoint_.security) {
-    return absl::PermissionDeniedError(
-        StrCat("security mismatch: this end of ", kind_name(), " '", name(), "' uses ",
-               endpoint_.security, ", the other end ",
-               setup.security().empty() ? "none" : setup.security()));
+    return absl::PermissionDeniedError(StrCat(
+        "security mismatch: this end of ", kind_name(), " '", name(), "' uses ", endpoint_.security,
+        ", the other end ", setup.security().empty() ? "none" : setup.security()));
   }
   if (setup.agent_id().empty() || setup.agent_id().size() > 128) {
     return absl::InvalidArgumentError("tunnel setup without a valid agent id");
   }
   if (static_cast<size_t>(setup.hops_size()) > kMaxTunnelHops) {
-    return absl::InvalidArgumentError(StrCat("tunnel setup with more than ", kMaxTunnelHops, " hops"));
+    return absl::InvalidArgumentError(
+        StrCat("tunnel setup with more than ", kMaxTunnelHops, " hops"));
   }
   absl::StatusOr<bool> client = ElectTlsClient(endpoint_.security, role_, nonce_, setup.nonce());
   if (!client.ok()) return client.status();
@@ -229,8 +229,8 @@ void Tunnel::ArmSetupTimer() {
       [](uv_timer_t* t) {
         auto* tunnel = static_cast<Tunnel*>(t->data);
         if (tunnel == nullptr || tunnel->state_ == State::kUp) return;
-        tunnel->Fail(absl::DeadlineExceededError(
-                         StrCat("not up after ", absl::FormatDuration(tunnel->context_.setup_timeout))),
+        tunnel->Fail(absl::DeadlineExceededError(StrCat(
+                         "not up after ", absl::FormatDuration(tunnel->context_.setup_timeout))),
                      "setup_timeout");
       },
       static_cast<uint64_t>(absl::ToInt64Milliseconds(context_.setup_timeout)), 0);
@@ -342,9 +342,9 @@ void Tunnel::OnControl(Link& link, const link::Control& control) {
     default:
       break;
   }
-  Fail(absl::InvalidArgumentError(
-           StrCat("unexpected control message ", static_cast<int>(control.body_case()),
-                  " inside the tunnel")),
+  Fail(absl::InvalidArgumentError(StrCat("unexpected control message ",
+                                         static_cast<int>(control.body_case()),
+                                         " inside the tunnel")),
        "protocol");
 }
 

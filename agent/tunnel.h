@@ -48,9 +48,9 @@ inline constexpr size_t kMaxTunnelHops = 16;
 struct TunnelEndpoint {
   link::ServiceKind kind = link::PAIR;  // PAIR or PRIVATE
   std::string name;
-  std::string pair_id;             // PAIR: PairId(secret, name)
-  std::string security;            // "psk" or "certificate"
-  SecureChannelOptions channel;    // is_client is set by the election
+  std::string pair_id;                     // PAIR: PairId(secret, name)
+  std::string security;                    // "psk" or "certificate"
+  SecureChannelOptions channel;            // is_client is set by the election
   const ServiceConfig* service = nullptr;  // serving end: target and allow-list (not owned)
 
   std::string_view kind_name() const { return kind == link::PAIR ? "pair" : "private"; }
@@ -110,8 +110,7 @@ class Tunnel : public StreamHandler,
 
   // Connecting end, while up: one nested stream towards `destination` ("" = the serving end's
   // target; else "host:port"). nullptr when not up or the nested link takes no more streams.
-  Stream* OpenStream(std::string destination, std::string client_address,
-                     StreamHandler& handler);
+  Stream* OpenStream(std::string destination, std::string client_address, StreamHandler& handler);
   // Closes the tunnel now (nested streams end with `status`). The owner, who asked, is not told.
   void Close(const absl::Status& status);
   // Announces GoAway on the nested link: the peer opens nothing more here.

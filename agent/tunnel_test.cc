@@ -16,11 +16,11 @@
 namespace rdv {
 namespace {
 
-using ::testing::ElementsAre;
-using ::testing::HasSubstr;
 using link_test::LinkPair;
 using link_test::Message;
 using link_test::TestLinkHandler;
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
 
 std::string Nonce(char fill) { return std::string(kTunnelNonceSize, fill); }
 
@@ -99,8 +99,8 @@ TEST(TunnelEndpointTest, BothEndsDeriveTheSameKeyAndPairId) {
   service.kind = ServiceConfig::Kind::kPrivate;
   connect.kind = ServiceConfig::Kind::kPrivate;
   EXPECT_EQ(ServingEndpoint(service).pair_id, "");
-  EXPECT_EQ(ServingEndpoint(service).channel.psk, TunnelPsk("pairing-secret-0123", "private",
-                                                            "site-b"));
+  EXPECT_EQ(ServingEndpoint(service).channel.psk,
+            TunnelPsk("pairing-secret-0123", "private", "site-b"));
   EXPECT_EQ(ServingEndpoint(service).channel.psk, ConnectingEndpoint(connect).channel.psk);
 }
 
@@ -265,9 +265,8 @@ class TunnelEndToEndTest : public ::testing::Test {
   }
 
   void ConnectAndPump() {
-    absl::StatusOr<std::unique_ptr<Tunnel>> tunnel =
-        Tunnel::Connect(Context("agent-a"), ConnectingEndpoint(connect_), a_.agent(),
-                        connecting_owner_);
+    absl::StatusOr<std::unique_ptr<Tunnel>> tunnel = Tunnel::Connect(
+        Context("agent-a"), ConnectingEndpoint(connect_), a_.agent(), connecting_owner_);
     ASSERT_TRUE(tunnel.ok()) << tunnel.status();
     connecting_ = *std::move(tunnel);
     Pump();

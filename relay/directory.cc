@@ -160,18 +160,30 @@ absl::StatusOr<bool> InMemoryDirectory::SetHealth(const StreamCarrier& carrier,
                                                   link::ServiceKind kind, const std::string& name,
                                                   bool healthy) {
   absl::MutexLock lock(&mu_);
-  auto it = entries_.find(Key(kind, name));
-  if (it == entries_.end() ||
-      std::none_of(it->second.members.begin(), it->second.members.end(),
-                   [&](const Member& m) { return m.carrier == &carrier; })) {
-    return absl::NotFoundError(StrCat(name, " is not registered on this link"));
+  auto serves = [&](const Entry& entry) {
+    return std::any_of(entry.members.begin(), entry.members.end(),
+                       [&](const Member& m) { return m.carrier == &carrier; });
+  };
+  // ServiceHealth names a pair by its name, which is not its key: the link's pair of that name.
+  std::vector<Entry*> matched;
+  if (auto it = entries_.find(Key(kind, name)); it != entries_.end() && serves(it->second)) {
+    matched.push_back(&it->second);
+  } else if (kind == link::PAIR) {
+    for (auto& [key, entry] : entries_) {
+      if (entry.service.kind() == link::PAIR && entry.service.name() == name && serves(entry)) {
+        matched.push_back(&entry);
+      }
+    }
   }
-  Entry& entry = it->second;
+  if (matched.empty()) return absl::NotFoundError(StrCat(name, " is not registered on this link"));
   std::string agent = AgentKey(carrier);
-  bool was_healthy = IsHealthy(entry, agent);
-  entry.healthy[agent] = healthy;
-  UpdateHealthGauge(entry);
-  return was_healthy != healthy;
+  bool changed = false;
+  for (Entry* entry : matched) {
+    changed |= IsHealthy(*entry, agent) != healthy;
+    entry->healthy[agent] = healthy;
+    UpdateHealthGauge(*entry);
+  }
+  return changed;
 }
 
 InMemoryDirectory::Entry* InMemoryDirectory::Find(link::ServiceKind kind, const std::string& name) {

@@ -452,6 +452,19 @@ TEST(DirectoryTest, WithdrawForgetsOneRegistrationOfOneLink) {
   EXPECT_EQ(directory.TunnelServices().size(), 1u);  // cache
 }
 
+TEST(DirectoryTest, HealthOfAPairIsReportedByName) {
+  InMemoryDirectory directory("");
+  FakeCarrier a("site", 0, "agent-a"), b("site", 0, "agent-b");
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", a).ok());
+  ASSERT_TRUE(directory.Claim(Pair("site-b", kPairIdA), "", b).ok());
+  absl::StatusOr<bool> changed = directory.SetHealth(a, link::PAIR, "site-b", false);
+  ASSERT_TRUE(changed.ok()) << changed.status();
+  EXPECT_TRUE(*changed);
+  for (int i = 0; i < 3; ++i) EXPECT_EQ(directory.RoutePair(kPairIdA, 0, "").carrier, &b);
+  EXPECT_FALSE(directory.SetHealth(a, link::PAIR, "office", false).ok());
+  EXPECT_FALSE(directory.SetHealth(a, link::PRIVATE, "site-b", false).ok());
+}
+
 TEST(DirectoryTest, OtherPairHoldersOneLinkPerAgent) {
   InMemoryDirectory directory("");
   FakeCarrier a1("site", 0, "agent-a"), a2("site", 1, "agent-a"), b("other", 1, "agent-b"),

@@ -13,12 +13,12 @@
 #include "absl/strings/ascii.h"
 #include "absl/strings/numbers.h"
 #include "common/auth.h"
+#include "common/socks5.h"
 #include "common/str_cat.h"
 #include "relay/http_codec.h"
 #include "relay/http_session.h"
 #include "relay/proxy_auth.h"
 #include "relay/proxy_tunnel.h"
-#include "common/socks5.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {

@@ -1,10 +1,10 @@
 #include "relay/proxy_refusal.h"
 
 #include "common/metrics.h"
+#include "common/socks5.h"
 #include "common/str_cat.h"
 #include "relay/http_codec.h"
 #include "relay/proxy_auth.h"
-#include "common/socks5.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {

@@ -35,6 +35,8 @@ void DeclareMetrics() {
   CounterOf("rdv_udp_sessions_expired_total", "udp sessions closed after the idle timeout");
   CounterOf("rdv_tunnels_bridged_total", "Tunnel streams joined to their far end");
   GaugeOf("rdv_tunnels_active", "Bridged tunnel streams open now");
+  CounterOf("rdv_tunnels_abandoned_total",
+            "Tunnel streams whose opener went away before the far end answered");
 }
 
 }  // namespace

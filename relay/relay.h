@@ -46,6 +46,11 @@ class Relay {
   SSL_CTX* link_tls_context() const { return identity_.ctx.get(); }
   const std::string& fingerprint() const { return identity_.fingerprint_hex; }
   int worker_count() const { return static_cast<int>(workers_.size()); }
+  // The port the first listener of `role` ("agent", "http", ...) bound, 0 if none; after Start.
+  uint16_t listening_port(const std::string& role) const {
+    auto it = entry_ports_.find(role);
+    return it == entry_ports_.end() ? 0 : it->second;
+  }
   RelayWorker& worker(int index) { return *workers_[static_cast<size_t>(index)]; }
 
   // Binds (once, on `caller`'s loop) the relay port of tcp service `service` and returns it.

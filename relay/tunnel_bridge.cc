@@ -27,6 +27,7 @@
 #include <cstdio>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <memory>
 #include <utility>
 
@@ -62,6 +63,12 @@ Counter& Bridged() {
 Gauge& Active() {
   static Gauge& gauge = GaugeOf("rdv_tunnels_active", "Bridged tunnel streams open now");
   return gauge;
+}
+Counter& Abandoned() {
+  static Counter& counter =
+      CounterOf("rdv_tunnels_abandoned_total",
+                "Tunnel streams whose opener went away before the far end answered");
+  return counter;
 }
 Counter& NoticesSent() {
   static Counter& counter =
@@ -103,22 +110,22 @@ class TunnelTap {
   }
   void Append(const std::string& path, std::string_view bytes) {
     absl::MutexLock lock(&mu_);
-    if (file_ == nullptr && !failed_) {
-      file_ = std::fopen(path.c_str(), "ab");
-      if (file_ == nullptr) {
-        failed_ = true;
+    auto [it, first] = files_.try_emplace(path, nullptr);
+    if (first) {
+      it->second = std::fopen(path.c_str(), "ab");
+      if (it->second == nullptr) {
         spdlog::error("tunnel_tap_file {}: cannot open: {}", path, std::strerror(errno));
       }
     }
-    if (file_ == nullptr) return;
-    std::fwrite(bytes.data(), 1, bytes.size(), file_);
-    std::fflush(file_);
+    if (it->second == nullptr) return;
+    std::fwrite(bytes.data(), 1, bytes.size(), it->second);
+    std::fflush(it->second);
   }
 
  private:
   absl::Mutex mu_;
-  FILE* file_ ABSL_GUARDED_BY(mu_) = nullptr;
-  bool failed_ ABSL_GUARDED_BY(mu_) = false;
+  // One per path (in-process tests run relays with different files); null = could not open.
+  std::map<std::string, FILE*> files_ ABSL_GUARDED_BY(mu_);
 };
 
 void TapAppend(const std::string& path, std::string_view bytes) {
@@ -280,12 +287,12 @@ void BridgeSide::DeliverEnd() {
 void BridgeSide::Abort(const std::string& reason) {
   if (stream_ == nullptr) return;
   Stream* stream = stream_;
-  bool was_open = open_;
+  bool undecided_opener = role_ == Role::kOpener && !open_;
   Detach();
-  if (was_open) {
-    stream->Reset(reason);
-  } else {
+  if (undecided_opener) {
     stream->Refuse(reason);
+  } else {
+    stream->Reset(reason);  // also cancels a far end's stream still waiting for its answer
   }
 }
 
@@ -330,6 +337,7 @@ void BridgeSide::OnStreamClosed(Stream& stream, const absl::Status& status) {
   if (role_ == Role::kOpener && !was_open) {
     // Reset or link lost while the far end was being asked; its answer will find us gone.
     bridge_.opener_gone().store(true);
+    Abandoned().Inc();
     spdlog::info("tunnel {} from {}: the opener went away before the far end answered: {}",
                  bridge_.what(), bridge_.opener_agent(), status.message());
     return;
