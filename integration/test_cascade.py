@@ -91,22 +91,24 @@ def agent_yaml(relay, agent_id, credential, body):
         """) + textwrap.dedent(body)
 
 
-def serving_pair(name, target):
+def serving(kind, name, target):
+    """A `services:` block with one pair or private service secured by a secret."""
     return f"""\
         services:
-          - kind: pair
+          - kind: {kind}
             name: {name}
-            secret: "{name}-pairing-secret"
+            secret: "{name}-{kind}-secret"
             target: {target}
         """
 
 
-def connecting_pair(name, port):
+def connecting(kind, name, port, secret=None):
+    """A `connect:` block: a plain port for the pair or private service `name`."""
     return f"""\
         connect:
           - listen: 127.0.0.1:{port}
-            pair: {name}
-            secret: "{name}-pairing-secret"
+            {kind}: {name}
+            secret: "{secret or f'{name}-{kind}-secret'}"
         """
 
 
@@ -188,32 +190,13 @@ class UpstreamLinkTest(harness.IntegrationTest):
         b_agent = harness.format_addr(relay_b.address("agent"))
         relay_a = h.relay(relay_a_yaml(h, relay_b), name="relay-a")
         agent = h.agent(agent_yaml(relay_a, "agent-a", "site-a",
-                                   serving_pair("kept", "127.0.0.1:9")), name="agent-a")
+                                   serving("pair", "kept", "127.0.0.1:9")), name="agent-a")
         agent.wait_registered("kept", "pair")
         relay_b.wait_line(registered_at_b("pair", "kept"))
         relay_a.wait_line(harness.log_message(r"upstream link: registered pair kept at relay relay-b"))
         relay_b.stop()
         relay_b2 = h.relay(relay_b_yaml(h, agent_listen=b_agent), name="relay-b")
         relay_b2.wait_line(registered_at_b("pair", "kept"), timeout=20)
-
-
-def serving_private(name, target):
-    return f"""\
-        services:
-          - kind: private
-            name: {name}
-            secret: "{name}-shared-secret"
-            target: {target}
-        """
-
-
-def connecting_private(name, port):
-    return f"""\
-        connect:
-          - listen: 127.0.0.1:{port}
-            private: {name}
-            secret: "{name}-shared-secret"
-        """
 
 
 class CascadeTunnelTest(harness.IntegrationTest):
@@ -254,11 +237,11 @@ class CascadeTunnelTest(harness.IntegrationTest):
         # agent -> relay A -> relay B <- agent: A has no holder of the pair, so it forwards the
         # Open upstream.
         server = self.start_agent(self.relay_b, "serve-at-b", "site-b",
-                                  serving_pair("at-b", self.nginx.target()))
+                                  serving("pair", "at-b", self.nginx.target()))
         server.wait_registered("at-b", "pair")
         port = harness.free_port()
         connector = self.start_agent(self.relay_a, "connect-at-a", "site-a",
-                                     connecting_pair("at-b", port))
+                                     connecting("pair", "at-b", port))
         self.assert_tunnel(connector, server, "at-b", port, ["relay-a", "relay-b"])
         self.relay_a.wait_line(harness.log_message(
             r"tunnel pair at-b bridged: connect-at-a -> upstream "))
@@ -270,12 +253,12 @@ class CascadeTunnelTest(harness.IntegrationTest):
         # to A's link, and A routes it to its own agent.
         mark_b = self.relay_b.mark()
         server = self.start_agent(self.relay_a, "serve-at-a", "site-a",
-                                  serving_pair("at-a", self.nginx.target()))
+                                  serving("pair", "at-a", self.nginx.target()))
         server.wait_registered("at-a", "pair")
         self.relay_b.wait_line(registered_at_b("pair", "at-a"), start=mark_b)
         port = harness.free_port()
         connector = self.start_agent(self.relay_b, "connect-at-b", "site-b",
-                                     connecting_pair("at-a", port))
+                                     connecting("pair", "at-a", port))
         self.assert_tunnel(connector, server, "at-a", port, ["relay-b", "relay-a"])
         # The serving agent leaves: A withdraws the pair at B.
         mark_b = self.relay_b.mark()
@@ -287,28 +270,24 @@ class CascadeTunnelTest(harness.IntegrationTest):
     def test_private_service_served_downstream(self):
         mark_b = self.relay_b.mark()
         server = self.start_agent(self.relay_a, "private-at-a", "site-a",
-                                  serving_private("db-at-a", self.nginx.target()))
+                                  serving("private", "db-at-a", self.nginx.target()))
         server.wait_registered("db-at-a", "private")
         self.relay_b.wait_line(registered_at_b("private", "db-at-a"), start=mark_b)
         port = harness.free_port()
         connector = self.start_agent(self.relay_b, "private-from-b", "site-b",
-                                     connecting_private("db-at-a", port))
+                                     connecting("private", "db-at-a", port))
         self.assert_tunnel(connector, server, "db-at-a", port, ["relay-b", "relay-a"],
                            kind="private")
 
     def test_wrong_pairing_secret_notice_reaches_the_downstream_holder(self):
         mark_b = self.relay_b.mark()
         holder = self.start_agent(self.relay_a, "holder-at-a", "site-a",
-                                  serving_pair("guarded", self.nginx.target()))
+                                  serving("pair", "guarded", self.nginx.target()))
         holder.wait_registered("guarded", "pair")
         self.relay_b.wait_line(registered_at_b("pair", "guarded"), start=mark_b)
         port = harness.free_port()
-        stranger = self.start_agent(self.relay_b, "stranger-at-b", "site-b", f"""\
-            connect:
-              - listen: 127.0.0.1:{port}
-                pair: guarded
-                secret: "not-the-pairing-secret"
-            """)
+        stranger = self.start_agent(self.relay_b, "stranger-at-b", "site-b",
+                                    connecting("pair", "guarded", port, "not-the-pairing-secret"))
         stranger.wait_line(harness.log_message(
             r"tunnel pair guarded: relay refused: pair 'guarded' is registered with a different "
             r"pairing secret"))
