@@ -50,51 +50,6 @@ absl::Status ParseRelays(const YamlMap& root, AgentConfig* config) {
   return absl::OkStatus();
 }
 
-absl::Status ParseTrust(const YamlMap& root, AgentConfig* config) {
-  if (absl::Status s = root.ReadReadablePath("relay_ca_file", &config->relay_ca_file); !s.ok()) {
-    return s;
-  }
-  std::string fingerprint;
-  if (absl::Status s = root.ReadString("relay_fingerprint", &fingerprint); !s.ok()) return s;
-  if (!fingerprint.empty()) {
-    absl::StatusOr<std::string> normalized = NormalizeFingerprint(fingerprint);
-    if (!normalized.ok()) {
-      return root.Find("relay_fingerprint")->Error(std::string(normalized.status().message()));
-    }
-    config->relay_fingerprint = *std::move(normalized);
-  }
-  if (!config->relay_ca_file.empty() && !config->relay_fingerprint.empty()) {
-    return root.Find("relay_fingerprint")
-        ->Error("set either relay_ca_file or relay_fingerprint, not both");
-  }
-  if (config->relay_ca_file.empty() && config->relay_fingerprint.empty()) {
-    return root.Error(
-        "one of relay_ca_file or relay_fingerprint is required to authenticate the relay");
-  }
-  return absl::OkStatus();
-}
-
-absl::Status ParseCredential(const YamlMap& root, AgentConfig* config) {
-  absl::StatusOr<YamlValue> value = root.Require("credential");
-  if (!value.ok()) return value.status();
-  absl::StatusOr<YamlMap> map = value->AsMap();
-  if (!map.ok()) return map.status();
-  if (absl::Status s = map->CheckKeys({"name", "secret", "secret_file"}); !s.ok()) return s;
-  absl::StatusOr<YamlValue> name_value = map->Require("name");
-  if (!name_value.ok()) return name_value.status();
-  absl::StatusOr<std::string> name = name_value->AsString();
-  if (!name.ok()) return name.status();
-  if (!IsPrintableToken(*name)) {
-    return name_value->Error(absl::StrCat(
-        "expected a name of printable characters without spaces, ", name_value->Got()));
-  }
-  config->credential.name = *std::move(name);
-  absl::StatusOr<std::string> secret = map->ReadSecret("secret", "secret_file", kMinSecretLength);
-  if (!secret.ok()) return secret.status();
-  config->credential.secret = *std::move(secret);
-  return absl::OkStatus();
-}
-
 // `allow:` of a pair or private service: a list of {network, ports}.
 absl::Status ParseAllowList(const YamlValue& value, AllowList* allow) {
   absl::StatusOr<std::vector<YamlValue>> items = value.AsList();
@@ -539,17 +494,14 @@ absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
         absl::StrCat("expected printable characters without spaces, ", where->Got()));
   }
   if (absl::Status s = ParseRelays(*root, &config); !s.ok()) return s;
-  if (absl::Status s = root->ReadString("server_name", &config.server_name); !s.ok()) return s;
-  if (!config.server_name.empty()) {
-    std::string lower = absl::AsciiStrToLower(config.server_name);
-    if (!IsValidHostName(lower)) {
-      std::optional<YamlValue> where = root->Find("server_name");
-      return where->Error(absl::StrCat("expected a DNS name, ", where->Got()));
-    }
-    config.server_name = std::move(lower);
+  RelayTrustConfig trust;
+  if (absl::Status s = ReadRelayTrust(*root, &trust); !s.ok()) return s;
+  config.server_name = std::move(trust.server_name);
+  config.relay_ca_file = std::move(trust.relay_ca_file);
+  config.relay_fingerprint = std::move(trust.relay_fingerprint);
+  if (absl::Status s = ReadLinkCredential(*root, "credential", &config.credential); !s.ok()) {
+    return s;
   }
-  if (absl::Status s = ParseTrust(*root, &config); !s.ok()) return s;
-  if (absl::Status s = ParseCredential(*root, &config); !s.ok()) return s;
   if (absl::Status s = root->ReadUint<uint32_t>("links", 1, 1024, &config.links); !s.ok()) {
     return s;
   }
@@ -598,28 +550,6 @@ std::string DefaultAlias(std::string_view service_name) {
   if (first == std::string::npos) return std::string();
   size_t last = alias.find_last_not_of('-');
   return alias.substr(first, last - first + 1);
-}
-
-absl::StatusOr<std::string> NormalizeFingerprint(std::string_view text) {
-  std::string_view rest = text;
-  if (rest.size() >= 7 && absl::AsciiStrToLower(std::string(rest.substr(0, 7))) == "sha256:") {
-    rest.remove_prefix(7);
-  }
-  std::string hex;
-  for (char c : rest) {
-    if (c == ':') continue;
-    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c))) {
-      return absl::InvalidArgumentError(
-          "expected a SHA-256 fingerprint: 64 hex digits, optionally prefixed with 'sha256:' "
-          "and separated by ':'");
-    }
-    hex.push_back(absl::ascii_tolower(static_cast<unsigned char>(c)));
-  }
-  if (hex.size() != 64) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("expected a SHA-256 fingerprint of 64 hex digits, got ", hex.size()));
-  }
-  return hex;
 }
 
 absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path) {

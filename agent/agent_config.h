@@ -16,6 +16,7 @@
 #include "absl/time/time.h"
 #include "agent/allow_list.h"
 #include "agent/health_check_config.h"
+#include "common/link_client_config.h"
 #include "common/yaml_config.h"
 
 namespace rdv {
@@ -116,16 +117,7 @@ struct ConnectConfig {
   std::string_view security() const { return secret.empty() ? "certificate" : "psk"; }
 };
 
-struct AgentCredentialConfig {
-  std::string name;
-  // Resolved: from `secret`, or the contents of `secret_file` without trailing newlines.
-  std::string secret;
-};
-
-struct ReconnectConfig {
-  absl::Duration initial = absl::Milliseconds(100);
-  absl::Duration max = absl::Milliseconds(10000);  // >= initial
-};
+using AgentCredentialConfig = LinkCredentialConfig;
 
 struct AgentConfig {
   std::string agent_id;          // default: "<hostname>-<pid>"
@@ -155,9 +147,6 @@ struct AgentConfig {
 // The alias an http service gets when none is configured (see ServiceConfig::alias); may be
 // empty or too long for a label, which the loader reports.
 std::string DefaultAlias(std::string_view service_name);
-
-// "sha256:AB:CD:..." / "abcd..." -> 64 lowercase hex digits; error if that is not what remains.
-absl::StatusOr<std::string> NormalizeFingerprint(std::string_view text);
 
 // Reads and validates `path`. Errors are InvalidArgumentError "path:line: key: problem".
 absl::StatusOr<AgentConfig> LoadAgentConfig(const std::string& path);

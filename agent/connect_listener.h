@@ -21,8 +21,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "agent/agent_config.h"
-#include "agent/reconnect_backoff.h"
 #include "agent/tunnel.h"
+#include "common/reconnect_backoff.h"
 #include "common/socks5.h"
 #include "common/tcp_listener.h"
 

@@ -21,6 +21,10 @@ namespace rdv {
 
 inline constexpr std::string_view kAuthMacLabel = "rdv-auth-v1";
 inline constexpr size_t kAuthMacSize = 32;
+// The TLS exporter (RFC 5705, no context value) the proof binds to.
+inline constexpr std::string_view kAuthExporterLabel = "EXPORTER-rdv-auth";
+// The protocol version Hello carries (docs/protocol.md "Handshake").
+inline constexpr uint32_t kLinkProtocolVersion = 1;
 // Shortest secret a credential may have; both relay and agent configs enforce it, so an agent
 // learns at load time rather than from a refused link.
 inline constexpr size_t kMinSecretLength = 8;

@@ -15,9 +15,6 @@
 namespace rdv {
 namespace {
 
-constexpr uint32_t kProtocolVersion = 1;
-constexpr std::string_view kExporterLabel = "EXPORTER-rdv-auth";
-
 Counter& AuthRefused(std::string_view reason) {
   return CounterOf("rdv_auth_refused_total", "Agent links refused at authentication",
                    StrCat("reason=\"", reason, "\""));
@@ -216,7 +213,7 @@ void AgentLink::OnControl(Link& link, const link::Control& control) {
 }
 
 void AgentLink::HandleHello(const link::Hello& hello) {
-  if (hello.version() != kProtocolVersion) {
+  if (hello.version() != kLinkProtocolVersion) {
     Refuse("protocol", "unsupported protocol version",
            StrCat("agent speaks version ", hello.version()));
     return;
@@ -248,7 +245,7 @@ void AgentLink::HandleProof(const link::Proof& proof) {
            StrCat("unknown credential '", credential_name_, "' (agent ", agent_id_, ")"));
     return;
   }
-  std::string binding = tls_->ExportKeyingMaterial(kExporterLabel);
+  std::string binding = tls_->ExportKeyingMaterial(kAuthExporterLabel);
   if (!VerifyAuthMac(credential_->secret, nonce_, binding, proof.mac())) {
     Refuse("bad_secret", "authentication failed",
            StrCat("wrong secret for credential '", credential_name_, "' (agent ", agent_id_, ")"));

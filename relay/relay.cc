@@ -4,6 +4,7 @@
 
 #include "common/metrics.h"
 #include "common/str_cat.h"
+#include "relay/upstream_link.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {
@@ -43,6 +44,7 @@ void DeclareMetrics() {
 Relay::Relay(RelayConfig config) : config_(std::move(config)) { DeclareMetrics(); }
 
 Relay::~Relay() {
+  upstream_.reset();  // before worker 0, whose loop tasks it uses
   workers_.clear();
   absl::MutexLock lock(&mu_);
   udp_ports_.clear();  // after the workers: their sessions point at the ports
@@ -62,6 +64,12 @@ absl::StatusOr<std::unique_ptr<Relay>> Relay::Create(RelayConfig config, uv_loop
   for (int i = 0; i < workers; ++i) {
     relay->workers_.push_back(
         std::make_unique<RelayWorker>(*relay, i, i == 0 ? main_loop : nullptr));
+  }
+  if (relay->config_.upstream) {
+    absl::StatusOr<std::unique_ptr<UpstreamLink>> upstream =
+        UpstreamLink::Create(*relay->workers_[0], *relay->config_.upstream);
+    if (!upstream.ok()) return upstream.status();
+    relay->upstream_ = *std::move(upstream);
   }
   return relay;
 }
@@ -142,10 +150,16 @@ absl::Status Relay::Start() {
     }
   }
   for (size_t i = 1; i < workers_.size(); ++i) workers_[i]->StartThread();
+  if (upstream_) {
+    spdlog::info("upstream relay {} (credential {})", FormatHostPort(config_.upstream->relay),
+                 config_.upstream->credential.name);
+    upstream_->Start();
+  }
   return absl::OkStatus();
 }
 
 void Relay::Shutdown() {
+  if (upstream_) upstream_->Stop();
   for (auto& worker : workers_) worker->RequestStop();
 }
 
@@ -355,8 +369,12 @@ std::vector<std::string> Relay::RoutesFor(const link::ServiceSpec& service,
   return routes;
 }
 
-StreamCarrier* Relay::upstream() { return nullptr; }  // cascade: filled in by the upstream link
+StreamCarrier* Relay::upstream() {
+  return upstream_ && upstream_->authenticated() ? upstream_.get() : nullptr;
+}
 
-void Relay::NoteTunnelServicesChanged() {}
+void Relay::NoteTunnelServicesChanged() {
+  if (upstream_) upstream_->NoteTunnelServicesChanged();
+}
 
 }  // namespace rdv

@@ -27,6 +27,8 @@
 
 namespace rdv {
 
+class UpstreamLink;
+
 class Relay {
  public:
   // `main_loop` runs worker 0 on the calling thread.
@@ -65,7 +67,8 @@ class Relay {
 
   // Cascaded relays (docs/protocol.md "Cascaded relays"). The link to the upstream relay when
   // one is configured and authenticated, else null; usable only from its worker's loop
-  // (upstream()->worker()). Thread-safe to call.
+  // (upstream()->worker(), worker 0), where it may have gone down meanwhile (OpenTunnelStream
+  // then returns null). Thread-safe to call.
   StreamCarrier* upstream();
   // Thread-safe: a PRIVATE or PAIR registration was made or released here; the upstream link
   // re-syncs what it registered upstream with Directory::TunnelServices().
@@ -83,6 +86,9 @@ class Relay {
   ServerTlsIdentity identity_;
   std::unique_ptr<Directory> directory_;
   std::vector<std::unique_ptr<RelayWorker>> workers_;
+  // On worker 0's loop; set by Create() before any worker thread runs, destroyed after they
+  // stopped, so reading the pointer from any thread is safe.
+  std::unique_ptr<UpstreamLink> upstream_;
   // The first port of each entrypoint ("http", "tls", ...), for the routes agents are told.
   // Written by Start() before any worker thread runs.
   std::map<std::string, uint16_t> entry_ports_;

@@ -283,6 +283,24 @@ absl::Status ParseLink(const YamlMap& map, LinkConfig* config) {
   return map.ReadUint<uint32_t>("max_streams_per_link", 1, 1000000, &config->max_streams_per_link);
 }
 
+absl::Status ParseUpstream(const YamlMap& map, UpstreamConfig* config) {
+  if (absl::Status s = map.CheckKeys(
+          {"relay", "credential", "relay_fingerprint", "relay_ca_file", "server_name"});
+      !s.ok()) {
+    return s;
+  }
+  absl::StatusOr<YamlValue> relay = map.Require("relay");
+  if (!relay.ok()) return relay.status();
+  absl::StatusOr<HostPort> address =
+      relay->AsHostPort(/*allow_port_zero=*/false, /*require_ip_literal=*/false);
+  if (!address.ok()) return address.status();
+  config->relay = *std::move(address);
+  if (absl::Status s = ReadLinkCredential(map, "credential", &config->credential); !s.ok()) {
+    return s;
+  }
+  return ReadRelayTrust(map, &config->trust);
+}
+
 absl::StatusOr<CredentialConfig> ParseCredential(const YamlValue& item) {
   absl::StatusOr<YamlMap> map = item.AsMap();
   if (!map.ok()) return map.status();
@@ -292,19 +310,10 @@ absl::StatusOr<CredentialConfig> ParseCredential(const YamlValue& item) {
     return s;
   }
   CredentialConfig credential;
-  absl::StatusOr<YamlValue> name_value = map->Require("name");
-  if (!name_value.ok()) return name_value.status();
-  absl::StatusOr<std::string> name = name_value->AsString();
-  if (!name.ok()) return name.status();
-  if (!IsPrintableToken(*name)) {
-    return name_value->Error(absl::StrCat(
-        "expected a name of printable characters without spaces, ", name_value->Got()));
-  }
-  credential.name = *std::move(name);
-
-  absl::StatusOr<std::string> secret = map->ReadSecret("secret", "secret_file", kMinSecretLength);
-  if (!secret.ok()) return secret.status();
-  credential.secret = *std::move(secret);
+  LinkCredentialConfig identity;
+  if (absl::Status s = ReadCredentialNameAndSecret(*map, &identity); !s.ok()) return s;
+  credential.name = std::move(identity.name);
+  credential.secret = std::move(identity.secret);
 
   if (std::optional<YamlValue> grants = map->Find("grants")) {
     absl::StatusOr<std::vector<YamlValue>> items = grants->AsList();
@@ -378,7 +387,7 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   if (absl::Status s =
           root->CheckKeys({"relay_id", "state_dir", "workers", "log_level", "agent_listener",
                            "http", "tcp", "tls", "smtp", "proxy", "udp", "admin", "link",
-                           "proxy_protocol_from", "credentials", "tunnel_tap_file"});
+                           "proxy_protocol_from", "credentials", "tunnel_tap_file", "upstream"});
       !s.ok()) {
     return s;
   }
@@ -442,6 +451,13 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   if (absl::Status s = parse_section("udp", ParseUdp, &config.udp); !s.ok()) return s;
   if (absl::Status s = parse_section("admin", ParseAdmin, &config.admin); !s.ok()) return s;
   if (absl::Status s = parse_section("link", ParseLink, &config.link); !s.ok()) return s;
+  // `upstream:` with no value is no upstream, like any key without a value.
+  if (root->Find("upstream")) {
+    if (absl::Status s = parse_section("upstream", ParseUpstream, &config.upstream.emplace());
+        !s.ok()) {
+      return s;
+    }
+  }
   if (absl::Status s = CheckListenersDistinct(*root, config); !s.ok()) return s;
   if (absl::Status s = ReadNetworks(*root, "proxy_protocol_from", &config.proxy_protocol_from);
       !s.ok()) {

@@ -16,6 +16,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/auth.h"
+#include "common/link_client_config.h"
 #include "common/yaml_config.h"
 
 namespace rdv {
@@ -129,6 +130,19 @@ struct CredentialConfig {
   }
 };
 
+// Cascaded relays (docs/protocol.md "Cascaded relays"): the relay this one dials as if it were
+// an agent, to register its tunnel services there and forward tunnels it cannot route.
+struct UpstreamConfig {
+  HostPort relay;  // the upstream's agent listener; port never 0
+  LinkCredentialConfig credential;
+  RelayTrustConfig trust;  // exactly one of relay_ca_file and relay_fingerprint
+
+  // The TLS server name to present: trust.server_name if set, else the relay's host.
+  std::string ServerName() const {
+    return trust.server_name.empty() ? relay.host : trust.server_name;
+  }
+};
+
 struct RelayConfig {
   std::string relay_id;  // default: the host name
   std::string state_dir = "./rdv-state";
@@ -148,6 +162,7 @@ struct RelayConfig {
   // PROXY headers are not accepted.
   NetworkList proxy_protocol_from;
   std::vector<CredentialConfig> credentials;  // at least one, unique names
+  std::optional<UpstreamConfig> upstream;     // absent: no cascade
   // Debugging aid: every byte the relay bridges between two tunnel streams (both directions)
   // is appended to this file. "" = off.
   std::string tunnel_tap_file;

@@ -440,6 +440,105 @@ TEST(RelayConfigTest, ProxyProtocolFrom) {
             "relay.yaml:1: proxy_protocol_from: expected a list, got '10.0.0.0/8'");
 }
 
+// An `upstream` section (cascaded relays) before the minimal config. The section's own errors
+// name its first key's line (2).
+constexpr std::string_view kUpstream = R"(upstream:
+  relay: relay-b.example.com:7001
+  credential: {name: relay-a, secret: "upstream-secret"}
+  relay_fingerprint: "SHA256:0123456789abcdef0123456789ABCDEF0123456789abcdef0123456789abcdef"
+)";
+
+std::string UpstreamWith(std::string_view from, std::string_view to) {
+  return config_test::ReplaceFirst(kUpstream, from, to) + std::string(kMinimalConfig);
+}
+
+TEST(RelayConfigTest, Upstream) {
+  absl::StatusOr<RelayConfig> none = Parse(kMinimalConfig);
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_FALSE(none->upstream.has_value());
+  // A key without a value is the default: no upstream.
+  absl::StatusOr<RelayConfig> empty = Parse("upstream:\n" + std::string(kMinimalConfig));
+  ASSERT_TRUE(empty.ok()) << empty.status();
+  EXPECT_FALSE(empty->upstream.has_value());
+
+  absl::StatusOr<RelayConfig> config = Parse(std::string(kUpstream) + std::string(kMinimalConfig));
+  ASSERT_TRUE(config.ok()) << config.status();
+  ASSERT_TRUE(config->upstream.has_value());
+  const UpstreamConfig& upstream = *config->upstream;
+  EXPECT_EQ(upstream.relay, (HostPort{"relay-b.example.com", 7001}));
+  EXPECT_EQ(upstream.credential.name, "relay-a");
+  EXPECT_EQ(upstream.credential.secret, "upstream-secret");
+  EXPECT_EQ(upstream.trust.relay_fingerprint,
+            "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef");
+  EXPECT_EQ(upstream.trust.relay_ca_file, "");
+  EXPECT_EQ(upstream.ServerName(), "relay-b.example.com");
+
+  std::string ca = WriteTempFile("upstream-ca.pem", "not parsed at load\n");
+  std::string secret = WriteTempFile("upstream-secret", "secret-from-file\n");
+  absl::StatusOr<RelayConfig> by_ca =
+      Parse("upstream:\n  relay: \"[::1]:7001\"\n  credential: {name: a, secret_file: " + secret +
+            "}\n  relay_ca_file: " + ca + "\n  server_name: Relay-B.Example.com\n" +
+            std::string(kMinimalConfig));
+  ASSERT_TRUE(by_ca.ok()) << by_ca.status();
+  EXPECT_EQ(by_ca->upstream->relay, (HostPort{"::1", 7001}));
+  EXPECT_EQ(by_ca->upstream->credential.secret, "secret-from-file");
+  EXPECT_EQ(by_ca->upstream->trust.relay_ca_file, ca);
+  EXPECT_EQ(by_ca->upstream->trust.relay_fingerprint, "");
+  EXPECT_EQ(by_ca->upstream->ServerName(), "relay-b.example.com");
+  std::remove(ca.c_str());
+  std::remove(secret.c_str());
+}
+
+TEST(RelayConfigTest, UpstreamErrors) {
+  EXPECT_EQ(ErrorOf(UpstreamWith("  relay: relay-b.example.com:7001\n", "")),
+            "relay.yaml:2: missing required key 'relay' in 'upstream'");
+  EXPECT_EQ(ErrorOf(UpstreamWith("relay-b.example.com:7001", "relay-b.example.com")),
+            "relay.yaml:2: upstream.relay: invalid address 'relay-b.example.com': expected "
+            "host:port, e.g. 127.0.0.1:7000 or [::1]:7000");
+  EXPECT_EQ(ErrorOf(UpstreamWith("relay-b.example.com:7001", "relay-b.example.com:0")),
+            "relay.yaml:2: upstream.relay: invalid address 'relay-b.example.com:0': port 0 is not "
+            "allowed here");
+  EXPECT_EQ(
+      ErrorOf(UpstreamWith("  credential: {name: relay-a, secret: \"upstream-secret\"}\n", "")),
+      "relay.yaml:2: missing required key 'credential' in 'upstream'");
+  EXPECT_EQ(ErrorOf(UpstreamWith("secret: \"upstream-secret\"", "secret: \"short\"")),
+            "relay.yaml:3: upstream.credential.secret: the secret must be at least 8 characters "
+            "long (it has 5)");
+  EXPECT_EQ(ErrorOf(UpstreamWith("{name: relay-a, ", "{")),
+            "relay.yaml:3: missing required key 'name' in 'upstream.credential'");
+  EXPECT_EQ(ErrorOf(UpstreamWith("{name: relay-a, ", "{name: relay-a, grants: [], ")),
+            "relay.yaml:3: unknown key 'grants' in 'upstream.credential'");
+  EXPECT_EQ(ErrorOf(UpstreamWith("  relay_fingerprint:", "  relay_fingerprnt:")),
+            "relay.yaml:4: unknown key 'relay_fingerprnt' in 'upstream'");
+  EXPECT_EQ(ErrorOf(UpstreamWith("SHA256:0123", "SHA256:0x23")),
+            "relay.yaml:4: upstream.relay_fingerprint: expected a SHA-256 fingerprint: 64 hex "
+            "digits, optionally prefixed with 'sha256:' and separated by ':'");
+  EXPECT_EQ(ErrorOf(UpstreamWith("  relay_fingerprint: \"SHA256:0123456789abcdef0123456789ABCDEF"
+                                 "0123456789abcdef0123456789abcdef\"\n",
+                                 "")),
+            "relay.yaml:2: upstream: one of relay_ca_file or relay_fingerprint is required to "
+            "authenticate the relay");
+  EXPECT_EQ(ErrorOf(UpstreamWith("  relay_fingerprint:",
+                                 "  relay_ca_file: /etc/hostname\n"
+                                 "  relay_fingerprint:")),
+            "relay.yaml:5: upstream.relay_fingerprint: set either relay_ca_file or "
+            "relay_fingerprint, not both");
+  EXPECT_EQ(ErrorOf(UpstreamWith("  relay_fingerprint:",
+                                 "  relay_ca_file: /nonexistent/ca.pem\n"
+                                 "  relay_fingerprint:")),
+            "relay.yaml:4: upstream.relay_ca_file: cannot read '/nonexistent/ca.pem': No such "
+            "file or directory");
+  EXPECT_EQ(ErrorOf(UpstreamWith("  relay_fingerprint:",
+                                 "  server_name: not_a_name\n"
+                                 "  relay_fingerprint:")),
+            "relay.yaml:4: upstream.server_name: expected a DNS name, got 'not_a_name'");
+  EXPECT_EQ(ErrorOf("upstream: relay-b:7001\n" + std::string(kMinimalConfig)),
+            "relay.yaml:1: upstream: expected a map, got 'relay-b:7001'");
+  // The secret is never echoed.
+  EXPECT_THAT(ErrorOf(UpstreamWith("secret: \"upstream-secret\"", "secret: \"hunter2\"")),
+              testing::Not(HasSubstr("hunter2")));
+}
+
 TEST(RelayConfigTest, SecretNeverEchoed) {
   std::string error = ErrorOf(FullWith("secret: \"another-secret\"", "secret: \"hunter2\""));
   EXPECT_THAT(error, testing::Not(HasSubstr("hunter2")));

@@ -1,4 +1,4 @@
-#include "agent/reconnect_backoff.h"
+#include "common/reconnect_backoff.h"
 
 #include <unistd.h>
 
