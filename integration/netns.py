@@ -39,7 +39,6 @@ import signal
 import socket
 import subprocess
 import threading
-import time
 import unittest
 
 import harness
