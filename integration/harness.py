@@ -382,6 +382,34 @@ class Agent(Process):
             raise AssertionError(f"{e}\n{self.tail()}") from None
 
 
+def nginx_config(directory, listen_lines, server_body, worker_connections, http_extra=""):
+    """An nginx.conf for a foreground single-process nginx keeping everything in `directory`,
+    with one server {} block: `listen_lines` then `server_body` (location blocks or a root)."""
+    listens = "".join(f"        {line}\n" for line in listen_lines)
+    extra = f"    {http_extra}\n" if http_extra else ""
+    body = textwrap.indent(textwrap.dedent(server_body).strip(), " " * 8)
+    return (f"""daemon off;
+master_process off;
+worker_processes 1;
+pid {directory}/nginx.pid;
+error_log stderr warn;
+events {{ worker_connections {worker_connections}; }}
+http {{
+    access_log {directory}/access.log;
+    client_body_temp_path {directory}/body;
+    proxy_temp_path {directory}/proxy;
+    fastcgi_temp_path {directory}/fastcgi;
+    uwsgi_temp_path {directory}/uwsgi;
+    scgi_temp_path {directory}/scgi;
+    default_type text/plain;
+{extra}    server {{
+{listens}        server_name _;
+{body}
+    }}
+}}
+""")
+
+
 class Nginx(Process):
     """nginx (nginx-light) in the foreground, single process, everything inside a private directory.
 
@@ -395,27 +423,8 @@ class Nginx(Process):
             conf = os.path.join(self.dir, "nginx.conf")
             listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             with open(conf, "w", encoding="utf-8") as f:
-                f.write(textwrap.dedent(f"""\
-                    daemon off;
-                    master_process off;
-                    worker_processes 1;
-                    pid {self.dir}/nginx.pid;
-                    error_log stderr warn;
-                    events {{ worker_connections 4096; }}
-                    http {{
-                        access_log {self.dir}/access.log;
-                        client_body_temp_path {self.dir}/body;
-                        proxy_temp_path {self.dir}/proxy;
-                        fastcgi_temp_path {self.dir}/fastcgi;
-                        uwsgi_temp_path {self.dir}/uwsgi;
-                        scgi_temp_path {self.dir}/scgi;
-                        default_type text/plain;
-                        keepalive_requests 1000;
-                        server {{
-                            listen {listen} {listen_options};
-                            server_name _;
-                    """) + textwrap.indent(textwrap.dedent(locations).strip(), " " * 8) +
-                    "\n    }\n}\n")
+                f.write(nginx_config(self.dir, [f"listen {listen} {listen_options};"], locations,
+                                     worker_connections=4096, http_extra="keepalive_requests 1000;"))
             super().__init__(f"{name}", ["nginx", "-p", self.dir, "-c", conf, "-e", "stderr"],
                              harness.path(f"{name}.log"), cwd=self.dir)
             self.port = port

@@ -552,30 +552,11 @@ class Nginx:
             os.makedirs(os.path.dirname(full), exist_ok=True)
             with open(full, "wb") as f:
                 f.write(body)
-        listens = "\n".join(f"        listen {harness.format_addr(a)};" for a in listen)
         conf = os.path.join(self.dir, "nginx.conf")
         with open(conf, "w", encoding="utf-8") as f:
-            f.write(f"""daemon off;
-master_process off;
-worker_processes 1;
-pid {self.dir}/nginx.pid;
-error_log stderr warn;
-events {{ worker_connections 1024; }}
-http {{
-    access_log {self.dir}/access.log;
-    client_body_temp_path {self.dir}/body;
-    proxy_temp_path {self.dir}/proxy;
-    fastcgi_temp_path {self.dir}/fastcgi;
-    uwsgi_temp_path {self.dir}/uwsgi;
-    scgi_temp_path {self.dir}/scgi;
-    default_type text/plain;
-    server {{
-{listens}
-        server_name _;
-        root {www};
-    }}
-}}
-""")
+            f.write(harness.nginx_config(
+                self.dir, [f"listen {harness.format_addr(a)};" for a in listen], f"root {www};",
+                worker_connections=1024))
         self.listen = list(listen)
         self.proc = ns.process(h, name, ["nginx", "-p", self.dir, "-c", conf, "-e", "stderr"])
         for addr in self.listen:
