@@ -14,6 +14,8 @@ namespace rdv {
 namespace {
 
 constexpr uint32_t kProtocolVersion = 1;
+// Nested-link output past this is encrypted at once rather than at the end of the iteration.
+constexpr size_t kNestedFlushBytes = 256 * 1024;
 
 Counter& TunnelFailures(std::string_view reason) {
   return CounterOf("rdv_agent_tunnel_failures_total",
@@ -141,6 +143,7 @@ Tunnel::~Tunnel() {
     owner_told_ = true;
     Fail(absl::CancelledError("agent stopping"), "");
   }
+  if (flush_scheduled_) context_.tasks->Cancel(this);
   setup_timer_->data = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(setup_timer_),
            [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
@@ -319,11 +322,26 @@ void Tunnel::OnChannelClosed(const absl::Status& status) {
 // ---- The nested link -------------------------------------------------------------------------
 
 void Tunnel::Send(std::string_view bytes) {
-  if (channel_ != nullptr && state_ != State::kClosed) channel_->Send(bytes);
+  if (channel_ == nullptr || state_ == State::kClosed) return;
+  // The nested link sends a frame as a header and a payload: queued until the end of the loop
+  // iteration (or a bulk amount), they leave as full records rather than one record each.
+  channel_->Queue(bytes);
+  if (channel_->queued() >= kNestedFlushBytes) {
+    channel_->Flush();
+  } else if (!flush_scheduled_) {
+    flush_scheduled_ = true;
+    context_.tasks->Schedule(this);
+  }
+}
+
+void Tunnel::FlushNow() {
+  flush_scheduled_ = false;
+  if (channel_ != nullptr && state_ != State::kClosed) channel_->Flush();
 }
 
 size_t Tunnel::QueuedBytes() const {
-  return relay_stream_ != nullptr ? relay_stream_->pending_bytes() : 0;
+  return (relay_stream_ != nullptr ? relay_stream_->pending_bytes() : 0) +
+         (channel_ != nullptr ? channel_->queued() : 0);
 }
 
 void Tunnel::OnControl(Link& link, const link::Control& control) {

@@ -73,7 +73,8 @@ link::OpenError OpenErrorForConnect(const absl::Status& status);
 class Tunnel : public StreamHandler,
                public SecureChannel::Handler,
                public LinkTransport,
-               public LinkHandler {
+               public LinkHandler,
+               public LoopTasks::Client {
  public:
   enum class State { kOpening, kSecuring, kUp, kClosed };
 
@@ -151,6 +152,8 @@ class Tunnel : public StreamHandler,
   void OnControl(Link& link, const link::Control& control) override;
   void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) override;
   void OnLinkFailed(Link& link, const absl::Status& status) override;
+  // LoopTasks::Client: the nested link's output of this loop iteration, encrypted at once.
+  void FlushNow() override;
 
  private:
   Tunnel(Context context, TunnelEndpoint endpoint, TunnelRole role, Owner& owner);
@@ -184,6 +187,7 @@ class Tunnel : public StreamHandler,
   bool tls_client_ = false;
   std::unique_ptr<SecureChannel> channel_;
   std::unique_ptr<Link> nested_;
+  bool flush_scheduled_ = false;
   bool refused_ = false;
   std::string refusal_;
   bool owner_told_ = false;

@@ -1,10 +1,11 @@
-// SecureChannel: OpenSSL over two memory BIOs.
+// SecureChannel: OpenSSL over a BIO of our own that reads `cipher_in_` and appends to
+// `cipher_out_` (no memory-BIO copies or allocations per record).
 //
-// 1. OnCiphertext appends the pipe's bytes to the read BIO, Send appends plaintext to
+// 1. OnCiphertext appends the pipe's bytes to `cipher_in_`, Send appends plaintext to
 //    `plain_out_`, Close asks for close_notify; each then calls Pump()
-// 2. Pump drives the handshake, decrypts what the read BIO holds (OnPlaintext), encrypts pending
-//    plaintext one record at a time, and after every OpenSSL call hands what the write BIO holds
-//    to SendCiphertext
+// 2. Pump drives the handshake, decrypts what `cipher_in_` holds (OnPlaintext, in chunks of
+//    many records), encrypts all pending plaintext in 16 KiB records, and hands the records to
+//    SendCiphertext in one piece
 // 3. a call arriving while Pump runs (the handler answering from inside a callback, or a peer
 //    wired back to back) only queues its work: the running Pump picks it up, so callbacks never
 //    nest and OpenSSL is never entered twice
@@ -22,6 +23,8 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <cstring>
+#include <memory>
 
 #include "absl/strings/escaping.h"
 #include "common/str_cat.h"
@@ -35,6 +38,9 @@ constexpr std::string_view kTunnelPskLabel = "rdv-tunnel-psk-v1";
 constexpr std::string_view kPskIdentity = "rdv-tunnel";
 constexpr size_t kPskSize = 32;
 constexpr size_t kMaxRecordPlaintext = 16 * 1024;
+// Plaintext handed to OnPlaintext at once: many records, so that the consumer (a nested link)
+// sees whole frames rather than 16 KiB pieces.
+constexpr size_t kPlaintextChunk = 256 * 1024;
 constexpr const char* kPskCipherSuite = "TLS_AES_128_GCM_SHA256";
 // Certificate mode: as for links (AES-128-GCM first).
 constexpr const char* kCertificateCipherSuites =
@@ -110,18 +116,34 @@ class SecureChannelImpl : public SecureChannel {
 
   void OnCiphertext(std::string_view bytes) override {
     if (closed_ || bytes.empty()) return;
-    // Never refused: a memory BIO grows. No OpenSSL call is running while a callback runs, so
+    // Never refused: the buffer grows. No OpenSSL call is running while a callback runs, so
     // appending here is safe even from inside one.
-    BIO_write(read_bio_, bytes.data(), static_cast<int>(bytes.size()));
+    if (cipher_in_offset_ == cipher_in_.size()) {
+      cipher_in_.clear();
+    } else if (cipher_in_offset_ > 0) {
+      cipher_in_.erase(0, cipher_in_offset_);  // the tail of a record cut by the pipe
+    }
+    cipher_in_offset_ = 0;
+    cipher_in_.append(bytes);
     new_input_ = true;
     Pump();
   }
 
   void Send(std::string_view plaintext) override {
-    if (closed_ || close_requested_ || plaintext.empty()) return;
-    plain_out_.append(plaintext);
-    Pump();
+    Queue(plaintext);
+    Flush();
   }
+
+  void Queue(std::string_view plaintext) override {
+    if (closed_ || close_requested_) return;
+    plain_out_.append(plaintext);
+  }
+
+  void Flush() override {
+    if (!closed_ && !plain_out_.empty()) Pump();
+  }
+
+  size_t queued() const override { return plain_out_.size(); }
 
   void Close() override {
     if (closed_ || close_requested_) return;
@@ -141,6 +163,10 @@ class SecureChannelImpl : public SecureChannel {
   static int PskFindSession(SSL* ssl, const unsigned char* identity, size_t identity_length,
                             SSL_SESSION** session);
   static int VerifyCertificate(X509_STORE_CTX* store, void* arg);
+  static BIO_METHOD* PipeBioMethod();
+  static int BioWrite(BIO* bio, const char* data, int length);
+  static int BioRead(BIO* bio, char* out, int length);
+  static long BioCtrl(BIO* bio, int command, long, void*);
 
   void Pump();
   bool HasWork() const;
@@ -155,11 +181,15 @@ class SecureChannelImpl : public SecureChannel {
   Handler& handler_;
   SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
-  BIO* read_bio_ = nullptr;   // ciphertext from the pipe, owned by ssl_
-  BIO* write_bio_ = nullptr;  // ciphertext for the pipe, owned by ssl_
   SSL_SESSION* psk_session_ = nullptr;
-  std::string plain_out_;       // plaintext waiting for the handshake or for Pump
-  std::string verify_failure_;  // why our certificate check refused the peer
+  std::string cipher_in_;  // ciphertext from the pipe; OpenSSL reads it from the offset
+  size_t cipher_in_offset_ = 0;
+  std::string cipher_out_;       // records OpenSSL wrote, waiting for FlushCiphertext
+  std::string cipher_flushing_;  // the records being handed to SendCiphertext
+  bool flushing_ = false;
+  std::unique_ptr<char[]> plain_in_;  // kPlaintextChunk bytes, once secured
+  std::string plain_out_;             // plaintext waiting for the handshake or for Pump
+  std::string verify_failure_;        // why our certificate check refused the peer
   bool started_ = false;
   bool pumping_ = false;
   bool new_input_ = false;  // ciphertext arrived since the running Pump last read
@@ -241,11 +271,11 @@ absl::Status SecureChannelImpl::Init() {
   ssl_ = SSL_new(ctx_);
   if (ssl_ == nullptr) return absl::InternalError("SSL_new failed: " + OpenSslErrors());
   SSL_set_app_data(ssl_, this);
-  read_bio_ = BIO_new(BIO_s_mem());
-  write_bio_ = BIO_new(BIO_s_mem());
-  // An empty read BIO means "wait for more", not end of file.
-  BIO_set_mem_eof_return(read_bio_, -1);
-  SSL_set_bio(ssl_, read_bio_, write_bio_);
+  BIO* bio = BIO_new(PipeBioMethod());
+  if (bio == nullptr) return absl::InternalError("BIO_new failed: " + OpenSslErrors());
+  BIO_set_data(bio, this);
+  BIO_set_init(bio, 1);
+  SSL_set_bio(ssl_, bio, bio);  // one BIO for both directions, owned by ssl_
 
   if (psk_mode) {
     const unsigned char kAes128GcmSha256[] = {0x13, 0x01};
@@ -328,6 +358,41 @@ int SecureChannelImpl::VerifyCertificate(X509_STORE_CTX* store, void* arg) {
       StrCat("peer certificate not accepted by CA file ", self->options_.peer_ca_file, ": ",
              X509_verify_cert_error_string(X509_STORE_CTX_get_error(store)));
   return 0;
+}
+
+BIO_METHOD* SecureChannelImpl::PipeBioMethod() {
+  static BIO_METHOD* method = [] {
+    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "rdv-pipe");
+    BIO_meth_set_write(m, BioWrite);
+    BIO_meth_set_read(m, BioRead);
+    BIO_meth_set_ctrl(m, BioCtrl);
+    return m;
+  }();
+  return method;
+}
+
+int SecureChannelImpl::BioWrite(BIO* bio, const char* data, int length) {
+  auto* self = static_cast<SecureChannelImpl*>(BIO_get_data(bio));
+  self->cipher_out_.append(data, static_cast<size_t>(length));
+  return length;
+}
+
+int SecureChannelImpl::BioRead(BIO* bio, char* out, int length) {
+  auto* self = static_cast<SecureChannelImpl*>(BIO_get_data(bio));
+  BIO_clear_retry_flags(bio);
+  size_t available = self->cipher_in_.size() - self->cipher_in_offset_;
+  if (available == 0) {
+    BIO_set_retry_read(bio);  // nothing yet means "wait for more", not end of file
+    return -1;
+  }
+  size_t n = std::min(available, static_cast<size_t>(length));
+  std::memcpy(out, self->cipher_in_.data() + self->cipher_in_offset_, n);
+  self->cipher_in_offset_ += n;
+  return static_cast<int>(n);
+}
+
+long SecureChannelImpl::BioCtrl(BIO*, int command, long, void*) {
+  return command == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
 bool SecureChannelImpl::HasWork() const {
@@ -434,26 +499,34 @@ absl::Status SecureChannelImpl::HandshakeError(int ssl_error) {
 }
 
 void SecureChannelImpl::ReadRecords() {
-  char buffer[kMaxRecordPlaintext];
+  if (plain_in_ == nullptr) plain_in_ = std::make_unique<char[]>(kPlaintextChunk);
+  char* buffer = plain_in_.get();
+  size_t filled = 0;
+  // Several records go to the handler at once; the buffer is reused only after it returned.
+  auto deliver = [&] {
+    // Post-handshake messages may have produced output (a KeyUpdate answer).
+    FlushCiphertext();
+    if (filled > 0 && !closed_) handler_.OnPlaintext(std::string_view(buffer, filled));
+    filled = 0;
+  };
   while (!closed_) {
-    int n = SSL_read(ssl_, buffer, sizeof(buffer));
+    int n = SSL_read(ssl_, buffer + filled, static_cast<int>(kPlaintextChunk - filled));
     if (n > 0) {
-      // Post-handshake messages may have produced output (a KeyUpdate answer).
-      FlushCiphertext();
-      if (closed_) return;
-      handler_.OnPlaintext(std::string_view(buffer, static_cast<size_t>(n)));
+      filled += static_cast<size_t>(n);
+      if (kPlaintextChunk - filled < kMaxRecordPlaintext) deliver();
       continue;
     }
     int ssl_error = SSL_get_error(ssl_, n);
-    if (ssl_error == SSL_ERROR_WANT_READ || ssl_error == SSL_ERROR_WANT_WRITE) {
-      FlushCiphertext();
-      return;
-    }
+    bool wait = ssl_error == SSL_ERROR_WANT_READ || ssl_error == SSL_ERROR_WANT_WRITE;
+    // Read the error queue before the handler runs (it may call into OpenSSL); plaintext
+    // decrypted before a close_notify or a bad record is still the peer's, so it goes first.
+    std::string errors = wait || ssl_error == SSL_ERROR_ZERO_RETURN ? "" : OpenSslErrors();
+    deliver();
+    if (wait || closed_) return;
     if (ssl_error == SSL_ERROR_ZERO_RETURN) {
       Fail(absl::OkStatus());  // close_notify
       return;
     }
-    std::string errors = OpenSslErrors();
     FlushCiphertext();  // our alert, if any
     Fail(absl::DataLossError(StrCat("TLS record error: ", errors)));
     return;
@@ -461,27 +534,38 @@ void SecureChannelImpl::ReadRecords() {
 }
 
 void SecureChannelImpl::WriteRecords() {
-  while (!closed_ && !plain_out_.empty()) {
-    size_t n = std::min(plain_out_.size(), kMaxRecordPlaintext);
-    int written = SSL_write(ssl_, plain_out_.data(), static_cast<int>(n));
+  // All pending plaintext becomes records first, then goes out in one SendCiphertext.
+  size_t done = 0;
+  while (!closed_ && done < plain_out_.size()) {
+    size_t n = std::min(plain_out_.size() - done, kMaxRecordPlaintext);
+    int written = SSL_write(ssl_, plain_out_.data() + done, static_cast<int>(n));
     if (written <= 0) {
       int ssl_error = SSL_get_error(ssl_, written);
       Fail(absl::InternalError(StrCat("TLS write failed (", ssl_error, "): ", OpenSslErrors())));
       return;
     }
-    plain_out_.erase(0, static_cast<size_t>(written));
-    FlushCiphertext();
+    done += static_cast<size_t>(written);
   }
+  if (closed_) return;
+  if (done == plain_out_.size()) {
+    plain_out_.clear();
+  } else {
+    plain_out_.erase(0, done);
+  }
+  FlushCiphertext();
 }
 
 void SecureChannelImpl::FlushCiphertext() {
-  size_t pending = BIO_ctrl_pending(write_bio_);
-  if (pending == 0 || closed_) return;
-  std::string out(pending, '\0');
-  int n = BIO_read(write_bio_, out.data(), static_cast<int>(pending));
-  if (n <= 0) return;
-  out.resize(static_cast<size_t>(n));
-  handler_.SendCiphertext(out);
+  // Records written while the handler runs (it may call back in) are picked up by this loop,
+  // so that they leave in order and the buffer being handed on is never appended to.
+  if (flushing_) return;
+  flushing_ = true;
+  while (!closed_ && !cipher_out_.empty()) {
+    cipher_flushing_.swap(cipher_out_);  // both keep their capacity from record to record
+    handler_.SendCiphertext(cipher_flushing_);
+    cipher_flushing_.clear();
+  }
+  flushing_ = false;
 }
 
 void SecureChannelImpl::Fail(absl::Status status) {

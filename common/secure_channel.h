@@ -74,6 +74,12 @@ class SecureChannel {
   virtual void OnCiphertext(std::string_view bytes) = 0;
   // Before OnSecured the plaintext is buffered and sent once the handshake completes.
   virtual void Send(std::string_view plaintext) = 0;
+  // Like Send, but the plaintext waits for the next Send or Flush: a writer of many small pieces
+  // (frame headers, payloads) queues them and flushes once, so that they fill whole records.
+  virtual void Queue(std::string_view plaintext) = 0;
+  virtual void Flush() = 0;
+  // Plaintext queued and not yet encrypted.
+  virtual size_t queued() const = 0;
   // Sends close_notify once pending plaintext is out; the peer's records are still delivered
   // until its own close_notify (OnChannelClosed with OK). Before OnSecured it abandons the
   // handshake without sending anything and without calling the handler.

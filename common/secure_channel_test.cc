@@ -152,7 +152,14 @@ class CertificateFiles {
 class End : public SecureChannel::Handler {
  public:
   void SendCiphertext(std::string_view bytes) override {
-    largest_write = std::max(largest_write, bytes.size());
+    // Several records may come in one piece: track the largest record.
+    records.append(bytes);
+    while (records.size() >= 5) {
+      size_t length = (static_cast<uint8_t>(records[3]) << 8) | static_cast<uint8_t>(records[4]);
+      if (records.size() < 5 + length) break;
+      largest_record = std::max(largest_record, 5 + length);
+      records.erase(0, 5 + length);
+    }
     if (direct && peer != nullptr) {
       peer->channel->OnCiphertext(bytes);
     } else {
@@ -179,7 +186,8 @@ class End : public SecureChannel::Handler {
   std::string send_on_secured;
   std::deque<std::string> outbox;
   std::string received;
-  size_t largest_write = 0;
+  std::string records;  // ciphertext not yet split into whole records
+  size_t largest_record = 0;
   int secured_calls = 0;
   int closed_calls = 0;
   std::optional<absl::Status> closed;
@@ -270,7 +278,7 @@ TEST_F(SecureChannelTest, PskHandshakeAndDataBothWays) {
   // 1 MiB each way, in records of at most 16 KiB (plus the record overhead).
   client_.received.clear();
   server_.received.clear();
-  client_.largest_write = server_.largest_write = 0;
+  client_.largest_record = server_.largest_record = 0;
   std::string up = Pattern(1 << 20, 1);
   std::string down = Pattern(1 << 20, 2);
   client_.channel->Send(up);
@@ -278,8 +286,24 @@ TEST_F(SecureChannelTest, PskHandshakeAndDataBothWays) {
   Shuttle();
   EXPECT_TRUE(server_.received == up);
   EXPECT_TRUE(client_.received == down);
-  EXPECT_LE(client_.largest_write, 16 * 1024 + 256u);
-  EXPECT_LE(server_.largest_write, 16 * 1024 + 256u);
+  EXPECT_LE(client_.largest_record, 16 * 1024 + 256u);
+  EXPECT_LE(server_.largest_record, 16 * 1024 + 256u);
+  EXPECT_GT(client_.largest_record, 16 * 1024u);
+}
+
+TEST_F(SecureChannelTest, QueuedPiecesLeaveTogetherOnFlush) {
+  ASSERT_NO_FATAL_FAILURE(Connect(Psk(true), Psk(false), /*direct=*/false));
+  ExpectBothSecured();
+  client_.outbox.clear();
+  client_.channel->Queue("frame header|");
+  client_.channel->Queue("frame payload");
+  EXPECT_EQ(client_.channel->queued(), 26u);
+  EXPECT_TRUE(client_.outbox.empty()) << "queued plaintext must wait for Flush";
+  client_.channel->Flush();
+  EXPECT_EQ(client_.channel->queued(), 0u);
+  ASSERT_EQ(client_.outbox.size(), 1u) << "one piece of ciphertext for the flush";
+  Shuttle();
+  EXPECT_EQ(server_.received, "frame header|frame payload");
 }
 
 TEST_F(SecureChannelTest, DirectWiringIsReentrancySafe) {

@@ -210,7 +210,13 @@ void TcpConnection::Write(std::string_view data) {
       return;
     }
     if (written > 0) data.remove_prefix(static_cast<size_t>(written));
-    if (data.empty()) return;
+    if (data.empty()) {
+      // Light traffic that the kernel takes at once needs no kept bulk buffer.
+      if (static_cast<size_t>(written) < kLightWrite && out_.capacity() > kLightWrite) {
+        std::string().swap(out_);
+      }
+      return;
+    }
   }
   out_.append(data);
   queued_bytes_ += data.size();
@@ -261,6 +267,12 @@ void TcpConnection::OnWriteCb(uv_write_t* req, int status) {
   if (self == nullptr) return;
   self->write_in_flight_ = false;
   self->queued_bytes_ -= request->data.size();
+  // Reuse the written buffer for the next queue: a connection under backpressure would otherwise
+  // grow a fresh buffer (and fault in its pages) for every write.
+  if (self->out_.empty() && request->data.capacity() <= kMaxRecycledBuffer) {
+    request->data.clear();
+    self->out_.swap(request->data);
+  }
   if (status != 0) {
     if (status != UV_ECANCELED && self->handler_) {
       self->handler_->OnError(absl::UnavailableError(UvError(status)));

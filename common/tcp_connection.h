@@ -34,6 +34,10 @@ inline std::string HostOfAddress(const std::string& address) {
 class TcpConnection {
  public:
   static constexpr size_t kDrainedWatermark = 256 * 1024;
+  // A written buffer up to this size is kept for the next queued write.
+  static constexpr size_t kMaxRecycledBuffer = 2 * 1024 * 1024;
+  // A write below this size that the kernel takes at once releases the kept buffer.
+  static constexpr size_t kLightWrite = 16 * 1024;
 
   class Handler {
    public:

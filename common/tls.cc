@@ -20,6 +20,8 @@ namespace rdv {
 namespace {
 
 constexpr size_t kMaxRecordPlaintext = 16 * 1024;
+// Small flushes in a row after which an idle link gives its bulk-sized write buffer back.
+constexpr int kSmallFlushesBeforeRelease = 16;
 // AES-128-GCM first: as strong as links need and markedly cheaper per byte than AES-256 on
 // AES-NI machines; both ends prefer it, ChaCha20 remains for CPUs without AES instructions.
 constexpr const char* kLinkCipherSuites =
@@ -440,9 +442,19 @@ void TlsSession::FlushNow() {
   }
   if (cipher_out_.empty()) return;
   tcp_->Write(cipher_out_);
+  size_t flushed = cipher_out_.size();
   cipher_out_.clear();
-  // A link that moved bulk data should not keep a bulk-sized buffer while it idles.
-  if (cipher_out_.capacity() > kMaxRecordPlaintext * 4) std::string().swap(cipher_out_);
+  // Keep a bulk-sized buffer while bulk data flows: growing it afresh every iteration costs a
+  // reallocation per doubling and a page fault per 4 KiB, which showed as the largest single
+  // cost of a bulk stream. Give it back once the link has gone quiet, after a run of small
+  // flushes (control traffic, pings), so that idle links stay small.
+  if (flushed > kMaxRecordPlaintext * 4) {
+    small_flushes_ = 0;
+  } else if (cipher_out_.capacity() > kMaxRecordPlaintext * 4 &&
+             ++small_flushes_ >= kSmallFlushesBeforeRelease) {
+    small_flushes_ = 0;
+    std::string().swap(cipher_out_);
+  }
   // The kernel took everything at once: no write callback will report the drain, so report it
   // here (a link holding DATA back for the watermark resumes on it).
   if (!closed_ && tcp_->queued_bytes() == 0 && handler_) handler_->OnTlsDrained();
