@@ -71,7 +71,8 @@ class StreamHandler {
 
 struct LinkOptions {
   bool is_relay_side = false;        // relay side opens even stream ids, the agent side odd
-  uint32_t stream_window = 1 << 20;  // receive window granted to each new stream
+  uint32_t stream_window = 4 << 20;  // receive window granted to each new stream (agents; the
+                                     // relay sets link.stream_window, 1 MiB by default)
   uint32_t link_window = 16 << 20;   // receive window of the whole link
   size_t max_streams = 10000;
   size_t transport_high_watermark = 1 << 20;  // stop sending DATA while the transport holds more

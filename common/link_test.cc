@@ -353,7 +353,9 @@ TEST(LinkTest, EarlyDataIsDeliveredOnAccept) {
 }
 
 TEST(LinkTest, EarlyDataIsBoundedByTheStreamWindowUntilAccept) {
-  LinkPair pair;
+  LinkOptions one_mib;
+  one_mib.stream_window = 1 * kMiB;
+  LinkPair pair(one_mib, one_mib);
   pair.agent_handler.on_open = TestLinkHandler::OnOpen::kHold;
   std::string body = PatternBytes(3 * kMiB + 1, 9);
   TestStream* opened = pair.OpenFromRelay();
