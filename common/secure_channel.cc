@@ -166,7 +166,6 @@ class SecureChannelImpl : public SecureChannel {
   static BIO_METHOD* PipeBioMethod();
   static int BioWrite(BIO* bio, const char* data, int length);
   static int BioRead(BIO* bio, char* out, int length);
-  static long BioCtrl(BIO* bio, int command, long, void*);
 
   void Pump();
   bool HasWork() const;
@@ -361,13 +360,7 @@ int SecureChannelImpl::VerifyCertificate(X509_STORE_CTX* store, void* arg) {
 }
 
 BIO_METHOD* SecureChannelImpl::PipeBioMethod() {
-  static BIO_METHOD* method = [] {
-    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "rdv-pipe");
-    BIO_meth_set_write(m, BioWrite);
-    BIO_meth_set_read(m, BioRead);
-    BIO_meth_set_ctrl(m, BioCtrl);
-    return m;
-  }();
+  static BIO_METHOD* method = NewBufferBioMethod("rdv-pipe", BioWrite, BioRead);
   return method;
 }
 
@@ -389,10 +382,6 @@ int SecureChannelImpl::BioRead(BIO* bio, char* out, int length) {
   std::memcpy(out, self->cipher_in_.data() + self->cipher_in_offset_, n);
   self->cipher_in_offset_ += n;
   return static_cast<int>(n);
-}
-
-long SecureChannelImpl::BioCtrl(BIO*, int command, long, void*) {
-  return command == BIO_CTRL_FLUSH ? 1 : 0;
 }
 
 bool SecureChannelImpl::HasWork() const {

@@ -107,18 +107,19 @@ int TlsSession::BioRead(BIO* bio, char* out, int length) {
   return static_cast<int>(n);
 }
 
-long TlsSession::BioCtrl(BIO*, int command, long, void*) {
-  return command == BIO_CTRL_FLUSH ? 1 : 0;
+BIO_METHOD* NewBufferBioMethod(const char* name, int (*write)(BIO*, const char*, int),
+                               int (*read)(BIO*, char*, int)) {
+  BIO_METHOD* method = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, name);
+  BIO_meth_set_write(method, write);
+  BIO_meth_set_read(method, read);
+  BIO_meth_set_ctrl(method, [](BIO*, int command, long, void*) -> long {
+    return command == BIO_CTRL_FLUSH ? 1 : 0;
+  });
+  return method;
 }
 
 BIO_METHOD* TlsSession::SocketBioMethod() {
-  static BIO_METHOD* method = [] {
-    BIO_METHOD* m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "rdv-socket");
-    BIO_meth_set_write(m, BioWrite);
-    BIO_meth_set_read(m, BioRead);
-    BIO_meth_set_ctrl(m, BioCtrl);
-    return m;
-  }();
+  static BIO_METHOD* method = NewBufferBioMethod("rdv-socket", BioWrite, BioRead);
   return method;
 }
 

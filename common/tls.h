@@ -116,7 +116,6 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   static BIO_METHOD* SocketBioMethod();
   static int BioWrite(BIO* bio, const char* data, int length);
   static int BioRead(BIO* bio, char* out, int length);
-  static long BioCtrl(BIO* bio, int command, long number, void* pointer);
   void Fail(const absl::Status& status);
 
   std::unique_ptr<TcpConnection> tcp_;
@@ -136,6 +135,11 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
 };
 
 std::string OpenSslErrors();
+
+// A BIO method (built once per call site and kept) whose `write` and `read` move bytes through
+// the caller's own buffers; BIO_CTRL_FLUSH succeeds, other controls are not supported.
+BIO_METHOD* NewBufferBioMethod(const char* name, int (*write)(BIO*, const char*, int),
+                               int (*read)(BIO*, char*, int));
 
 }  // namespace rdv
 
