@@ -22,6 +22,7 @@ Agent::~Agent() {
   // Tunnels before the links their streams live on.
   for (auto& listener : connect_listeners_) listener->Shutdown();
   serving_tunnels_.clear();
+  smtp_openers_.clear();  // they refuse their streams: before the links
   links_.clear();
   splices_.clear();
   tasks_.Close();
@@ -128,6 +129,7 @@ void Agent::Shutdown() {
   for (auto& [raw, tunnel] : serving_tunnels_) tunnel->SendGoAway("agent shutting down");
   serving_tunnels_.clear();
   if (admin_) admin_->Close();
+  smtp_openers_.clear();
   for (auto& link : links_) link->Shutdown();
   links_.clear();
   splices_.clear();
@@ -239,6 +241,16 @@ void Agent::Adopt(std::unique_ptr<StreamSplice> splice) {
 void Agent::Finish(StreamSplice& splice) {
   StreamSplice* raw = &splice;
   tasks_.Defer([this, raw] { splices_.erase(raw); });
+}
+
+void Agent::Adopt(std::unique_ptr<SmtpOpener> opener) {
+  SmtpOpener* raw = opener.get();
+  smtp_openers_.emplace(raw, std::move(opener));
+}
+
+void Agent::Finish(SmtpOpener& opener) {
+  SmtpOpener* raw = &opener;
+  tasks_.Defer([this, raw] { smtp_openers_.erase(raw); });
 }
 
 }  // namespace rdv

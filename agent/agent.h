@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "agent/agent_config.h"
 #include "agent/agent_status.h"
+#include "agent/smtp_opener.h"
 #include "agent/tunnel.h"
 #include "common/admin_http.h"
 #include "common/stream_splice.h"
@@ -45,6 +46,9 @@ class Agent : public Tunnel::Owner {
   // Owns a splice until it is done.
   void Adopt(std::unique_ptr<StreamSplice> splice);
   void Finish(StreamSplice& splice);
+  // Owns an smtp stream's opener (agent/smtp_opener.h) until it is done.
+  void Adopt(std::unique_ptr<SmtpOpener> opener);
+  void Finish(SmtpOpener& opener);
 
   // Sends the health of every service with checks on `link` (after it registered).
   void SendHealth(RelayLink& link);
@@ -76,6 +80,7 @@ class Agent : public Tunnel::Owner {
   // One per service of config_.services; null where health_check is off.
   std::vector<std::unique_ptr<HealthChecker>> health_checkers_;
   absl::flat_hash_map<StreamSplice*, std::unique_ptr<StreamSplice>> splices_;
+  absl::flat_hash_map<SmtpOpener*, std::unique_ptr<SmtpOpener>> smtp_openers_;
   // One per config_.connects entry.
   std::vector<std::unique_ptr<ConnectListener>> connect_listeners_;
   absl::flat_hash_map<Tunnel*, std::unique_ptr<Tunnel>> serving_tunnels_;

@@ -1,6 +1,7 @@
 #include "agent/relay_link.h"
 
 #include "absl/strings/ascii.h"
+#include "agent/smtp_opener.h"
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/proxy_protocol.h"
@@ -41,6 +42,7 @@ LinkClientOptions ClientOptions(const Agent& agent, int index, HostPort relay) {
   options.fingerprint = config.relay_fingerprint;
   options.id = config.agent_id;
   options.credential = config.credential;
+  options.features = {std::string(kFeatureSmtpEnvelope)};
   options.reconnect = config.reconnect;
   return options;
 }
@@ -223,14 +225,37 @@ void RelayLink::ConnectResolved(uint32_t stream_id, const sockaddr_storage& addr
               proxy_protocol == "v1" ? ProxyProtocolVersion::kV1 : ProxyProtocolVersion::kV2,
               stream->open().client_address(), stream->open().local_address()));
         }
-        auto splice = std::make_unique<StreamSplice>(
-            std::move(*tcp), stream,
-            [this](StreamSplice& splice, const absl::Status&) { agent_.Finish(splice); });
-        StreamSplice* raw = splice.get();
-        agent_.Adopt(std::move(splice));
-        stream->Accept(*raw);
+        if (!stream->open().has_smtp()) {
+          AcceptAndSplice(*stream, std::move(*tcp));
+          return;
+        }
+        // The relay sent its client's envelope: open the mail conversation here first.
+        auto opener = std::make_unique<SmtpOpener>(
+            std::move(*tcp), *stream, stream->open().smtp(),
+            [this, weak, link](SmtpOpener& opener, std::unique_ptr<TcpConnection> connection) {
+              Stream* opened = opener.stream();
+              agent_.Finish(opener);
+              if (connection == nullptr) return;
+              if (weak.expired() || link != link_.get() || opened == nullptr) {
+                connection->Close();
+                return;
+              }
+              AcceptAndSplice(*opened, std::move(connection));
+            });
+        SmtpOpener* raw = opener.get();
+        agent_.Adopt(std::move(opener));
         raw->Start();
       });
+}
+
+void RelayLink::AcceptAndSplice(Stream& stream, std::unique_ptr<TcpConnection> connection) {
+  auto splice = std::make_unique<StreamSplice>(
+      std::move(connection), &stream,
+      [this](StreamSplice& splice, const absl::Status&) { agent_.Finish(splice); });
+  StreamSplice* raw = splice.get();
+  agent_.Adopt(std::move(splice));
+  stream.Accept(*raw);
+  raw->Start();
 }
 
 Gauge& RelayLink::LinksUp() {

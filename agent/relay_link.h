@@ -50,6 +50,8 @@ class RelayLink : public LinkClient {
   void ConnectResolved(uint32_t stream_id, const sockaddr_storage& address,
                        const std::string& proxy_protocol,
                        std::function<void(const absl::Status&)> refuse);
+  // Accepts `stream` and splices it to the target `connection` (its unread bytes go first).
+  void AcceptAndSplice(Stream& stream, std::unique_ptr<TcpConnection> connection);
 
   Agent& agent_;
   std::shared_ptr<RelayLink*> alive_;  // async callbacks hold a weak_ptr to this token

@@ -25,6 +25,8 @@ inline constexpr size_t kAuthMacSize = 32;
 inline constexpr std::string_view kAuthExporterLabel = "EXPORTER-rdv-auth";
 // The protocol version Hello carries (docs/protocol.md "Handshake").
 inline constexpr uint32_t kLinkProtocolVersion = 1;
+// Hello.features an agent may offer (docs/protocol.md "Handshake").
+inline constexpr std::string_view kFeatureSmtpEnvelope = "smtp-envelope";
 // Shortest secret a credential may have; both relay and agent configs enforce it, so an agent
 // learns at load time rather than from a refused link.
 inline constexpr size_t kMinSecretLength = 8;

@@ -90,6 +90,7 @@ void LinkClient::OnTlsReady() {
   hello->set_credential(options_.credential.name);
   hello->set_initial_stream_window(link_->options().stream_window);
   hello->add_hops(options_.id);
+  for (const std::string& feature : options_.features) hello->add_features(feature);
   link_->SendControl(control);
 }
 

@@ -20,6 +20,7 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "common/link.h"
@@ -39,7 +40,8 @@ struct LinkClientOptions {
   std::string fingerprint;         // pinned relay certificate; "" = verify by the context's CA
   std::string id;                  // Hello.agent_id, and the first hop
   LinkCredentialConfig credential;
-  LinkOptions link;  // is_relay_side is always false here
+  std::vector<std::string> features;  // Hello.features
+  LinkOptions link;                   // is_relay_side is always false here
   uint64_t ping_interval_ms = 10000;
   uint64_t idle_timeout_ms = 30000;
   ReconnectConfig reconnect;

@@ -2,6 +2,8 @@
 
 #include <openssl/rand.h>
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "common/auth.h"
 #include "common/metrics.h"
@@ -220,6 +222,8 @@ void AgentLink::HandleHello(const link::Hello& hello) {
   }
   agent_id_ = hello.agent_id();
   credential_name_ = hello.credential();
+  takes_smtp_envelope_ = std::find(hello.features().begin(), hello.features().end(),
+                                   kFeatureSmtpEnvelope) != hello.features().end();
   credential_ = worker_.config().FindCredential(credential_name_);
   if (hello.initial_stream_window() >= 1024) {
     link_.set_peer_stream_window(hello.initial_stream_window());
@@ -439,11 +443,7 @@ void AgentLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
 }
 
 Stream* AgentLink::OpenTunnelStream(link::Open open, StreamHandler& handler) {
-  if (state_ != State::kReady) return nullptr;
-  Stream* stream = link_.OpenStream(std::move(open), handler);
-  if (stream != nullptr) CounterOf("rdv_streams_opened_total", "Streams opened to agents").Inc();
-  open_streams_ = link_.stream_count();
-  return stream;
+  return OpenPrepared(std::move(open), handler);
 }
 
 void AgentLink::SendTunnelNotice(const link::TunnelNotice& notice) {
@@ -466,12 +466,27 @@ Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const TcpConnect
 Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const std::string& client_address,
                               const std::string& local_address, const std::string& entrypoint,
                               StreamHandler& handler) {
-  if (state_ != State::kReady) return nullptr;
   link::Open open;
   *open.mutable_service() = service;
   open.set_client_address(client_address);
   open.set_local_address(local_address);
   open.set_entrypoint(entrypoint);
+  return OpenPrepared(std::move(open), handler);
+}
+
+Stream* AgentLink::OpenSmtpStream(const link::ServiceSpec& service, const TcpConnection& client,
+                                  link::SmtpEnvelope envelope, StreamHandler& handler) {
+  link::Open open;
+  *open.mutable_service() = service;
+  open.set_client_address(client.peer_address());
+  open.set_local_address(client.local_address());
+  open.set_entrypoint("smtp");
+  *open.mutable_smtp() = std::move(envelope);
+  return OpenPrepared(std::move(open), handler);
+}
+
+Stream* AgentLink::OpenPrepared(link::Open open, StreamHandler& handler) {
+  if (state_ != State::kReady) return nullptr;
   Stream* stream = link_.OpenStream(std::move(open), handler);
   if (stream != nullptr) CounterOf("rdv_streams_opened_total", "Streams opened to agents").Inc();
   open_streams_ = link_.stream_count();

@@ -42,6 +42,13 @@ class AgentLink : public StreamCarrier,
   Stream* OpenStream(const link::ServiceSpec& service, const std::string& client_address,
                      const std::string& local_address, const std::string& entrypoint,
                      StreamHandler& handler);
+  // The agent offered the "smtp-envelope" feature: an smtp stream may carry Open.smtp, and the
+  // agent then opens the mail conversation itself (docs/protocol.md "Opening: Open and
+  // OpenResult").
+  bool takes_smtp_envelope() const { return takes_smtp_envelope_; }
+  // An smtp stream carrying `envelope` (only when takes_smtp_envelope()).
+  Stream* OpenSmtpStream(const link::ServiceSpec& service, const TcpConnection& client,
+                         link::SmtpEnvelope envelope, StreamHandler& handler);
   void GoAway(std::string_view reason);
   void Close(const absl::Status& status);
   uint64_t id() const { return id_; }
@@ -72,6 +79,7 @@ class AgentLink : public StreamCarrier,
  private:
   enum class State { kHandshake, kAwaitHello, kAwaitProof, kReady, kClosed };
   void HandleHello(const link::Hello& hello);
+  Stream* OpenPrepared(link::Open open, StreamHandler& handler);
   void HandleProof(const link::Proof& proof);
   void HandleRegister(const link::Register& request);
   link::Registered RegisterOne(const link::ServiceSpec& spec);
@@ -95,6 +103,7 @@ class AgentLink : public StreamCarrier,
   uv_timer_t* timer_;
   uint64_t last_receive_ms_ = 0;
   uint64_t rtt_ms_ = 0;
+  bool takes_smtp_envelope_ = false;
   bool counted_active_ = false;
   bool counted_for_credential_ = false;
   int registered_ = 0;

@@ -17,8 +17,6 @@ namespace {
 constexpr size_t kMaxHeldInput = 64 * 1024;
 // Client-side buffering allowed before stream credit is withheld.
 constexpr size_t kClientHighWatermark = 256 * 1024;
-// A server reply line longer than this is a broken server.
-constexpr size_t kMaxServerLine = 4096;
 // A route that moves between workers more often than this is given up on (451, retry).
 constexpr uint32_t kMaxHops = 3;
 // After a refusal the relay half-closes and waits this long for the client to close.
@@ -471,8 +469,20 @@ void SmtpSession::Route(std::string rcpt_line, std::string domain) {
     return;
   }
   TcpConnection& client = ClientTcp();
-  Stream* stream =
-      static_cast<AgentLink*>(route.carrier)->OpenStream(route.service, client, "smtp", *this);
+  auto* agent_link = static_cast<AgentLink*>(route.carrier);
+  // An agent that takes the envelope replays it to its server itself (two round trips through
+  // the link fewer); the stream's first bytes are then the server's MAIL reply.
+  bool agent_replays = agent_link->takes_smtp_envelope();
+  Stream* stream = nullptr;
+  if (agent_replays) {
+    link::SmtpEnvelope envelope;
+    envelope.set_helo(StrCat(helo_verb_, " ", helo_name_));
+    envelope.set_mail(mail_line_);
+    envelope.set_rcpt(rcpt_line);
+    stream = agent_link->OpenSmtpStream(route.service, client, std::move(envelope), *this);
+  } else {
+    stream = agent_link->OpenStream(route.service, client, "smtp", *this);
+  }
   if (stream == nullptr) {
     Refuse("no_agent",
            StrCat("451 4.4.1 No mail server for ", domain, " is available; try again later"),
@@ -484,8 +494,8 @@ void SmtpSession::Route(std::string rcpt_line, std::string domain) {
   routed_domain_ = std::move(domain);
   rcpt_line_ = std::move(rcpt_line);
   state_ = State::kReplay;
-  replay_step_ = ReplayStep::kGreeting;
-  server_pipelining_ = false;
+  replay_step_ = agent_replays ? ReplayStep::kMail : ReplayStep::kGreeting;
+  server_pipelining_ = agent_replays;  // the agent sent RCPT
   server_input_.clear();
   server_reply_.clear();
   ArmTimer();
@@ -686,7 +696,7 @@ void SmtpSession::OnStreamData(Stream& stream, std::string_view data) {
   if (finished_) return;
   server_input_.append(data);
   while (!finished_) {
-    smtp::LineSplit split = smtp::SplitLine(server_input_, kMaxServerLine);
+    smtp::LineSplit split = smtp::SplitLine(server_input_, smtp::kMaxReplyLine);
     if (split.outcome == smtp::LineSplit::Outcome::kNeedMore) break;
     std::optional<smtp::ReplyLine> reply = split.outcome == smtp::LineSplit::Outcome::kLine
                                                ? smtp::ParseReplyLine(split.line)
@@ -830,8 +840,10 @@ void SmtpSession::OnStreamClosed(Stream& stream, const absl::Status& status) {
   stream_ = nullptr;
   if (finished_) return;
   if (state_ == State::kReplay) {
+    // An agent replaying the envelope refuses with TARGET_PROTOCOL when its server broke script.
     AbandonRoute(status.ok() ? std::string("stream closed") : std::string(status.message()),
-                 "upstream_unreachable");
+                 stream.result().error() == link::TARGET_PROTOCOL ? "upstream_error"
+                                                                  : "upstream_unreachable");
     return;
   }
   if (state_ != State::kSpliced) return;

@@ -30,10 +30,10 @@
 #include <string_view>
 
 #include "common/link.h"
+#include "common/smtp_command.h"
 #include "common/tcp_connection.h"
 #include "common/tls.h"
 #include "relay/relay_worker.h"
-#include "relay/smtp_command.h"
 
 namespace rdv {
 

@@ -464,7 +464,8 @@ http {{
 
     # -- systems: each returns the loopback port a client uses to reach `target` -----------
 
-    def haproxy(self, mode, target):
+    def haproxy(self, mode, target, send_proxy=False):
+        """One plain hop; with `send_proxy` it opens each server connection with a PROXY v2 header."""
         port = free_port()
         cfg = os.path.join(self.tmp, f"{self.next_id('haproxy')}.cfg")
         with open(cfg, "w") as f:
@@ -480,7 +481,7 @@ defaults
 
 listen bench
     bind 127.0.0.1:{port}
-    server target 127.0.0.1:{target}
+    server target 127.0.0.1:{target}{" send-proxy-v2" if send_proxy else ""}
 """)
         p = Proc(self, f"haproxy-{mode}", ["haproxy", "-db", "-f", cfg])
         p.wait_listening(port)

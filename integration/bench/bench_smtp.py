@@ -1,6 +1,8 @@
 """SMTP phase of the benchmark (`integration/bench/run --only smtp`): messages per second into one
 real Postfix, directly and through the relay's smtp entrypoint (relay + agent, TLS link, PROXY
-protocol v2 to Postfix).
+protocol v2 to Postfix). For scale, also through HAProxy as one plain `mode tcp` hop with
+`send-proxy-v2` into the same Postfix listener: the cost of any user-space proxy in the path, which
+routes nothing.
 
 Load: CONNECTIONS client processes (Python smtplib, one process each so the client is not one
 GIL), each sending its share of MESSAGES messages one after the other, one SMTP connection per
@@ -9,7 +11,8 @@ connection afresh, as it would for mail from the Internet. Postfix accepts into 
 discards (virtual_transport = discard), so delivery work does not compete with the relay for the
 CPU. Figure: messages whose DATA got 250, divided by the wall time of the whole batch.
 
-Prints `smtp_msgs <system> <value> msg/s`; bench.py adds `ratio smtp_msgs rendezvous/direct`.
+Prints `smtp_msgs <system> <value> msg/s`; bench.py adds `ratio smtp_msgs rendezvous/direct` (the
+issue's target) and `rendezvous/haproxy`.
 """
 
 import multiprocessing
@@ -74,12 +77,14 @@ def phase(bench, mod):
         raise mod.BenchError(f"postfix: {e}") from e
     try:
         for system in bench.args.systems:
-            if system not in ("direct", "rendezvous"):
+            if system not in ("direct", "rendezvous", "haproxy"):
                 continue
 
             def one(system=system):
                 if system == "direct":
                     port = postfix.direct_port
+                elif system == "haproxy":
+                    port = bench.haproxy("tcp", postfix.port, send_proxy=True)
                 else:
                     port = start_rendezvous(bench, mod, postfix.port)
                 runs = [messages_per_second(port, messages) for _ in range(bench.args.repeat)]

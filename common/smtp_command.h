@@ -1,11 +1,12 @@
-// SMTP (RFC 5321) command-line parsing for the smtp entrypoint: pure functions, no I/O.
+// SMTP (RFC 5321) command-line parsing for the smtp entrypoint and for the agent that opens a
+// routed mail connection on the relay's behalf (agent/smtp_opener.h): pure functions, no I/O.
 //
 // The relay reads a client's commands only up to the routing decision and, after the splice, only
 // enough of them to keep every recipient of a connection in the routed domain and to find where
 // message content starts and ends. So this parses command lines, the MAIL FROM / RCPT TO
 // arguments the relay acts on, and server reply lines; it never parses message content.
-#ifndef RDV_RELAY_SMTP_COMMAND_H_
-#define RDV_RELAY_SMTP_COMMAND_H_
+#ifndef RDV_COMMON_SMTP_COMMAND_H_
+#define RDV_COMMON_SMTP_COMMAND_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -19,6 +20,8 @@ namespace rdv::smtp {
 
 // RFC 5321 4.5.3.1.4: a command line is at most 512 octets including the CRLF.
 inline constexpr size_t kMaxCommandLine = 512;
+// A server reply line longer than this (with its CRLF) is a broken server.
+inline constexpr size_t kMaxReplyLine = 4096;
 
 // One line split off the front of a buffer.
 struct LineSplit {
@@ -109,4 +112,4 @@ class DataEndScanner {
 
 }  // namespace rdv::smtp
 
-#endif  // RDV_RELAY_SMTP_COMMAND_H_
+#endif  // RDV_COMMON_SMTP_COMMAND_H_

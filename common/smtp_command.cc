@@ -1,4 +1,4 @@
-#include "relay/smtp_command.h"
+#include "common/smtp_command.h"
 
 #include <algorithm>
 #include <charconv>
