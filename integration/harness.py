@@ -468,6 +468,14 @@ COUNTERS = ("rdv_links_accepted_total", "rdv_http_requests_total", "rdv_streams_
             "rdv_streams_refused_total", "rdv_tcp_connections_total")
 
 
+def metric_at(address, name, **labels):
+    """`name` (summed over samples whose labels include `labels`; 0 when absent) from the
+    /metrics of an admin listener at `address` ((host, port)), e.g. an agent's."""
+    url = f"http://{format_addr(address)}/metrics"
+    with _NO_PROXY_OPENER.open(url, timeout=5) as resp:
+        return metric_value(parse_metrics(resp.read().decode("utf-8")), name, **labels)
+
+
 def metric_types(text):
     """`# TYPE name kind` lines -> {name: kind}."""
     return dict(re.findall(r"(?m)^#\s*TYPE\s+(\S+)\s+(\S+)", text))

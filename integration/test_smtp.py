@@ -251,19 +251,23 @@ class SmtpTest(harness.IntegrationTest):
                 grants: ["smtp:example.org"]
             """, name="relay")
         cls.smtp = cls.relay.address("smtp")
+        cls.agent_admin = {}
         for name, cred, domain, pf, pp in (("agent-a", "orang", "orang.com", cls.pf_a, "v1"),
                                           ("agent-b", "example", "example.org", cls.pf_b, "v2")):
+            admin_port = harness.free_port()
             agent = h.agent(textwrap.dedent(f"""\
                 agent_id: {name}
                 relays: ["{harness.format_addr(cls.relay.address('agent'))}"]
                 relay_fingerprint: "sha256:{cls.relay.fingerprint}"
                 credential: {{name: {cred}, secret: "{cred}-smtp-secret"}}
                 log_level: {harness.LOG_LEVEL}
+                admin: {{listen: "127.0.0.1:{admin_port}"}}
                 services:
                   - {{name: {domain}, kind: smtp, target: "127.0.0.1:{pf.port}",
                       proxy_protocol: {pp}}}
                 """), name=name)
             agent.wait_registered(domain, "smtp")
+            cls.agent_admin[pf.name] = ("127.0.0.1", admin_port)
 
     def dump_logs(self):
         super().dump_logs()
@@ -302,13 +306,22 @@ class SmtpTest(harness.IntegrationTest):
 
     # -- tests -------------------------------------------------------------------------------
 
+    def envelopes(self, pf, result):
+        """rdv_agent_smtp_envelopes_total{result} of the agent in front of `pf`."""
+        return harness.metric_at(self.agent_admin[pf.name], "rdv_agent_smtp_envelopes_total",
+                                 result=result)
+
     def test_plain_delivery_per_domain_and_real_client_address(self):
         token_a, token_b = f"plain-a-{uuid.uuid4().hex}", f"plain-b-{uuid.uuid4().hex}"
+        before = {pf.name: self.envelopes(pf, "ok") for pf in (self.pf_a, self.pf_b)}
         _, out, body = self.swaks("alice@orang.com", token_a)
         self.assertIn("250 2.0.0 Ok: queued", out)
         self.assert_delivered_once(self.pf_a, "alice", token_a, body)
         _, _, body = self.swaks("bob@example.org", token_b)
         self.assert_delivered_once(self.pf_b, "bob", token_b, body)
+        # Each agent opened its server's conversation from the envelope (Open.smtp) itself.
+        for pf in (self.pf_a, self.pf_b):
+            self.assertGreaterEqual(self.envelopes(pf, "ok"), before[pf.name] + 1, pf.name)
         for pf in (self.pf_a, self.pf_b):
             self.assertRegex(pf.log_text(), rf"connect from \S*\[{re.escape(CLIENT_IP)}\]",
                              f"{pf.name} did not log the real client address (PROXY protocol)")
