@@ -1,5 +1,5 @@
 // The agent's side of an smtp stream that carries the client's envelope (Open.smtp,
-// docs/protocol.md "Opening: Open and OpenResult"): before the stream is accepted, the agent
+// docs/protocol.md "SMTP envelope"): before the stream is accepted, the agent
 // opens the mail conversation with its server itself, which saves the relay two round trips
 // through the link per message.
 //

@@ -20,7 +20,6 @@ using link_test::LinkPair;
 using link_test::TestLinkHandler;
 using link_test::TestStream;
 using ::testing::HasSubstr;
-using ::testing::StartsWith;
 
 // The opener between a held stream of a LinkPair and a scripted mail server: the test is the
 // server, on the accepted end of a real loopback connection, and plays its replies by hand.

@@ -17,6 +17,17 @@
 namespace rdv {
 namespace {
 
+// An Open for a client's connection to `service`, arriving on `entrypoint`.
+link::Open ClientOpen(const link::ServiceSpec& service, const std::string& client_address,
+                      const std::string& local_address, std::string_view entrypoint) {
+  link::Open open;
+  *open.mutable_service() = service;
+  open.set_client_address(client_address);
+  open.set_local_address(local_address);
+  open.set_entrypoint(std::string(entrypoint));
+  return open;
+}
+
 Counter& AuthRefused(std::string_view reason) {
   return CounterOf("rdv_auth_refused_total", "Agent links refused at authentication",
                    StrCat("reason=\"", reason, "\""));
@@ -466,21 +477,12 @@ Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const TcpConnect
 Stream* AgentLink::OpenStream(const link::ServiceSpec& service, const std::string& client_address,
                               const std::string& local_address, const std::string& entrypoint,
                               StreamHandler& handler) {
-  link::Open open;
-  *open.mutable_service() = service;
-  open.set_client_address(client_address);
-  open.set_local_address(local_address);
-  open.set_entrypoint(entrypoint);
-  return OpenPrepared(std::move(open), handler);
+  return OpenPrepared(ClientOpen(service, client_address, local_address, entrypoint), handler);
 }
 
 Stream* AgentLink::OpenSmtpStream(const link::ServiceSpec& service, const TcpConnection& client,
                                   link::SmtpEnvelope envelope, StreamHandler& handler) {
-  link::Open open;
-  *open.mutable_service() = service;
-  open.set_client_address(client.peer_address());
-  open.set_local_address(client.local_address());
-  open.set_entrypoint("smtp");
+  link::Open open = ClientOpen(service, client.peer_address(), client.local_address(), "smtp");
   *open.mutable_smtp() = std::move(envelope);
   return OpenPrepared(std::move(open), handler);
 }

@@ -43,8 +43,7 @@ class AgentLink : public StreamCarrier,
                      const std::string& local_address, const std::string& entrypoint,
                      StreamHandler& handler);
   // The agent offered the "smtp-envelope" feature: an smtp stream may carry Open.smtp, and the
-  // agent then opens the mail conversation itself (docs/protocol.md "Opening: Open and
-  // OpenResult").
+  // agent then opens the mail conversation itself (docs/protocol.md "SMTP envelope").
   bool takes_smtp_envelope() const { return takes_smtp_envelope_; }
   // An smtp stream carrying `envelope` (only when takes_smtp_envelope()).
   Stream* OpenSmtpStream(const link::ServiceSpec& service, const TcpConnection& client,

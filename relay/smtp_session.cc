@@ -476,7 +476,7 @@ void SmtpSession::Route(std::string rcpt_line, std::string domain) {
   Stream* stream = nullptr;
   if (agent_replays) {
     link::SmtpEnvelope envelope;
-    envelope.set_helo(StrCat(helo_verb_, " ", helo_name_));
+    envelope.set_helo(HeloLine());
     envelope.set_mail(mail_line_);
     envelope.set_rcpt(rcpt_line);
     stream = agent_link->OpenSmtpStream(route.service, client, std::move(envelope), *this);
@@ -768,7 +768,7 @@ void SmtpSession::AdvanceReplay(int code, const std::string& reply) {
         AbandonRoute(StrCat("greeting ", code), "upstream_error");
         return;
       }
-      ForwardToServer(StrCat(helo_verb_, " ", helo_name_, "\r\n"));
+      ForwardToServer(StrCat(HeloLine(), "\r\n"));
       replay_step_ = ReplayStep::kHelo;
       return;
     case ReplayStep::kHelo:

@@ -31,6 +31,7 @@
 
 #include "common/link.h"
 #include "common/smtp_command.h"
+#include "common/str_cat.h"
 #include "common/tcp_connection.h"
 #include "common/tls.h"
 #include "relay/relay_worker.h"
@@ -116,6 +117,8 @@ class SmtpSession : public RelaySession,
   void StartTls();
   void AdvanceReplay(int code, const std::string& reply);
   void AbandonRoute(std::string_view reason, std::string_view counter_reason);
+  // The client's EHLO/HELO command line as replayed to the server (without CRLF).
+  std::string HeloLine() const { return StrCat(helo_verb_, " ", helo_name_); }
   void HandleServerReply(int code, std::string reply);
   void FlushLocalReplies();
   void ForwardToServer(std::string_view bytes);
