@@ -27,6 +27,8 @@ inline constexpr std::string_view kAuthExporterLabel = "EXPORTER-rdv-auth";
 inline constexpr uint32_t kLinkProtocolVersion = 1;
 // Hello.features an agent may offer (docs/protocol.md "Handshake").
 inline constexpr std::string_view kFeatureSmtpEnvelope = "smtp-envelope";
+// The agent takes TunnelData offers (docs/protocol.md "Tunnel data path").
+inline constexpr std::string_view kFeatureTunnelData = "tunnel-data";
 // Shortest secret a credential may have; both relay and agent configs enforce it, so an agent
 // learns at load time rather than from a refused link.
 inline constexpr size_t kMinSecretLength = 8;
