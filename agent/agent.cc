@@ -212,6 +212,7 @@ AgentStatus Agent::Status() const {
     entry.hops = tunnel.hops();
     entry.streams = tunnel.stream_count();
     entry.security = tunnel.security();
+    entry.path = std::string(tunnel.path_name());
   };
   for (const auto& listener : connect_listeners_) {
     if (const Tunnel* tunnel = listener->tunnel()) {

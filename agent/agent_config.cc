@@ -477,10 +477,10 @@ absl::Status ParseAdmin(const YamlMap& root, AgentConfig* config) {
 absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
   absl::StatusOr<YamlMap> root = document.Root();
   if (!root.ok()) return root.status();
-  if (absl::Status s =
-          root->CheckKeys({"agent_id", "relays", "server_name", "relay_ca_file",
-                           "relay_fingerprint", "credential", "links", "reconnect",
-                           "connect_timeout_ms", "log_level", "services", "connect", "admin"});
+  if (absl::Status s = root->CheckKeys({"agent_id", "relays", "server_name", "relay_ca_file",
+                                        "relay_fingerprint", "credential", "links", "reconnect",
+                                        "connect_timeout_ms", "log_level", "services", "connect",
+                                        "admin", "tunnel_data_path"});
       !s.ok()) {
     return s;
   }
@@ -530,6 +530,9 @@ absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
   if (absl::Status s = root->ReadEnum("log_level", {"trace", "debug", "info", "warn", "error"},
                                       &config.log_level);
       !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = root->ReadBool("tunnel_data_path", &config.tunnel_data_path); !s.ok()) {
     return s;
   }
   if (absl::Status s = ParseConnects(*root, &config); !s.ok()) return s;

@@ -137,6 +137,9 @@ struct AgentConfig {
   // `admin.listen`: the local admin HTTP server (GET /metrics, GET /status); nullopt = none.
   // The host is an IP literal; port 0 binds any free port.
   std::optional<HostPort> admin_listen;
+  // Whether tunnels take a relay's data path offers (Hello feature "tunnel-data";
+  // docs/protocol.md "Tunnel data path"): the tunnel's bytes then bypass the links' TLS.
+  bool tunnel_data_path = true;
 
   // The TLS server name to present to `relay`: server_name if set, else the relay's host.
   std::string ServerNameFor(const HostPort& relay) const {

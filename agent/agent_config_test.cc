@@ -141,6 +141,7 @@ TEST(AgentConfigTest, DefaultsMatchSpec) {
   EXPECT_EQ(config->reconnect.max, absl::Milliseconds(10000));
   EXPECT_EQ(config->connect_timeout, absl::Milliseconds(5000));
   EXPECT_EQ(config->log_level, "info");
+  EXPECT_TRUE(config->tunnel_data_path);
   ASSERT_EQ(config->services.size(), 1u);
   EXPECT_EQ(config->services[0].alias, "www-orang-com");
 }
@@ -253,6 +254,19 @@ TEST(AgentConfigTest, TopLevelValues) {
             "'warning'");
   EXPECT_EQ(ErrorOf(FullWith("agent_id: agent-7", "agent_id: [a]")),
             "agent.yaml:1: agent_id: expected a string, got a list");
+}
+
+TEST(AgentConfigTest, TunnelDataPath) {
+  absl::StatusOr<AgentConfig> off = Parse("tunnel_data_path: false\n" + MinimalConfig());
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_FALSE(off->tunnel_data_path);
+  absl::StatusOr<AgentConfig> on = Parse("tunnel_data_path: true\n" + MinimalConfig());
+  ASSERT_TRUE(on.ok()) << on.status();
+  EXPECT_TRUE(on->tunnel_data_path);
+  EXPECT_EQ(ErrorOf("tunnel_data_path: sometimes\n" + MinimalConfig()),
+            "agent.yaml:1: tunnel_data_path: expected true or false, got 'sometimes'");
+  EXPECT_EQ(ErrorOf("tunnel_data_paths: false\n" + MinimalConfig()),
+            "agent.yaml:1: unknown key 'tunnel_data_paths' at top level");
 }
 
 TEST(AgentConfigTest, Credential) {

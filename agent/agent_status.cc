@@ -97,6 +97,7 @@ std::string RenderAgentStatusJson(const AgentStatus& status) {
     }
     StrAppend(out, "], ", JsonQuote("streams"), ": ", tunnel.streams);
     AppendField(out, "security", tunnel.security, false);
+    if (!tunnel.path.empty()) AppendField(out, "path", tunnel.path, false);
     out += "}";
   }
   out += "]}\n";
@@ -138,7 +139,8 @@ absl::StatusOr<AgentStatus> ParseAgentStatusJson(std::string_view json) {
                                                        {"role", &tunnel.role},
                                                        {"state", &tunnel.state},
                                                        {"peer_agent", &tunnel.peer_agent},
-                                                       {"security", &tunnel.security}};
+                                                       {"security", &tunnel.security},
+                                                       {"path", &tunnel.path}};
       for (auto& [key, field] : fields) {
         absl::StatusOr<std::string> value = StringField(item, key);
         if (!value.ok()) return value.status();
@@ -180,7 +182,8 @@ std::string FormatAgentStatus(const AgentStatus& status) {
       }
     }
     StrAppend(out, " (", tunnel.security.empty() ? "?" : tunnel.security, ", ", tunnel.streams,
-              tunnel.streams == 1 ? " stream)" : " streams)");
+              tunnel.streams == 1 ? " stream" : " streams",
+              tunnel.path == "data" ? ", data path)" : ")");
     out += "\n";
   }
   return out;

@@ -5,7 +5,7 @@
 //   {"agent_id": "...", "links": [{"relay": "host:port", "state": "up"}],
 //    "tunnels": [{"kind": "pair", "name": "site-b", "role": "connect", "state": "up",
 //                 "peer_agent": "...", "hops": ["relay-a", "relay-b"], "streams": 0,
-//                 "security": "psk"}]}
+//                 "security": "psk", "path": "data"}]}
 #ifndef RDV_AGENT_AGENT_STATUS_H_
 #define RDV_AGENT_AGENT_STATUS_H_
 
@@ -32,6 +32,9 @@ struct AgentTunnelStatus {
   std::vector<std::string> hops;  // relay ids, in order from the connecting end
   uint64_t streams = 0;
   std::string security;  // "psk" | "certificate"
+  // "data" once the tunnel runs on the relay's data path, "link" on the relay stream; empty
+  // when not known (a tunnel that is down, or an older agent's JSON).
+  std::string path;
 };
 
 struct AgentStatus {
@@ -55,6 +58,7 @@ absl::StatusOr<AgentStatus> ParseAgentStatusJson(std::string_view json);
 //     127.0.0.1:7000 up
 //   tunnels:
 //     pair site-b connect up peer site-b-agent via relay-a -> relay-b (psk, 2 streams)
+// and ", data path" inside the parentheses of a tunnel on the relay's data path.
 std::string FormatAgentStatus(const AgentStatus& status);
 
 }  // namespace rdv

@@ -23,6 +23,7 @@ AgentStatus Example() {
   tunnel.hops = {"relay-a", "relay-b"};
   tunnel.streams = 3;
   tunnel.security = "psk";
+  tunnel.path = "data";
   status.tunnels.push_back(tunnel);
   return status;
 }
@@ -39,7 +40,7 @@ TEST(AgentStatusTest, JsonShape) {
             "\"up\"}, {\"relay\": \"[::1]:7000\", \"state\": \"connecting\"}], \"tunnels\": "
             "[{\"kind\": \"pair\", \"name\": \"site-b\", \"role\": \"connect\", \"state\": "
             "\"up\", \"peer_agent\": \"site-b-agent\", \"hops\": [\"relay-a\", \"relay-b\"], "
-            "\"streams\": 3, \"security\": \"psk\"}]}\n");
+            "\"streams\": 3, \"security\": \"psk\", \"path\": \"data\"}]}\n");
 }
 
 TEST(AgentStatusTest, JsonQuoteEscapes) {
@@ -72,6 +73,7 @@ TEST(AgentStatusTest, RoundTrip) {
   EXPECT_THAT(tunnel.hops, testing::ElementsAre("relay-a", "relay-b"));
   EXPECT_EQ(tunnel.streams, 3u);
   EXPECT_EQ(tunnel.security, "psk");
+  EXPECT_EQ(tunnel.path, "data");
 }
 
 TEST(AgentStatusTest, ParseRejectsNonsense) {
@@ -88,7 +90,14 @@ TEST(AgentStatusTest, Summary) {
             "  127.0.0.1:7000 up\n"
             "  [::1]:7000 connecting\n"
             "tunnels:\n"
-            "  pair site-b connect up peer site-b-agent via relay-a -> relay-b (psk, 3 streams)\n");
+            "  pair site-b connect up peer site-b-agent via relay-a -> relay-b (psk, 3 streams, "
+            "data path)\n");
+  AgentStatus on_link = Example();
+  on_link.tunnels[0].path = "link";
+  on_link.tunnels[0].streams = 1;
+  EXPECT_THAT(FormatAgentStatus(on_link),
+              HasSubstr("  pair site-b connect up peer site-b-agent via relay-a -> relay-b (psk, "
+                        "1 stream)\n"));
   AgentStatus empty;
   empty.agent_id = "lonely";
   EXPECT_EQ(FormatAgentStatus(empty), "agent lonely\nlinks: none\ntunnels: none\n");

@@ -2,7 +2,9 @@
 
 #include "absl/strings/ascii.h"
 #include "agent/smtp_opener.h"
+#include "agent/tunnel.h"
 #include "common/auth.h"
+#include "common/data_path.h"
 #include "common/metrics.h"
 #include "common/proxy_protocol.h"
 #include "common/secure_channel.h"
@@ -43,6 +45,7 @@ LinkClientOptions ClientOptions(const Agent& agent, int index, HostPort relay) {
   options.id = config.agent_id;
   options.credential = config.credential;
   options.features = {std::string(kFeatureSmtpEnvelope)};
+  if (config.tunnel_data_path) options.features.emplace_back(kFeatureTunnelData);
   options.reconnect = config.reconnect;
   return options;
 }
@@ -102,9 +105,39 @@ bool RelayLink::OnReadyControl(const link::Control& control) {
     case link::Control::kTunnelNotice:
       agent_.OnTunnelNotice(control.tunnel_notice());
       return true;
+    case link::Control::kTunnelData:
+      OfferDataPath(control.tunnel_data());
+      return true;
     default:
       return false;
   }
+}
+
+void RelayLink::OfferDataPath(const link::TunnelData& offer) {
+  // Hands the offer on; otherwise says why not.
+  auto hand_on = [&]() -> std::string_view {
+    // A relay offers only to agents whose Hello asked for offers; one that offers anyway is
+    // not obeyed.
+    if (!agent_.config().tunnel_data_path) return "disabled";
+    if (offer.token().size() != kDataPathTokenSize) return "bad_token";
+    Stream* stream = link_->FindStream(offer.stream_id());
+    if (stream == nullptr) return "unknown_stream";
+    auto* tunnel = dynamic_cast<Tunnel*>(stream->handler());
+    if (tunnel == nullptr) return "not_tunnel";
+    // The data path goes to the address this link is connected to: the same relay.
+    if (!tunnel->OfferDataPath(tls_->tcp().peer_sockaddr(), offer.token())) return "not_now";
+    return "";
+  };
+  std::string_view ignored = hand_on();
+  if (ignored.empty()) return;
+  CounterOf("rdv_agent_tunnel_data_offers_ignored_total",
+            "Data path offers (TunnelData) this agent ignored, by reason",
+            StrCat("reason=\"", ignored, "\""))
+      .Inc();
+  // An unknown stream is the usual race with a tunnel that just closed.
+  spdlog::log(ignored == "unknown_stream" ? spdlog::level::debug : spdlog::level::info,
+              "{}: data path offer for stream {} ignored: {}", options().log_name,
+              offer.stream_id(), ignored);
 }
 
 void RelayLink::OnLinkDown(const absl::Status& status, bool was_ready) {

@@ -7,6 +7,8 @@
 //    the connect error so the relay can tell its client; udp flows go to AgentUdpFlows; tunnel
 //    streams (pair, private) become the serving end of a Tunnel (agent/tunnel.h); connect
 //    entries open their tunnels on a ready link (LinkClient::ready_link)
+// 4. a relay's data path offer (TunnelData) goes to the Tunnel on the named stream, which dials
+//    the relay's address again (agent/tunnel.h, docs/protocol.md "Tunnel data path")
 #ifndef RDV_AGENT_RELAY_LINK_H_
 #define RDV_AGENT_RELAY_LINK_H_
 
@@ -44,6 +46,8 @@ class RelayLink : public LinkClient {
   bool OnReadyControl(const link::Control& control) override;
   void OnLinkDown(const absl::Status& status, bool was_ready) override;
 
+  // Control TunnelData: hands the offer to the Tunnel on that stream (or ignores it, counted).
+  void OfferDataPath(const link::TunnelData& offer);
   void ConnectTarget(uint32_t stream_id, const ServiceConfig& service);
   // An Open of kind PAIR or PRIVATE: handed to the agent's tunnel for the service, or refused.
   void ServeTunnel(Stream& stream, const link::Open& open);

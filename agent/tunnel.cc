@@ -3,9 +3,11 @@
 #include <openssl/rand.h>
 
 #include <algorithm>
+#include <utility>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_join.h"
+#include "common/data_path.h"
 #include "common/metrics.h"
 #include "common/str_cat.h"
 #include "spdlog/spdlog.h"
@@ -16,11 +18,30 @@ namespace {
 constexpr uint32_t kProtocolVersion = 1;
 // Nested-link output past this is encrypted at once rather than at the end of the iteration.
 constexpr size_t kNestedFlushBytes = 256 * 1024;
+// Dialing the relay for a data path is given up after this (the offer as a whole after
+// kDataPathPairTimeout).
+constexpr absl::Duration kDataPathDialTimeout = absl::Seconds(5);
+// Data path bytes held during the switch past this stay in the kernel (reading pauses) until
+// the peer's END on the relay stream.
+constexpr size_t kDataPathHoldLimit = 1 << 20;
+
+uint64_t Milliseconds(absl::Duration duration) {
+  return static_cast<uint64_t>(absl::ToInt64Milliseconds(duration));
+}
 
 Counter& TunnelFailures(std::string_view reason) {
   return CounterOf("rdv_agent_tunnel_failures_total",
                    "Tunnels that were refused, failed to set up or broke",
                    StrCat("reason=\"", reason, "\""));
+}
+
+// Offers taken up, by result: switched (the relay answered OK), refused (ERR), connect_failed
+// (dial or socket error before an answer), timeout (no answer within kDataPathPairTimeout),
+// protocol (a malformed answer, or EOF without one).
+Counter& DataPaths(std::string_view result) {
+  return CounterOf("rdv_agent_tunnel_data_paths_total",
+                   "Tunnel data path offers this agent took up, by result",
+                   StrCat("result=\"", result, "\""));
 }
 
 Gauge& TunnelsUp() {
@@ -133,9 +154,12 @@ Tunnel::Tunnel(Context context, TunnelEndpoint endpoint, TunnelRole role, Owner&
       owner_(owner),
       nonce_(RandomNonce()),
       setup_timer_(new uv_timer_t),
-      alive_(std::make_shared<Tunnel*>(this)) {
+      alive_(std::make_shared<Tunnel*>(this)),
+      data_path_timer_(new uv_timer_t) {
   uv_timer_init(context_.loop, setup_timer_);
   setup_timer_->data = this;
+  uv_timer_init(context_.loop, data_path_timer_);
+  data_path_timer_->data = this;
 }
 
 Tunnel::~Tunnel() {
@@ -144,9 +168,13 @@ Tunnel::~Tunnel() {
     Fail(absl::CancelledError("agent stopping"), "");
   }
   if (flush_scheduled_) context_.tasks->Cancel(this);
+  if (data_ != nullptr) data_->Close();
   setup_timer_->data = nullptr;
-  uv_close(reinterpret_cast<uv_handle_t*>(setup_timer_),
-           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  data_path_timer_->data = nullptr;
+  for (uv_timer_t* timer : {setup_timer_, data_path_timer_}) {
+    uv_close(reinterpret_cast<uv_handle_t*>(timer),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  }
 }
 
 absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Connect(Context context, TunnelEndpoint endpoint,
@@ -259,7 +287,20 @@ void Tunnel::OnStreamData(Stream& stream, std::string_view data) {
 }
 
 void Tunnel::OnStreamEnd(Stream& stream) {
-  Fail(absl::UnavailableError("the other end closed the tunnel"), "");
+  switch (data_path_) {
+    case DataPath::kSwitching:
+      // After OK the peer's END is the switch: its later bytes come on the data path.
+      peer_ended_ = true;
+      FinishSwitch();
+      return;
+    case DataPath::kOffered:
+      // The relay answers both ends at once, so the peer may have read its OK and ENDed before
+      // ours arrived: the offer's outcome decides (OK: the switch; anything else: closed).
+      peer_ended_ = true;
+      return;
+    default:
+      Fail(absl::UnavailableError("the other end closed the tunnel"), "");
+  }
 }
 
 void Tunnel::OnStreamWritable(Stream& stream) {
@@ -268,6 +309,14 @@ void Tunnel::OnStreamWritable(Stream& stream) {
 
 void Tunnel::OnStreamClosed(Stream& stream, const absl::Status& status) {
   relay_stream_ = nullptr;
+  if (sending_on_data_path()) {
+    // Closed cleanly with both ENDs (the switch done), or lost once nothing more could come on
+    // it: the tunnel lives on the data path. Lost before the peer's END, the peer's last bytes
+    // on the stream are gone with it.
+    if (status.ok() || peer_ended_) return;
+    Fail(status, "lost");
+    return;
+  }
   if (state_ == State::kOpening && stream.result().stream_id() == stream.id()) {
     // Refused by a relay or by the serving end (a refusal carries its reason back).
     refused_ = true;
@@ -282,6 +331,10 @@ void Tunnel::OnStreamClosed(Stream& stream, const absl::Status& status) {
 
 void Tunnel::SendCiphertext(std::string_view bytes) {
   // Write's back-pressure signal is read through QueuedBytes() by the nested link.
+  if (sending_on_data_path()) {
+    if (data_ != nullptr) data_->Write(bytes);
+    return;
+  }
   if (relay_stream_ != nullptr) relay_stream_->Write(bytes);
 }
 
@@ -340,8 +393,13 @@ void Tunnel::FlushNow() {
 }
 
 size_t Tunnel::QueuedBytes() const {
-  return (relay_stream_ != nullptr ? relay_stream_->pending_bytes() : 0) +
-         (channel_ != nullptr ? channel_->queued() : 0);
+  size_t transport = 0;
+  if (sending_on_data_path()) {
+    transport = data_ != nullptr ? data_->queued_bytes() : 0;
+  } else if (relay_stream_ != nullptr) {
+    transport = relay_stream_->pending_bytes();
+  }
+  return transport + (channel_ != nullptr ? channel_->queued() : 0);
 }
 
 void Tunnel::OnControl(Link& link, const link::Control& control) {
@@ -431,11 +489,15 @@ std::string_view Tunnel::state_name() const {
   return "?";
 }
 
+std::string_view Tunnel::path_name() const { return sending_on_data_path() ? "data" : "link"; }
+
 void Tunnel::Fail(const absl::Status& status, std::string_view failure) {
   if (state_ == State::kClosed) return;
   bool was_up = state_ == State::kUp;
   state_ = State::kClosed;
   uv_timer_stop(setup_timer_);
+  uv_timer_stop(data_path_timer_);
+  DropDataConnection();
   if (was_up) TunnelsUp().Dec();
   if (!failure.empty()) TunnelFailures(failure).Inc();
   if (refused_) {
@@ -458,6 +520,167 @@ void Tunnel::Fail(const absl::Status& status, std::string_view failure) {
     owner_told_ = true;
     owner_.OnTunnelClosed(*this, status);
   }
+}
+
+// ---- The data path ---------------------------------------------------------------------------
+
+bool Tunnel::OfferDataPath(const sockaddr_storage& relay, std::string token) {
+  if (state_ == State::kClosed || relay_stream_ == nullptr || data_path_ != DataPath::kLink) {
+    return false;
+  }
+  data_path_ = DataPath::kOffered;
+  data_relay_ = FormatSockaddr(reinterpret_cast<const sockaddr*>(&relay));
+  data_token_ = std::move(token);
+  uv_timer_start(
+      data_path_timer_,
+      [](uv_timer_t* t) {
+        auto* tunnel = static_cast<Tunnel*>(t->data);
+        if (tunnel == nullptr || tunnel->data_path_ != DataPath::kOffered) return;
+        tunnel->DeclineDataPath(
+            "timeout", StrCat("no answer within ", absl::FormatDuration(kDataPathPairTimeout)));
+      },
+      Milliseconds(kDataPathPairTimeout), 0);
+  std::weak_ptr<Tunnel*> weak = alive_;
+  TcpConnection::ConnectWithin(
+      context_.loop, relay, Milliseconds(kDataPathDialTimeout),
+      [this, weak](absl::StatusOr<std::unique_ptr<TcpConnection>> connection) {
+        if (weak.expired()) {
+          if (connection.ok()) (*connection)->Close();
+          return;
+        }
+        DataPathConnected(std::move(connection));
+      });
+  return true;
+}
+
+void Tunnel::DataPathConnected(absl::StatusOr<std::unique_ptr<TcpConnection>> connection) {
+  if (state_ == State::kClosed || data_path_ != DataPath::kOffered) {
+    // Closed, or the offer timed out meanwhile.
+    if (connection.ok()) (*connection)->Close();
+    return;
+  }
+  if (!connection.ok()) {
+    DeclineDataPath("connect_failed", StrCat("dial: ", connection.status().message()));
+    return;
+  }
+  data_ = *std::move(connection);
+  data_->Start(*this);
+  data_->Write(DataPathRequest(data_token_));
+  data_token_.clear();
+}
+
+void Tunnel::OnRead(std::string_view data) {
+  switch (data_path_) {
+    case DataPath::kOffered: {
+      data_reply_.append(data);
+      absl::StatusOr<size_t> end = DataPathLineEnd(data_reply_);
+      if (!end.ok()) {
+        DeclineDataPath("protocol", std::string(end.status().message()));
+        return;
+      }
+      if (*end == 0) return;
+      std::string reply = std::exchange(data_reply_, std::string());
+      absl::Status answer = ParseDataPathReply(std::string_view(reply).substr(0, *end));
+      if (answer.ok()) {
+        SwitchToDataPath(std::string_view(reply).substr(*end));
+        return;
+      }
+      DeclineDataPath(
+          answer.code() == absl::StatusCode::kFailedPrecondition ? "refused" : "protocol",
+          std::string(answer.message()));
+      return;
+    }
+    case DataPath::kSwitching:
+      data_held_.append(data);
+      if (data_held_.size() >= kDataPathHoldLimit) data_->PauseReading();
+      return;
+    case DataPath::kUp:
+      if (state_ != State::kClosed && channel_ != nullptr) channel_->OnCiphertext(data);
+      return;
+    case DataPath::kLink:
+    case DataPath::kDeclined:
+      return;
+  }
+}
+
+void Tunnel::OnEof() {
+  if (data_path_ == DataPath::kOffered) {
+    DeclineDataPath("protocol", "the relay closed the connection without an answer");
+  } else if (sending_on_data_path()) {
+    Fail(absl::UnavailableError("the tunnel's data path closed"), "lost");
+  }
+}
+
+void Tunnel::OnError(const absl::Status& status) {
+  if (data_path_ == DataPath::kOffered) {
+    DeclineDataPath("connect_failed", std::string(status.message()));
+  } else if (sending_on_data_path() && state_ != State::kClosed) {
+    // A failed write reports from inside SendCiphertext, that is from inside the nested link's
+    // Send, which must not be called back: the tunnel fails after the current callbacks.
+    DropDataConnection();
+    std::weak_ptr<Tunnel*> weak = alive_;
+    context_.tasks->Defer([this, weak, status] {
+      if (weak.expired()) return;
+      Fail(absl::UnavailableError(StrCat("the tunnel's data path closed: ", status.message())),
+           "lost");
+    });
+  }
+}
+
+void Tunnel::OnDrained() {
+  if (sending_on_data_path() && state_ != State::kClosed && nested_ != nullptr) {
+    nested_->OnTransportDrained();
+  }
+}
+
+void Tunnel::SwitchToDataPath(std::string_view early) {
+  data_path_ = DataPath::kSwitching;
+  uv_timer_stop(data_path_timer_);
+  DataPaths("switched").Inc();
+  spdlog::info("tunnel {} {}: data path up via {}", kind_name(), name(), data_relay_);
+  data_held_.assign(early);
+  if (data_held_.size() >= kDataPathHoldLimit) data_->PauseReading();
+  // From here SendCiphertext writes to the data path; END follows what the stream already holds.
+  if (relay_stream_ != nullptr) relay_stream_->End();
+  if (state_ == State::kClosed) return;
+  if (peer_ended_) {
+    FinishSwitch();
+    if (state_ == State::kClosed) return;
+  }
+  // The nested link may be waiting for the relay stream's queue to drain; its transport queue
+  // is now the data connection's.
+  if (nested_ != nullptr) nested_->OnTransportDrained();
+}
+
+void Tunnel::FinishSwitch() {
+  data_path_ = DataPath::kUp;
+  std::string held = std::exchange(data_held_, std::string());
+  if (!held.empty() && state_ != State::kClosed && channel_ != nullptr) {
+    channel_->OnCiphertext(held);
+  }
+  if (state_ != State::kClosed && data_ != nullptr) data_->ResumeReading();
+}
+
+void Tunnel::DeclineDataPath(std::string_view result, std::string_view reason) {
+  data_path_ = DataPath::kDeclined;
+  uv_timer_stop(data_path_timer_);
+  DataPaths(result).Inc();
+  DropDataConnection();
+  data_token_.clear();
+  data_reply_.clear();
+  spdlog::info("tunnel {} {}: no data path via {} ({}): {}; the tunnel stays on the link",
+               kind_name(), name(), data_relay_, result, reason);
+  if (peer_ended_) {
+    // Not a switch after all: the peer ended the tunnel.
+    Fail(absl::UnavailableError("the other end closed the tunnel"), "");
+  }
+}
+
+void Tunnel::DropDataConnection() {
+  if (data_ == nullptr) return;
+  data_->Close();
+  // Possibly inside one of the connection's own callbacks: freed once they returned.
+  context_.tasks->Defer([doomed = std::shared_ptr<TcpConnection>(std::move(data_))] {});
 }
 
 // ---- Serving end: nested streams -----------------------------------------------------------

@@ -19,6 +19,17 @@
 // sees the relay stream's queue as its transport queue and resumes on OnStreamWritable. Bytes
 // from the relay stream are returned (Consumed) as soon as they are fed in: the nested link's
 // own per-stream windows bound what is buffered behind them.
+//
+// Data path (docs/protocol.md "Tunnel data path"): a relay that bridges both ends itself may
+// offer each a token (OfferDataPath). The end dials the relay again in the clear, sends the
+// token and waits for the reply line:
+//   link --offer--> offered --OK--> switching --peer's END on the stream--> data
+//                      \--ERR, dial failure, EOF, 10 s, bad line--> declined (stays on link)
+// On OK every later ciphertext byte goes to the data connection and the relay stream gets END
+// after what was already written there. Bytes read on the data connection wait until the peer's
+// END on the relay stream, so the tunnel's byte order holds across the switch; then the tunnel
+// lives on the data connection (its queue is the nested link's transport queue, its EOF or error
+// ends the tunnel). Until OK nothing changes: every byte still goes through the link.
 #ifndef RDV_AGENT_TUNNEL_H_
 #define RDV_AGENT_TUNNEL_H_
 
@@ -38,6 +49,7 @@
 #include "common/loop_tasks.h"
 #include "common/secure_channel.h"
 #include "common/stream_splice.h"
+#include "common/tcp_connection.h"
 
 namespace rdv {
 
@@ -74,9 +86,12 @@ class Tunnel : public StreamHandler,
                public SecureChannel::Handler,
                public LinkTransport,
                public LinkHandler,
+               public TcpConnection::Handler,
                public LoopTasks::Client {
  public:
   enum class State { kOpening, kSecuring, kUp, kClosed };
+  // Where the tunnel's bytes travel (see the file comment).
+  enum class DataPath { kLink, kOffered, kSwitching, kUp, kDeclined };
 
   class Owner {
    public:
@@ -116,6 +131,12 @@ class Tunnel : public StreamHandler,
   void Close(const absl::Status& status);
   // Announces GoAway on the nested link: the peer opens nothing more here.
   void SendGoAway(std::string_view reason);
+  // A relay's data path offer (Control TunnelData for the relay stream): dials `relay` (the
+  // address the relay link is connected to), presents `token` and, on OK, moves the tunnel's
+  // bytes there. Ignored unless the tunnel is open, on its relay stream and has had no offer
+  // yet. Any failure leaves the tunnel on the relay stream (logged and counted).
+  // Returns whether the offer was taken up.
+  bool OfferDataPath(const sockaddr_storage& relay, std::string token);
 
   TunnelRole role() const { return role_; }
   State state() const { return state_; }
@@ -133,6 +154,9 @@ class Tunnel : public StreamHandler,
   // Connecting end: the Open was refused (by a relay or by the serving end); its reason.
   bool refused() const { return refused_; }
   const std::string& refusal() const { return refusal_; }
+  DataPath data_path() const { return data_path_; }
+  // "data" once this end sends on the data path, else "link".
+  std::string_view path_name() const;
 
   // StreamHandler (the relay stream)
   void OnStreamAccepted(Stream& stream) override;
@@ -152,6 +176,11 @@ class Tunnel : public StreamHandler,
   void OnControl(Link& link, const link::Control& control) override;
   void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) override;
   void OnLinkFailed(Link& link, const absl::Status& status) override;
+  // TcpConnection::Handler (the data path connection)
+  void OnRead(std::string_view data) override;
+  void OnEof() override;
+  void OnError(const absl::Status& status) override;
+  void OnDrained() override;
   // LoopTasks::Client: the nested link's output of this loop iteration, encrypted at once.
   void FlushNow() override;
 
@@ -166,6 +195,22 @@ class Tunnel : public StreamHandler,
   // link and resets the relay stream, tells the owner.
   void Fail(const absl::Status& status, std::string_view failure);
   void ArmSetupTimer();
+
+  // Data path: the dial finished (or failed).
+  void DataPathConnected(absl::StatusOr<std::unique_ptr<TcpConnection>> connection);
+  // OK: later ciphertext goes to the data connection, the relay stream ENDs; `early` (read
+  // after the OK line) waits with what follows for the peer's END.
+  void SwitchToDataPath(std::string_view early);
+  // The peer's END came (or had come) after OK: feeds the held bytes, reads straight on.
+  void FinishSwitch();
+  // The offer failed before OK: counts `result`, logs, closes the data connection; the tunnel
+  // stays on the relay stream.
+  void DeclineDataPath(std::string_view result, std::string_view reason);
+  // Closes the data connection; its object is freed after the current callbacks.
+  void DropDataConnection();
+  bool sending_on_data_path() const {
+    return data_path_ == DataPath::kSwitching || data_path_ == DataPath::kUp;
+  }
 
   // Serving end: one nested Open.
   void ServeStream(Stream& stream, const link::Open& open);
@@ -195,6 +240,16 @@ class Tunnel : public StreamHandler,
   // Serving end: the splices of accepted nested streams.
   absl::flat_hash_map<StreamSplice*, std::unique_ptr<StreamSplice>> splices_;
   std::shared_ptr<Tunnel*> alive_;  // async callbacks hold a weak_ptr to this token
+
+  // The data path (see the file comment).
+  DataPath data_path_ = DataPath::kLink;
+  std::string data_relay_;               // "ip:port" dialed, for log lines
+  std::string data_token_;               // until sent
+  std::unique_ptr<TcpConnection> data_;  // null until dialed, and once dropped
+  std::string data_reply_;               // the reply line, until complete
+  std::string data_held_;                // read after OK, before the peer's END
+  bool peer_ended_ = false;              // the peer's END came on the relay stream
+  uv_timer_t* data_path_timer_;          // the offer's deadline (kDataPathPairTimeout)
 };
 
 }  // namespace rdv

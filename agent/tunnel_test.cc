@@ -2,23 +2,33 @@
 
 #include <uv.h>
 
+#include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "agent/connect_listener.h"
+#include "common/data_path.h"
 #include "common/link_test_support.h"
 #include "common/metrics.h"
 #include "common/secure_channel.h"
+#include "common/str_cat.h"
+#include "common/tcp_listener.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace rdv {
 namespace {
 
+using link_test::kMiB;
 using link_test::LinkPair;
 using link_test::Message;
+using link_test::PatternBytes;
+using link_test::SameBytes;
 using link_test::TestLinkHandler;
+using link_test::TestStream;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 
@@ -133,7 +143,8 @@ class Bridge : public StreamHandler {
     if (on_refused && stream.result().stream_id() == stream.id() && !stream.result().ok()) {
       on_refused(stream);
     }
-    if (other != nullptr) {
+    // Closed cleanly (both ENDs passed on): the other stream closes cleanly by itself.
+    if (other != nullptr && !status.ok()) {
       Stream* peer = other;
       other = nullptr;
       peer->Reset(std::string(status.message()));
@@ -163,6 +174,194 @@ struct NestedClient : StreamHandler {
   }
 };
 
+// Stands in for the relay's data path (docs/protocol.md "Tunnel data path", item 3): accepts
+// loopback connections, reads each one's request line, pairs two connections by the tokens of
+// one offer and, once both arrived, answers OK on both and copies bytes between them (EOF as a
+// half-close). Or answers ERR to every request.
+class TestDataPathRelay {
+ public:
+  enum class Answer { kOk, kRefuse };
+
+  TestDataPathRelay(uv_loop_t* loop, std::string host) : host_(std::move(host)) {
+    absl::StatusOr<std::unique_ptr<TcpListener>> listener =
+        TcpListener::Create(loop, host_, 0, [this](uv_stream_t* server) { OnAccept(server); });
+    EXPECT_TRUE(listener.ok()) << listener.status();
+    if (listener.ok()) listener_ = *std::move(listener);
+  }
+  ~TestDataPathRelay() { Close(); }
+
+  sockaddr_storage address() const { return *ResolveNumeric(host_, listener_->port()); }
+  // Two tokens good for one pair of connections.
+  std::pair<std::string, std::string> NewOffer() {
+    std::string first = PatternBytes(kDataPathTokenSize, ++seed_);
+    std::string second = PatternBytes(kDataPathTokenSize, ++seed_);
+    partner_token_[first] = second;
+    partner_token_[second] = first;
+    return {first, second};
+  }
+  // The OK for the connection presenting `token` waits for ReleaseOk(); what its partner sends
+  // meanwhile waits here too.
+  void HoldOk(std::string token) { held_token_ = std::move(token); }
+  void ReleaseOk() {
+    held_token_.clear();
+    for (auto& conn : conns_) {
+      if (conn->paired && !conn->ok_sent) SendOk(*conn);
+    }
+  }
+  // Closes every connection, as a relay does when a spliced connection fails.
+  void DropAll() {
+    for (auto& conn : conns_) conn->tcp->Close();
+  }
+  void Close() {
+    if (listener_ != nullptr) listener_->Close();
+    DropAll();
+  }
+
+  Answer answer = Answer::kOk;
+  int requests = 0;
+  // Bytes copied to the connection that presented `token`.
+  uint64_t BytesTo(const std::string& token) const {
+    for (const auto& conn : conns_) {
+      if (conn->token == token) return conn->copied_to;
+    }
+    return 0;
+  }
+
+  int spliced = 0;            // connections answered OK
+  uint64_t bytes_copied = 0;  // after OK, both directions
+
+ private:
+  struct Conn : TcpConnection::Handler {
+    TestDataPathRelay* relay = nullptr;
+    std::unique_ptr<TcpConnection> tcp;
+    std::string line;
+    std::string token;
+    Conn* partner = nullptr;
+    bool paired = false;
+    bool ok_sent = false;
+    std::string waiting;  // from the partner, before this one's OK went out
+    uint64_t copied_to = 0;
+
+    void OnRead(std::string_view data) override {
+      if (paired) {
+        relay->bytes_copied += data.size();
+        partner->Forward(data);
+        return;
+      }
+      line.append(data);
+      absl::StatusOr<size_t> end = DataPathLineEnd(line);
+      ASSERT_TRUE(end.ok()) << end.status();
+      if (*end == 0) return;
+      ASSERT_EQ(*end, line.size()) << "bytes after the request line, before OK";
+      absl::StatusOr<std::string> parsed = ParseDataPathRequest(line);
+      ASSERT_TRUE(parsed.ok()) << parsed.status();
+      token = *std::move(parsed);
+      relay->Arrived(*this);
+    }
+    void OnEof() override {
+      if (partner != nullptr) partner->tcp->Shutdown();
+    }
+    void OnError(const absl::Status& status) override {
+      tcp->Close();
+      if (partner != nullptr) partner->tcp->Close();
+    }
+    void Forward(std::string_view data) {
+      copied_to += data.size();
+      if (ok_sent) {
+        tcp->Write(data);
+      } else {
+        waiting.append(data);
+      }
+    }
+  };
+
+  void OnAccept(uv_stream_t* server) {
+    absl::StatusOr<std::unique_ptr<TcpConnection>> tcp = TcpConnection::Accept(server);
+    ASSERT_TRUE(tcp.ok()) << tcp.status();
+    auto conn = std::make_unique<Conn>();
+    conn->relay = this;
+    conn->tcp = *std::move(tcp);
+    conn->tcp->Start(*conn);
+    conns_.push_back(std::move(conn));
+  }
+
+  void Arrived(Conn& conn) {
+    ++requests;
+    if (answer == Answer::kRefuse || !partner_token_.contains(conn.token)) {
+      conn.tcp->Write(DataPathError("unknown, used or expired token"));
+      conn.tcp->Shutdown();
+      return;
+    }
+    for (auto& other : conns_) {
+      if (other.get() == &conn || other->token != partner_token_[conn.token]) continue;
+      conn.partner = other.get();
+      other->partner = &conn;
+      conn.paired = other->paired = true;
+      SendOk(*other);
+      SendOk(conn);
+      return;
+    }
+  }
+
+  void SendOk(Conn& conn) {
+    if (conn.token == held_token_) return;
+    conn.ok_sent = true;
+    ++spliced;
+    conn.tcp->Write(std::string(kDataPathOk) + std::exchange(conn.waiting, std::string()));
+  }
+
+  const std::string host_;
+  std::unique_ptr<TcpListener> listener_;
+  std::vector<std::unique_ptr<Conn>> conns_;  // kept until the end: closed, never freed early
+  std::map<std::string, std::string> partner_token_;
+  std::string held_token_;
+  uint32_t seed_ = 100;
+};
+
+// The serving end's target: sends `reply` and half-closes as soon as it is connected; records
+// what it receives.
+class TestTarget : public TcpConnection::Handler {
+ public:
+  explicit TestTarget(uv_loop_t* loop) {
+    absl::StatusOr<std::unique_ptr<TcpListener>> listener =
+        TcpListener::Create(loop, "127.0.0.1", 0, [this](uv_stream_t* server) {
+          absl::StatusOr<std::unique_ptr<TcpConnection>> tcp = TcpConnection::Accept(server);
+          ASSERT_TRUE(tcp.ok()) << tcp.status();
+          ASSERT_EQ(tcp_, nullptr) << "one connection expected";
+          tcp_ = *std::move(tcp);
+          tcp_->Start(*this);
+          tcp_->Write(reply);
+          tcp_->Shutdown();
+        });
+    EXPECT_TRUE(listener.ok()) << listener.status();
+    if (listener.ok()) listener_ = *std::move(listener);
+  }
+  ~TestTarget() override { Close(); }
+
+  uint16_t port() const { return listener_->port(); }
+  void Close() {
+    if (listener_ != nullptr) listener_->Close();
+    if (tcp_ != nullptr) tcp_->Close();
+  }
+
+  void OnRead(std::string_view data) override { received.append(data); }
+  void OnEof() override { eof = true; }
+  void OnError(const absl::Status& status) override { ADD_FAILURE() << status; }
+
+  std::string reply;
+  std::string received;
+  bool eof = false;
+
+ private:
+  std::unique_ptr<TcpListener> listener_;
+  std::unique_ptr<TcpConnection> tcp_;
+};
+
+uint64_t DataPathResults(std::string_view result) {
+  return CounterOf("rdv_agent_tunnel_data_paths_total", "", StrCat("result=\"", result, "\""))
+      .value();
+}
+
 class TunnelEndToEndTest : public ::testing::Test {
  protected:
   TunnelEndToEndTest() : tasks_(&loop_storage_) {}
@@ -182,6 +381,8 @@ class TunnelEndToEndTest : public ::testing::Test {
   void TearDown() override {
     serving_.reset();
     connecting_.reset();
+    if (data_relay_ != nullptr) data_relay_->Close();
+    if (target_ != nullptr) target_->Close();
     tasks_.Close();
     uv_run(&loop_storage_, UV_RUN_DEFAULT);
     EXPECT_EQ(uv_loop_close(&loop_storage_), 0);
@@ -266,6 +467,56 @@ class TunnelEndToEndTest : public ::testing::Test {
     return true;
   }
 
+  // Runs the loop and the in-memory links until `done` (real sockets settle in their own time);
+  // false when it did not come within 30 s or (unless `may_close`) a tunnel closed first.
+  bool RunUntil(const std::function<bool()>& done, bool may_close = false) {
+    absl::Time deadline = absl::Now() + absl::Seconds(30);
+    while (!done()) {
+      // A tunnel that closed unexpectedly will not bring `done` about.
+      bool closed = connecting_owner_.closed.has_value() || serving_owner_.closed.has_value();
+      if (absl::Now() > deadline || (closed && !may_close)) return false;
+      uv_run(&loop_storage_, UV_RUN_NOWAIT);
+      a_.PumpOnce();
+      b_.PumpOnce();
+      Relay();
+      ServeHeld();
+    }
+    return true;
+  }
+
+  // A target for the serving end that sends `reply`, and the fake relay's data path.
+  void StartTargetAndDataPath(std::string reply, std::string relay_host = "127.0.0.1") {
+    target_ = std::make_unique<TestTarget>(&loop_storage_);
+    target_->reply = std::move(reply);
+    service_.target = HostPort{"127.0.0.1", target_->port()};
+    data_relay_ = std::make_unique<TestDataPathRelay>(&loop_storage_, std::move(relay_host));
+  }
+
+  // One nested stream to the serving end's target, sending `data` and then END.
+  void OpenClientStream(std::string data) {
+    client_.stream = connecting_->OpenStream("", "127.0.0.1:5000", client_);
+    ASSERT_NE(client_.stream, nullptr);
+    client_.id = client_.stream->id();
+    client_.Send(std::move(data));
+  }
+
+  // Both ends get their token of one offer from the fake relay.
+  void OfferBoth() {
+    auto [to_connecting, to_serving] = data_relay_->NewOffer();
+    connecting_token_ = to_connecting;
+    EXPECT_TRUE(connecting_->OfferDataPath(data_relay_->address(), to_connecting));
+    EXPECT_TRUE(serving_->OfferDataPath(data_relay_->address(), to_serving));
+  }
+
+  bool BothAt(Tunnel::DataPath path) const {
+    return connecting_->data_path() == path && serving_->data_path() == path;
+  }
+
+  bool ClientExchangeDone(std::string_view from_target, std::string_view to_target) {
+    return client_.ended && client_.received.size() == from_target.size() && target_->eof &&
+           target_->received.size() == to_target.size();
+  }
+
   void ConnectAndPump() {
     absl::StatusOr<std::unique_ptr<Tunnel>> tunnel = Tunnel::Connect(
         Context("agent-a"), ConnectingEndpoint(connect_), a_.agent(), connecting_owner_);
@@ -289,6 +540,10 @@ class TunnelEndToEndTest : public ::testing::Test {
   absl::Status serve_status_;
   bool tamper_hops_ = false;
   bool tamper_nonce_ = false;
+  std::unique_ptr<TestTarget> target_;
+  std::unique_ptr<TestDataPathRelay> data_relay_;
+  std::string connecting_token_;
+  TestStream client_;  // outlives the tunnels: their nested streams report to it
 };
 
 TEST_F(TunnelEndToEndTest, BothEndsComeUpWithTheSameHops) {
@@ -383,6 +638,172 @@ TEST_F(TunnelEndToEndTest, SecurityMismatchIsRefusedInTheClear) {
   ASSERT_TRUE(connecting_owner_.closed.has_value());
   EXPECT_TRUE(connecting_->refused());
   EXPECT_THAT(connecting_->refusal(), HasSubstr("security mismatch"));
+}
+
+}  // namespace
+}  // namespace rdv
+
+namespace rdv {
+namespace {
+
+// ---- The data path -----------------------------------------------------------------------------
+
+TEST_F(TunnelEndToEndTest, TransferInFlightCrossesTheSwitchToTheDataPath) {
+  const std::string to_target = PatternBytes(8 * kMiB, 1);
+  const std::string from_target = PatternBytes(8 * kMiB, 2);
+  StartTargetAndDataPath(from_target);
+  ConnectAndPump();
+  ASSERT_EQ(connecting_->state(), Tunnel::State::kUp);
+  ASSERT_EQ(serving_->state(), Tunnel::State::kUp);
+  EXPECT_EQ(connecting_->path_name(), "link");
+  uint64_t switched_before = DataPathResults("switched");
+
+  // Both directions under way on the relay stream when the offer comes.
+  OpenClientStream(to_target);
+  ASSERT_TRUE(RunUntil(
+      [&] { return client_.received.size() >= kMiB && target_->received.size() >= kMiB; }));
+  ASSERT_LT(client_.received.size(), from_target.size());
+  ASSERT_LT(target_->received.size(), to_target.size());
+  // What the serving end writes on its relay stream from here on waits in its link (a slow
+  // relay link), so its first bytes on the data path overtake it (and its END): the connecting
+  // end must hold them back until that END.
+  b_.hold_agent_output = true;
+  OfferBoth();
+  EXPECT_FALSE(connecting_->OfferDataPath(data_relay_->address(), "again"))
+      << "an offer in progress takes no other";
+  // The serving end switched (the connecting end's END came), and its ciphertext crossed the
+  // data path ahead of what waits in its link.
+  ASSERT_TRUE(RunUntil([&] {
+    return connecting_->data_path() == Tunnel::DataPath::kSwitching &&
+           serving_->data_path() == Tunnel::DataPath::kUp &&
+           data_relay_->BytesTo(connecting_token_) > 0;
+  }));
+  b_.hold_agent_output = false;
+
+  ASSERT_TRUE(RunUntil([&] { return ClientExchangeDone(from_target, to_target); }))
+      << "client got " << client_.received.size() << ", target got " << target_->received.size();
+  EXPECT_TRUE(SameBytes(client_.received, from_target));
+  EXPECT_TRUE(SameBytes(target_->received, to_target));
+  EXPECT_EQ(connecting_->data_path(), Tunnel::DataPath::kUp);
+  EXPECT_EQ(serving_->data_path(), Tunnel::DataPath::kUp);
+  EXPECT_EQ(connecting_->path_name(), "data");
+  EXPECT_EQ(data_relay_->spliced, 2);
+  EXPECT_GT(data_relay_->bytes_copied, 0u) << "nothing went on the data path";
+  EXPECT_EQ(DataPathResults("switched"), switched_before + 2);
+  // The relay streams closed cleanly with both ENDs; the tunnels live on.
+  ASSERT_TRUE(RunUntil([&] { return a_.relay().stream_count() + b_.relay().stream_count() == 0; }));
+  EXPECT_EQ(connecting_->state(), Tunnel::State::kUp);
+  EXPECT_EQ(serving_->state(), Tunnel::State::kUp);
+  EXPECT_FALSE(connecting_owner_.closed.has_value());
+  EXPECT_FALSE(serving_owner_.closed.has_value());
+  EXPECT_FALSE(serving_->OfferDataPath(data_relay_->address(), "again")) << "done: no other";
+}
+
+TEST_F(TunnelEndToEndTest, PeerEndBeforeOwnOkIsTheSwitch) {
+  // The relay answers both ends at once, but the connecting end's END on the relay stream may
+  // reach the serving end before the serving end's own OK does.
+  const std::string to_target = PatternBytes(2 * kMiB, 3);
+  const std::string from_target = PatternBytes(2 * kMiB, 4);
+  StartTargetAndDataPath(from_target);
+  ConnectAndPump();
+  ASSERT_EQ(serving_->state(), Tunnel::State::kUp);
+  auto [to_connecting, to_serving] = data_relay_->NewOffer();
+  data_relay_->HoldOk(to_serving);
+  ASSERT_TRUE(connecting_->OfferDataPath(data_relay_->address(), to_connecting));
+  ASSERT_TRUE(serving_->OfferDataPath(data_relay_->address(), to_serving));
+  ASSERT_TRUE(RunUntil([&] { return data_relay_->spliced == 1; }));
+  ASSERT_TRUE(RunUntil([&] { return connecting_->data_path() == Tunnel::DataPath::kSwitching; }));
+  // Data from the connecting end now goes on its data path and waits at the relay.
+  OpenClientStream(to_target);
+  Pump();  // the connecting end's END has crossed the relay
+  EXPECT_EQ(serving_->state(), Tunnel::State::kUp);
+  EXPECT_EQ(serving_->data_path(), Tunnel::DataPath::kOffered);
+
+  data_relay_->ReleaseOk();
+  ASSERT_TRUE(RunUntil([&] { return ClientExchangeDone(from_target, to_target); }));
+  EXPECT_TRUE(SameBytes(client_.received, from_target));
+  EXPECT_TRUE(SameBytes(target_->received, to_target));
+  EXPECT_EQ(connecting_->data_path(), Tunnel::DataPath::kUp);
+  EXPECT_EQ(serving_->data_path(), Tunnel::DataPath::kUp);
+  EXPECT_FALSE(connecting_owner_.closed.has_value());
+  EXPECT_FALSE(serving_owner_.closed.has_value());
+}
+
+TEST_F(TunnelEndToEndTest, RefusedOfferLeavesTheTunnelOnTheRelayStream) {
+  const std::string to_target = PatternBytes(512 * 1024, 5);
+  const std::string from_target = PatternBytes(512 * 1024, 6);
+  StartTargetAndDataPath(from_target);
+  data_relay_->answer = TestDataPathRelay::Answer::kRefuse;
+  ConnectAndPump();
+  ASSERT_EQ(connecting_->state(), Tunnel::State::kUp);
+  uint64_t refused_before = DataPathResults("refused");
+  OfferBoth();
+  ASSERT_TRUE(RunUntil([&] { return BothAt(Tunnel::DataPath::kDeclined); }));
+  EXPECT_EQ(DataPathResults("refused"), refused_before + 2);
+  EXPECT_EQ(data_relay_->requests, 2);
+  EXPECT_FALSE(connecting_->OfferDataPath(data_relay_->address(), "again")) << "done: no other";
+
+  OpenClientStream(to_target);
+  ASSERT_TRUE(RunUntil([&] { return ClientExchangeDone(from_target, to_target); }));
+  EXPECT_TRUE(SameBytes(client_.received, from_target));
+  EXPECT_TRUE(SameBytes(target_->received, to_target));
+  EXPECT_EQ(connecting_->path_name(), "link");
+  EXPECT_EQ(connecting_->state(), Tunnel::State::kUp);
+  EXPECT_EQ(serving_->state(), Tunnel::State::kUp);
+  EXPECT_EQ(data_relay_->bytes_copied, 0u);
+}
+
+TEST_F(TunnelEndToEndTest, UnreachableDataPathLeavesTheTunnelOnTheRelayStream) {
+  StartTargetAndDataPath("pong");
+  ConnectAndPump();
+  ASSERT_EQ(connecting_->state(), Tunnel::State::kUp);
+  // A port nobody listens on any more.
+  sockaddr_storage closed = data_relay_->address();
+  data_relay_->Close();
+  uint64_t failed_before = DataPathResults("connect_failed");
+  ASSERT_TRUE(connecting_->OfferDataPath(closed, std::string(kDataPathTokenSize, 'x')));
+  ASSERT_TRUE(RunUntil([&] { return connecting_->data_path() == Tunnel::DataPath::kDeclined; }));
+  EXPECT_EQ(DataPathResults("connect_failed"), failed_before + 1);
+
+  OpenClientStream("ping");
+  ASSERT_TRUE(RunUntil([&] { return ClientExchangeDone("pong", "ping"); }));
+  EXPECT_EQ(client_.received, "pong");
+  EXPECT_EQ(target_->received, "ping");
+  EXPECT_EQ(connecting_->state(), Tunnel::State::kUp);
+}
+
+TEST_F(TunnelEndToEndTest, SwitchesToADataPathOverIpv6) {
+  if (!TcpListener::Create(&loop_storage_, "::1", 0, [](uv_stream_t*) {}).ok()) {
+    GTEST_SKIP() << "no IPv6 loopback here";
+  }
+  StartTargetAndDataPath("pong", "::1");
+  ConnectAndPump();
+  ASSERT_EQ(connecting_->state(), Tunnel::State::kUp);
+  OfferBoth();
+  ASSERT_TRUE(RunUntil([&] { return BothAt(Tunnel::DataPath::kUp); }));
+  OpenClientStream("ping");
+  ASSERT_TRUE(RunUntil([&] { return ClientExchangeDone("pong", "ping"); }));
+  EXPECT_EQ(client_.received, "pong");
+  EXPECT_EQ(target_->received, "ping");
+  EXPECT_GT(data_relay_->bytes_copied, 0u);
+}
+
+TEST_F(TunnelEndToEndTest, DataPathClosedAfterTheSwitchFailsTheTunnel) {
+  StartTargetAndDataPath("pong");
+  ConnectAndPump();
+  ASSERT_EQ(connecting_->state(), Tunnel::State::kUp);
+  OfferBoth();
+  ASSERT_TRUE(RunUntil([&] { return BothAt(Tunnel::DataPath::kUp); }));
+  OpenClientStream("ping");
+  ASSERT_TRUE(RunUntil([&] { return ClientExchangeDone("pong", "ping"); }));
+
+  data_relay_->DropAll();
+  ASSERT_TRUE(RunUntil(
+      [&] { return connecting_owner_.closed.has_value() && serving_owner_.closed.has_value(); },
+      /*may_close=*/true));
+  EXPECT_THAT(Message(*connecting_owner_.closed), HasSubstr("the tunnel's data path closed"));
+  EXPECT_THAT(Message(*serving_owner_.closed), HasSubstr("the tunnel's data path closed"));
+  EXPECT_EQ(connecting_->state(), Tunnel::State::kClosed);
 }
 
 }  // namespace

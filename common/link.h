@@ -132,6 +132,9 @@ class Stream {
 
   size_t pending_bytes() const { return pending_.size() - pending_offset_; }
   bool write_ended() const { return end_requested_; }
+  // The handler given to Accept, Defer or Link::OpenStream (nullptr before): who owns the
+  // stream's far end, for control messages that name a stream (Control TunnelData).
+  StreamHandler* handler() const { return handler_; }
 
  private:
   friend class Link;

@@ -10,9 +10,13 @@ refusals mapped to SOCKS reply codes and counted at both ends, /status of both a
 state, hops, security), and a third agent with the wrong pairing secret: no tunnel, a clear log
 line at both ends (the relay's TunnelNotice reaches B), and nothing reaches B's target.
 
+The tunnels move onto the relay's data path (a spliced plain connection per agent, carrying
+only the tunnels' own TLS); bulk bytes are counted there.
+
 PrivateServiceTest: a private service in certificate mode (the serving agent holds a certificate
 from a throwaway CA; connecting ends verify it by CA file or pinned fingerprint), the relay's
-connect: grant, and a wrong pin failing the handshake at both ends.
+connect: grant, and a wrong pin failing the handshake at both ends. Its serving agent declines
+data paths, so these tunnels stay on the links.
 """
 
 import hashlib
@@ -193,6 +197,26 @@ class PairTest(harness.IntegrationTest):
             t.join()
         self.assertEqual(errors, [])
 
+    def test_tunnels_run_on_the_data_path(self):
+        # Both agents take offers and the relay makes them (the defaults): every tunnel moved
+        # onto a spliced data path, and bulk bytes now pass the relay there, not on the links.
+        tunnels = 4  # three for site-b, one for bulk
+        self.relay.wait_metric("rdv_tunnel_data_paths_total", lambda v: v >= tunnels,
+                               result="spliced")
+        for agent in (self.agent_a, self.agent_b):
+            wait_agent_metric(agent, "rdv_agent_tunnel_data_paths_total",
+                              lambda v: v >= tunnels, result="switched")
+            agent.wait_line(r"tunnel pair bulk: data path up via 127\.0\.0\.1:")
+        before = self.relay.metric("rdv_tunnel_data_path_bytes_total")
+        harness.exchange(("127.0.0.1", self.bulk_port), 8 << 20, 8 << 20, seed=11)
+        self.assertGreaterEqual(self.relay.metric("rdv_tunnel_data_path_bytes_total"),
+                                before + (16 << 20))
+        r = harness.curl(f"http://127.0.0.1:{self.plain_port}/")
+        self.assertEqual((r.rc, r.status, r.body.strip()), (0, 200, PAGE), r)
+        for result in ("unknown_token", "bad_request", "request_timeout", "partner_timeout"):
+            self.assertEqual(self.relay.metric("rdv_tunnel_data_paths_total", result=result), 0,
+                             result)
+
     def test_socks5_names_resolve_at_the_serving_end(self):
         r = socks_curl(f"http://localhost:{self.nginx.port}/",
                        ["--socks5-hostname", self.socks()])
@@ -325,7 +349,9 @@ class PrivateServiceTest(harness.IntegrationTest):
                 secret: "outsider-credential-secret"
                 grants: ["connect:other"]
             """, name="relay")
+        # B declines data paths: the relay offers none, and the tunnels stay on the links.
         cls.agent_b = h.agent(agent_yaml(cls.relay, "agent-b", "site-b", f"""\
+            tunnel_data_path: false
             services:
               - kind: private
                 name: db
@@ -357,6 +383,10 @@ class PrivateServiceTest(harness.IntegrationTest):
         status = json.loads(admin_get(self.agent_a, "/status"))
         self.assertEqual([(t["kind"], t["state"], t["security"]) for t in status["tunnels"]],
                          [("private", "up", "certificate")] * 2, status)
+        self.assertEqual(self.relay.metric("rdv_tunnel_data_offers_total"), 0)
+        self.assertEqual(self.relay.metric("rdv_tunnel_data_paths_total", result="spliced"), 0)
+        self.assertEqual(agent_metric(self.agent_a, "rdv_agent_tunnel_data_paths_total",
+                                      result="switched"), 0)
 
     def test_wrong_pin_fails_the_handshake_at_both_ends(self):
         mark_b = self.agent_b.mark()

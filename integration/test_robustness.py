@@ -138,9 +138,17 @@ class GarbageTest(harness.IntegrationTest):
     # -- agent listener (TLS, then the link protocol) ------------------------------------------
 
     def test_random_bytes_on_agent_listener(self):
+        # The first byte tells a link (TLS) from a tunnel data path ("R"): random bytes that do
+        # not start with "R" fail as a TLS handshake, those that do as a data path request.
         before = self.counter("rdv_tls_handshake_errors_total", listener="agent")
-        self.send_garbage(self.relay.address("agent"), os.urandom(4096))
+        junk = os.urandom(4096)
+        while junk[:1] == b"R":
+            junk = os.urandom(4096)
+        self.send_garbage(self.relay.address("agent"), junk)
         self.wait_counter_above("rdv_tls_handshake_errors_total", before, listener="agent")
+        before = self.counter("rdv_tunnel_data_paths_total", result="bad_request")
+        self.send_garbage(self.relay.address("agent"), b"R" + os.urandom(4095))
+        self.wait_counter_above("rdv_tunnel_data_paths_total", before, result="bad_request")
 
     def test_truncated_client_hello_times_out(self):
         hello = harness.client_hello()

@@ -70,15 +70,18 @@ AgentLink::~AgentLink() {
   tls_->Close();
 }
 
-void AgentLink::Start() {
+void AgentLink::Start(uint64_t accepted_ms) {
   last_receive_ms_ = uv_now(worker_.loop());
-  auto handshake_ms = absl::ToInt64Milliseconds(worker_.config().agent_listener.handshake_timeout);
+  auto handshake_ms = static_cast<uint64_t>(
+      absl::ToInt64Milliseconds(worker_.config().agent_listener.handshake_timeout));
+  uint64_t elapsed =
+      std::min(last_receive_ms_ - std::min(accepted_ms, last_receive_ms_), handshake_ms);
   uv_timer_start(
       timer_,
       [](uv_timer_t* t) {
         if (t->data) static_cast<AgentLink*>(t->data)->OnTimer();
       },
-      static_cast<uint64_t>(handshake_ms), 0);
+      handshake_ms - elapsed, 0);
   tls_->Start(*this);
 }
 
@@ -235,6 +238,8 @@ void AgentLink::HandleHello(const link::Hello& hello) {
   credential_name_ = hello.credential();
   takes_smtp_envelope_ = std::find(hello.features().begin(), hello.features().end(),
                                    kFeatureSmtpEnvelope) != hello.features().end();
+  takes_tunnel_data_ = std::find(hello.features().begin(), hello.features().end(),
+                                 kFeatureTunnelData) != hello.features().end();
   credential_ = worker_.config().FindCredential(credential_name_);
   if (hello.initial_stream_window() >= 1024) {
     link_.set_peer_stream_window(hello.initial_stream_window());
@@ -450,7 +455,8 @@ void AgentLink::OnStreamOpen(Link& link, Stream& stream, const link::Open& open)
     stream.Refuse("the link is not authenticated");
     return;
   }
-  RouteTunnel(worker_, stream, open, TunnelOrigin{credential_, peer_, agent_id_});
+  RouteTunnel(worker_, stream, open,
+              TunnelOrigin{credential_, peer_, agent_id_, takes_tunnel_data_});
 }
 
 Stream* AgentLink::OpenTunnelStream(link::Open open, StreamHandler& handler) {

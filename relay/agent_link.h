@@ -34,7 +34,9 @@ class AgentLink : public StreamCarrier,
   AgentLink(RelayWorker& worker, std::unique_ptr<TlsSession> tls, uint64_t id);
   ~AgentLink() override;
 
-  void Start();
+  // `accepted_ms` (the loop's clock when the connection was accepted) starts the handshake
+  // timeout.
+  void Start(uint64_t accepted_ms);
   // Opens a stream to the agent for a client; nullptr if the link cannot take one now.
   Stream* OpenStream(const link::ServiceSpec& service, const TcpConnection& client,
                      const std::string& entrypoint, StreamHandler& handler);
@@ -57,6 +59,7 @@ class AgentLink : public StreamCarrier,
   int worker() const override { return worker_.index(); }
   const std::string& agent() const override { return agent_id_; }
   size_t open_streams() const override { return open_streams_.load(std::memory_order_relaxed); }
+  bool takes_tunnel_data() const override { return takes_tunnel_data_; }
   Stream* OpenTunnelStream(link::Open open, StreamHandler& handler) override;
   void SendTunnelNotice(const link::TunnelNotice& notice) override;
 
@@ -103,6 +106,8 @@ class AgentLink : public StreamCarrier,
   uint64_t last_receive_ms_ = 0;
   uint64_t rtt_ms_ = 0;
   bool takes_smtp_envelope_ = false;
+  // The agent offered the "tunnel-data" feature (docs/protocol.md "Tunnel data path").
+  bool takes_tunnel_data_ = false;
   bool counted_active_ = false;
   bool counted_for_credential_ = false;
   int registered_ = 0;

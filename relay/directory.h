@@ -53,6 +53,9 @@ class StreamCarrier {
   }
   // Streams open on the link now (least_streams); thread-safe.
   virtual size_t open_streams() const { return 0; }
+  // From the carrier's own worker loop: the agent behind the link takes tunnel data path offers
+  // (Hello feature "tunnel-data", docs/protocol.md "Tunnel data path").
+  virtual bool takes_tunnel_data() const { return false; }
   // From the carrier's own worker loop: opens a tunnel stream (docs/protocol.md "Tunnels") with
   // `open` as given (stream_id assigned here); nullptr when the carrier cannot take one now.
   virtual Stream* OpenTunnelStream(link::Open open, StreamHandler& handler) { return nullptr; }

@@ -23,6 +23,7 @@
 #include "relay/directory.h"
 #include "relay/relay_config.h"
 #include "relay/relay_worker.h"
+#include "relay/tunnel_data_path.h"
 #include "relay/udp_service_port.h"
 
 namespace rdv {
@@ -74,6 +75,9 @@ class Relay {
   // re-syncs what it registered upstream with Directory::TunnelServices().
   void NoteTunnelServicesChanged();
 
+  // Tunnel data path tokens offered and not yet used or expired (relay/tunnel_data_path.h).
+  DataPathRegistry& data_paths() { return data_paths_; }
+
  private:
   Relay(RelayConfig config);
   absl::Status ListenEverywhere(const std::vector<HostPort>& addresses, const std::string& role);
@@ -85,6 +89,8 @@ class Relay {
   RelayConfig config_;
   ServerTlsIdentity identity_;
   std::unique_ptr<Directory> directory_;
+  // Before the workers: their offers forget their tokens here when they are destroyed.
+  DataPathRegistry data_paths_;
   std::vector<std::unique_ptr<RelayWorker>> workers_;
   // On worker 0's loop; set by Create() before any worker thread runs, destroyed after they
   // stopped, so reading the pointer from any thread is safe.

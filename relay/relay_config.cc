@@ -384,10 +384,10 @@ absl::Status CheckListenersDistinct(const YamlMap& root, const RelayConfig& conf
 absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   absl::StatusOr<YamlMap> root = document.Root();
   if (!root.ok()) return root.status();
-  if (absl::Status s =
-          root->CheckKeys({"relay_id", "state_dir", "workers", "log_level", "agent_listener",
-                           "http", "tcp", "tls", "smtp", "proxy", "udp", "admin", "link",
-                           "proxy_protocol_from", "credentials", "tunnel_tap_file", "upstream"});
+  if (absl::Status s = root->CheckKeys(
+          {"relay_id", "state_dir", "workers", "log_level", "agent_listener", "http", "tcp", "tls",
+           "smtp", "proxy", "udp", "admin", "link", "proxy_protocol_from", "credentials",
+           "tunnel_tap_file", "tunnel_data_path", "upstream"});
       !s.ok()) {
     return s;
   }
@@ -403,6 +403,9 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   if (absl::Status s = root->ReadString("state_dir", &config.state_dir); !s.ok()) return s;
   if (config.state_dir.empty()) return root->Find("state_dir")->Error("must not be empty");
   if (absl::Status s = root->ReadString("tunnel_tap_file", &config.tunnel_tap_file); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s = root->ReadBool("tunnel_data_path", &config.tunnel_data_path); !s.ok()) {
     return s;
   }
   if (absl::Status s = root->ReadUint<uint32_t>("workers", 0, 1024, &config.workers); !s.ok()) {

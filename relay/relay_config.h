@@ -166,6 +166,9 @@ struct RelayConfig {
   // Debugging aid: every byte the relay bridges between two tunnel streams (both directions)
   // is appended to this file. "" = off.
   std::string tunnel_tap_file;
+  // Offer a data path (docs/protocol.md "Tunnel data path") for tunnels bridged between two
+  // agents linked here directly that both take it.
+  bool tunnel_data_path = true;
 
   const CredentialConfig* FindCredential(std::string_view name) const;
 };

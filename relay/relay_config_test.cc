@@ -209,6 +209,21 @@ TEST(RelayConfigTest, TunnelGrantsAndTapFile) {
   EXPECT_TRUE(Parse(kMinimalConfig)->tunnel_tap_file.empty());
 }
 
+TEST(RelayConfigTest, TunnelDataPath) {
+  EXPECT_TRUE(Parse(kMinimalConfig)->tunnel_data_path);  // on by default
+  absl::StatusOr<RelayConfig> off =
+      Parse("tunnel_data_path: false\n" + std::string(kMinimalConfig));
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_FALSE(off->tunnel_data_path);
+  absl::StatusOr<RelayConfig> on = Parse("tunnel_data_path: true\n" + std::string(kMinimalConfig));
+  ASSERT_TRUE(on.ok()) << on.status();
+  EXPECT_TRUE(on->tunnel_data_path);
+  EXPECT_EQ(ErrorOf("tunnel_data_path: sometimes\n" + std::string(kMinimalConfig)),
+            "relay.yaml:1: tunnel_data_path: expected true or false, got 'sometimes'");
+  EXPECT_EQ(ErrorOf("tunnel_data_paths: false\n" + std::string(kMinimalConfig)),
+            "relay.yaml:1: unknown key 'tunnel_data_paths' at top level");
+}
+
 TEST(RelayConfigTest, SecretFile) {
   std::string path = WriteTempFile("secret", "file-secret-value\n");
   absl::StatusOr<RelayConfig> config =

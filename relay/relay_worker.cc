@@ -8,6 +8,7 @@
 #include "common/stream_splice.h"
 #include "relay/admin_session.h"
 #include "relay/agent_link.h"
+#include "relay/agent_listener_session.h"
 #include "relay/http_session.h"
 #include "relay/proxy_entrypoint.h"
 #include "relay/proxy_header_session.h"
@@ -15,6 +16,7 @@
 #include "relay/relay.h"
 #include "relay/smtp_entrypoint.h"
 #include "relay/tls_entrypoint.h"
+#include "relay/tunnel_data_path.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {
@@ -133,13 +135,20 @@ void RelayWorker::AcceptAgent(uv_stream_t* server) {
     (*conn)->Close();
     return;
   }
-  auto tls = TlsSession::Create(std::move(*conn), relay_.link_tls_context(), /*is_server=*/true,
-                                tasks_, "", "");
+  auto session = std::make_unique<AgentListenerSession>(*this, std::move(*conn));
+  AgentListenerSession* raw = session.get();
+  Adopt(std::move(session));
+  raw->Start();
+}
+
+void RelayWorker::StartAgentLink(std::unique_ptr<TcpConnection> connection, uint64_t accepted_ms) {
+  auto tls = TlsSession::Create(std::move(connection), relay_.link_tls_context(),
+                                /*is_server=*/true, tasks_, "", "");
   auto link = std::make_unique<AgentLink>(*this, std::move(tls), next_link_id_);
   next_link_id_ += static_cast<uint64_t>(relay_.worker_count());
   AgentLink* raw = link.get();
   links_.emplace(raw, std::move(link));
-  raw->Start();
+  raw->Start(accepted_ms);
 }
 
 void RelayWorker::ServeClient(std::unique_ptr<TcpConnection> client,
@@ -252,10 +261,14 @@ void RelayWorker::SpliceToService(std::unique_ptr<TcpConnection> client, link::S
 }
 
 void RelayWorker::HandOff(Handoff handoff) {
-  {
-    absl::MutexLock lock(&mu_);
-    handoffs_.push_back(std::move(handoff));
+  absl::MutexLock lock(&mu_);
+  if (stop_requested_) {
+    // Stopping: the wakeup handle may be closed already, and nobody would adopt the socket.
+    ::close(handoff.fd);
+    SSL_free(handoff.tls);
+    return;
   }
+  handoffs_.push_back(std::move(handoff));
   uv_async_send(wakeup_);
 }
 
@@ -302,6 +315,9 @@ void RelayWorker::DrainHandoffs() {
                       /*on_refused=*/nullptr, handoff.chosen);
     } else if (handoff.kind == Handoff::Kind::kProxy) {
       ResumeProxyTunnel(*this, std::move(*client), std::move(handoff));
+    } else if (handoff.kind == Handoff::Kind::kDataPath) {
+      PresentDataPathToken(*this, std::move(*client), std::move(handoff.data_path_token),
+                           std::move(handoff.bytes));
     } else {
       auto session = std::make_unique<HttpSession>(*this, std::move(*client), handoff.chosen,
                                                    handoff.http_proxy);

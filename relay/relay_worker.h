@@ -37,10 +37,11 @@ class RelaySession {
 // A client connection moving to another worker.
 struct Handoff {
   enum class Kind {
-    kHttp,    // an HTTP entrypoint client: a new HttpSession processes `bytes` first
-    kSplice,  // route (service_kind, service) again there and splice the client onto a stream
-    kSmtp,    // an smtp client routed by its first RCPT: `bytes` is its SmtpHandoffState
-    kProxy,   // a proxy entrypoint client with its destination known: ResumeProxyTunnel()
+    kHttp,      // an HTTP entrypoint client: a new HttpSession processes `bytes` first
+    kSplice,    // route (service_kind, service) again there and splice the client onto a stream
+    kSmtp,      // an smtp client routed by its first RCPT: `bytes` is its SmtpHandoffState
+    kProxy,     // a proxy entrypoint client with its destination known: ResumeProxyTunnel()
+    kDataPath,  // a tunnel data path whose offer lives there: `data_path_token`, then `bytes`
   };
   Kind kind = Kind::kHttp;
   int fd = -1;
@@ -55,7 +56,8 @@ struct Handoff {
   std::string peer_address;
   SSL* tls = nullptr;       // kSmtp after STARTTLS: the client's TLS state, owned by the hand-off
   bool http_proxy = false;  // kHttp: the HttpSession serves the proxy entrypoint
-  uint8_t proxy_protocol = 0;  // kProxy: a ProxyProtocol (proxy_refusal.h)
+  uint8_t proxy_protocol = 0;   // kProxy: a ProxyProtocol (proxy_refusal.h)
+  std::string data_path_token;  // kDataPath: the token it presented (raw bytes)
 };
 
 // The client-facing listeners bound on every worker.
@@ -78,7 +80,12 @@ class RelayWorker {
   absl::StatusOr<TcpListener*> Listen(const std::string& host, uint16_t port,
                                       TcpListener::AcceptCallback on_accept, bool reuse_port);
   void ListenAgents(const std::string& host, uint16_t port);  // after Listen succeeded
+  // An agent listener connection: a link or a tunnel data path, told by its first byte
+  // (relay/agent_listener_session.h).
   void AcceptAgent(uv_stream_t* server);
+  // A link on `connection` (accepted at `accepted_ms` of this loop's clock, which bounds its
+  // handshake): TLS, then the link protocol (relay/agent_link.h).
+  void StartAgentLink(std::unique_ptr<TcpConnection> connection, uint64_t accepted_ms);
   void AcceptEntrypoint(uv_stream_t* server, Entrypoint entrypoint);
   void AcceptAdmin(uv_stream_t* server);
   void AcceptTcp(uv_stream_t* server, const std::string& service, uint16_t port);

@@ -11,7 +11,11 @@
 //             stream waits undecided (Stream::Defer), its early data buffered by the link.
 // 4. answer   the far end's OpenResult goes back: accept with its TunnelSetup, or refuse with
 //             its reason and error.
-// 5. bridge   bytes flow unchanged both ways. A side returns credit (Stream::Consumed) to its
+// 5. offer    when both ends are agents linked here directly that take data path offers, a
+//             data path is offered (relay/tunnel_data_path.h) on the opener's worker, and each
+//             end gets its token in Control TunnelData on its own link, the opener's after the
+//             OpenResult that accepted its stream.
+// 6. bridge   bytes flow unchanged both ways. A side returns credit (Stream::Consumed) to its
 //             stream only once the other side's Write took the bytes, and owes it while that
 //             Write pushed back (until OnStreamWritable). END becomes End(); a reset or a lost
 //             link becomes Reset() of the other stream.
@@ -23,17 +27,12 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cerrno>
-#include <cstdio>
-#include <cstring>
 #include <functional>
-#include <map>
 #include <memory>
 #include <utility>
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/match.h"
-#include "absl/synchronization/mutex.h"
 #include "common/auth.h"
 #include "common/metrics.h"
 #include "common/str_cat.h"
@@ -41,6 +40,8 @@
 #include "relay/directory.h"
 #include "relay/relay.h"
 #include "relay/relay_worker.h"
+#include "relay/tunnel_data_path.h"
+#include "relay/tunnel_tap.h"
 #include "spdlog/spdlog.h"
 
 namespace rdv {
@@ -100,38 +101,6 @@ std::string ResetReason(const absl::Status& status) {
   return std::string(message);
 }
 
-// tunnel_tap_file: every bridged byte, both directions, appended as it passes (a debugging aid,
-// and how a test shows the relay sees only ciphertext). One file per process, opened once.
-class TunnelTap {
- public:
-  static TunnelTap& Get() {
-    static TunnelTap* tap = new TunnelTap;  // never destroyed: workers may write until exit
-    return *tap;
-  }
-  void Append(const std::string& path, std::string_view bytes) {
-    absl::MutexLock lock(&mu_);
-    auto [it, first] = files_.try_emplace(path, nullptr);
-    if (first) {
-      it->second = std::fopen(path.c_str(), "ab");
-      if (it->second == nullptr) {
-        spdlog::error("tunnel_tap_file {}: cannot open: {}", path, std::strerror(errno));
-      }
-    }
-    if (it->second == nullptr) return;
-    std::fwrite(bytes.data(), 1, bytes.size(), it->second);
-    std::fflush(it->second);
-  }
-
- private:
-  absl::Mutex mu_;
-  // One per path (in-process tests run relays with different files); null = could not open.
-  std::map<std::string, FILE*> files_ ABSL_GUARDED_BY(mu_);
-};
-
-void TapAppend(const std::string& path, std::string_view bytes) {
-  if (!path.empty() && !bytes.empty()) TunnelTap::Get().Append(path, bytes);
-}
-
 class TunnelBridge;
 
 // One stream of a bridge. Lives on one worker's loop: everything but `worker` is touched only
@@ -156,6 +125,8 @@ class BridgeSide final : public StreamHandler {
   void DeliverEnd();
   void Abort(const std::string& reason);
   void Credit(size_t bytes);
+  // Control TunnelData{this stream's id, token} on this stream's link.
+  void SendTunnelData(const std::string& token);
 
   // StreamHandler
   void OnStreamAccepted(Stream& stream) override;
@@ -181,11 +152,15 @@ class BridgeSide final : public StreamHandler {
 
 class TunnelBridge : public std::enable_shared_from_this<TunnelBridge> {
  public:
-  TunnelBridge(Relay& relay, const link::ServiceSpec& service, std::string opener_agent)
+  // `opener_takes_data`: the opener is an agent linked here directly that takes data path
+  // offers.
+  TunnelBridge(Relay& relay, const link::ServiceSpec& service, std::string opener_agent,
+               bool opener_takes_data)
       : relay_(relay),
         what_(Describe(service)),
         opener_agent_(std::move(opener_agent)),
-        tap_file_(relay.config().tunnel_tap_file) {}
+        tap_file_(relay.config().tunnel_tap_file),
+        opener_takes_data_(opener_takes_data && relay.config().tunnel_data_path) {}
   ~TunnelBridge() {
     if (bridged_.load()) Active().Dec();
   }
@@ -195,6 +170,15 @@ class TunnelBridge : public std::enable_shared_from_this<TunnelBridge> {
   const std::string& opener_agent() const { return opener_agent_; }
   // Written on the far end's loop before its answer is sent, read on the opener's after it.
   std::string& far_agent() { return far_agent_; }
+  // Same: the far end is an agent's link here that takes data path offers.
+  bool& far_takes_data() { return far_takes_data_; }
+  // On the opener's loop, once the far end accepted with `far`: whether to offer a data path.
+  // The far end echoes the hops it got; ours last means no relay stands behind us on its side.
+  bool OffersDataPath(const link::OpenResult& far) const {
+    const auto& hops = far.tunnel().hops();
+    return opener_takes_data_ && far_takes_data_ && !hops.empty() &&
+           *hops.rbegin() == relay_.config().relay_id;
+  }
   const std::string& tap_file() const { return tap_file_; }
   BridgeSide& opener() { return opener_; }
   BridgeSide& far_end() { return far_end_; }
@@ -224,6 +208,8 @@ class TunnelBridge : public std::enable_shared_from_this<TunnelBridge> {
   const std::string opener_agent_;
   std::string far_agent_;
   const std::string tap_file_;
+  const bool opener_takes_data_;
+  bool far_takes_data_ = false;
   BridgeSide opener_{*this, BridgeSide::Role::kOpener};
   BridgeSide far_end_{*this, BridgeSide::Role::kFarEnd};
   std::atomic<bool> bridged_{false};
@@ -257,6 +243,22 @@ void BridgeSide::Answer(const link::OpenResult& far) {
                bridge_.far_agent());
   // Accept delivers the opener's early data at once, to the far end.
   stream_->Accept(*this, std::move(result));
+  if (stream_ == nullptr || !bridge_.OffersDataPath(far)) return;
+  DataPathTokens tokens = OfferDataPath(
+      bridge_.relay().worker(worker()),
+      StrCat(bridge_.what(), " (", bridge_.opener_agent(), " -> ", bridge_.far_agent(), ")"));
+  SendTunnelData(tokens.opener);  // after the OpenResult that Accept sent
+  bridge_.Send(other(), worker(), [token = std::move(tokens.far_end)](BridgeSide& far_end) {
+    far_end.SendTunnelData(token);
+  });
+}
+
+void BridgeSide::SendTunnelData(const std::string& token) {
+  if (stream_ == nullptr || !open_) return;  // gone: the offer expires unused
+  link::Control control;
+  control.mutable_tunnel_data()->set_stream_id(stream_->id());
+  control.mutable_tunnel_data()->set_token(token);
+  stream_->link().SendControl(control);
 }
 
 void BridgeSide::RefuseOpener(std::string_view counter, const std::string& reason,
@@ -411,6 +413,7 @@ void OpenFarEnd(RelayWorker& worker, const std::shared_ptr<TunnelBridge>& bridge
     *request.open.mutable_service() = route.service;
   }
   bridge->far_agent() = carrier->agent();
+  bridge->far_takes_data() = !request.upstream && carrier->takes_tunnel_data();
   Stream* stream = carrier->OpenTunnelStream(request.open, bridge->far_end());
   if (stream == nullptr) {
     refuse("no_route", StrCat("the link serving ", bridge->what(), " cannot take a stream now"),
@@ -543,7 +546,10 @@ void RouteTunnel(RelayWorker& worker, Stream& stream, const link::Open& open,
   }
 
   // 3. Open the far end, on its worker; the opener's stream waits for its answer (4, 5).
-  auto bridge = std::make_shared<TunnelBridge>(worker.relay(), asked, origin.agent);
+  // A downstream relay's Open carries the hops before us; an agent's carries none.
+  bool opener_takes_data = origin.takes_tunnel_data && hops.empty();
+  auto bridge =
+      std::make_shared<TunnelBridge>(worker.relay(), asked, origin.agent, opener_takes_data);
   bridge->opener().Attach(stream, worker.index(), bridge);
   stream.Defer(bridge->opener());
   if (far_worker == worker.index()) {

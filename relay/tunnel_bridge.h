@@ -33,11 +33,15 @@ struct TunnelOrigin {
   const CredentialConfig* credential = nullptr;
   std::string peer_address;  // the opener link's peer "ip:port", for Open.client_address
   std::string agent;         // the opener's agent id, for logs
+  // The opener's agent takes tunnel data path offers (docs/protocol.md "Tunnel data path").
+  bool takes_tunnel_data = false;
 };
 
 // On `worker`'s loop, from a LinkHandler::OnStreamOpen: refuses `stream`, or routes it and
 // bridges it to a stream opened to the far end. `stream` must not be accepted or refused by the
-// caller; the bridge takes care of it (it is answered once the far end answered).
+// caller; the bridge takes care of it (it is answered once the far end answered). Once bridged,
+// a tunnel between two agents linked here directly that both take data path offers (and
+// tunnel_data_path on) is offered one: each end gets Control TunnelData on its link.
 void RouteTunnel(RelayWorker& worker, Stream& stream, const link::Open& open,
                  const TunnelOrigin& origin);
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "common/auth.h"
+#include "common/data_path.h"
 #include "common/link_test_support.h"
 #include "common/loop_tasks.h"
 #include "common/metrics.h"
@@ -25,12 +26,14 @@
 #include "common/tls.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "relay/data_path_test_support.h"
 #include "relay/relay.h"
 #include "relay/relay_config.h"
 
 namespace rdv {
 namespace {
 
+using data_path_test::DataPathClient;
 using link_test::Message;
 using link_test::PatternBytes;
 using link_test::SameBytes;
@@ -54,6 +57,10 @@ uint64_t BridgedTotal() {
 uint64_t Abandoned() {
   return CounterOf("rdv_tunnels_abandoned_total",
                    "Tunnel streams whose opener went away before the far end answered")
+      .value();
+}
+uint64_t DataPathOffers() {
+  return CounterOf("rdv_tunnel_data_offers_total", "Tunnel data paths offered to pairs of agents")
       .value();
 }
 int64_t ActiveTunnels() {
@@ -150,12 +157,17 @@ class FakeAgent : public TlsSession::Handler, public LinkTransport, public LinkH
   bool consume = true;  // accepted streams return credit at once
   std::function<void(TestStream&)> on_accept;  // e.g. send the reply
 
+  std::vector<std::string> features;  // Hello.features, set before Dial
+
   bool ready = false;
   bool failed = false;
   bool closed = false;
   std::string local_address;
   std::vector<link::Registered> registered;
   std::vector<link::TunnelNotice> notices;
+  std::vector<link::TunnelData> tunnel_data;
+  // For each TunnelData: whether the stream it names was answered (accepted) when it came.
+  std::vector<bool> tunnel_data_after_answer;
   std::vector<link::Open> opens;                      // streams the relay opened to us
   std::vector<std::unique_ptr<TestStream>> accepted;  // ... and accepted, in order
   std::vector<uint32_t> held;                         // ... and left undecided
@@ -168,6 +180,7 @@ class FakeAgent : public TlsSession::Handler, public LinkTransport, public LinkH
     hello->set_agent_id(agent_id_);
     hello->set_credential(credential_);
     hello->set_initial_stream_window(link_.options().stream_window);
+    for (const std::string& feature : features) hello->add_features(feature);
     link_.SendControl(control);
   }
   void OnTlsData(std::string_view plaintext) override { link_.OnBytes(plaintext); }
@@ -210,6 +223,15 @@ class FakeAgent : public TlsSession::Handler, public LinkTransport, public LinkH
       case link::Control::kTunnelNotice:
         notices.push_back(control.tunnel_notice());
         return;
+      case link::Control::kTunnelData: {
+        uint32_t id = control.tunnel_data().stream_id();
+        bool answered = false;
+        for (const auto& stream : opened_) answered |= stream->id == id && stream->accepted;
+        for (const auto& stream : accepted) answered |= stream->id == id;
+        tunnel_data.push_back(control.tunnel_data());
+        tunnel_data_after_answer.push_back(answered);
+        return;
+      }
       default:
         return;
     }
@@ -272,7 +294,7 @@ class TunnelBridgeTest : public ::testing::Test {
     dir_ = dir_template;
     tap_path_ = dir_ + "/tap.bin";
     std::string yaml = "relay_id: " + std::string(kRelayId) + "\nstate_dir: " + dir_ +
-                       "\nworkers: 2\n"
+                       "\nworkers: 2\n" + extra_config_ +
                        "agent_listener: {listen: ['127.0.0.1:0']}\n"
                        "admin: {listen: []}\n"
                        "tunnel_tap_file: " +
@@ -316,18 +338,9 @@ class TunnelBridgeTest : public ::testing::Test {
     std::filesystem::remove_all(dir_, ignored);
   }
 
-  // Runs the test's loop (worker 0) until `done`, for at most 10 s. A short repeating timer
-  // wakes the loop so that conditions changed by worker 1's thread are seen.
+  // Runs the test's loop (worker 0) until `done`, for at most 10 s.
   bool RunUntil(const std::function<bool()>& done) {
-    auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    uv_timer_t tick;
-    uv_timer_init(&loop_, &tick);
-    uv_timer_start(
-        &tick, [](uv_timer_t*) {}, 2, 2);
-    while (!done() && std::chrono::steady_clock::now() < deadline) uv_run(&loop_, UV_RUN_ONCE);
-    uv_close(reinterpret_cast<uv_handle_t*>(&tick), nullptr);
-    uv_run(&loop_, UV_RUN_NOWAIT);  // the close completes before `tick` goes out of scope
-    return done();
+    return data_path_test::RunLoopUntil(&loop_, done);
   }
   // Runs the loop for `ms` to let anything that would happen happen (for asserting an absence).
   void RunFor(int ms) {
@@ -336,12 +349,14 @@ class TunnelBridgeTest : public ::testing::Test {
   }
 
   FakeAgent& Connect(const std::string& agent_id, const std::string& credential,
-                     std::vector<link::ServiceSpec> services = {}) {
+                     std::vector<link::ServiceSpec> services = {},
+                     std::vector<std::string> features = {}) {
     size_t expected = services.size();
     std::string secret = "secret-of-" + credential;
     agents_.push_back(
         std::make_unique<FakeAgent>(agent_id, credential, secret, std::move(services)));
     FakeAgent& agent = *agents_.back();
+    agent.features = std::move(features);
     agent.Dial(&loop_, *tasks_, client_ctx_.get(), relay_->listening_port("agent"),
                relay_->fingerprint());
     EXPECT_TRUE(RunUntil([&] {
@@ -371,10 +386,11 @@ class TunnelBridgeTest : public ::testing::Test {
 
   // Connects the serving agent of private service db until its link lands on the same worker
   // as `connector`'s (which holds pair `connector_pair_id`), or on the other one.
-  FakeAgent* PlaceServer(const std::string& connector_pair_id, bool cross_worker) {
+  FakeAgent* PlaceServer(const std::string& connector_pair_id, bool cross_worker,
+                         std::vector<std::string> features = {}) {
     int connector_worker = WorkerOf(link::PAIR, connector_pair_id);
     for (int attempt = 0; attempt < 40; ++attempt) {
-      FakeAgent& server = Connect("agent-b", "site-b", {Spec(link::PRIVATE, "db")});
+      FakeAgent& server = Connect("agent-b", "site-b", {Spec(link::PRIVATE, "db")}, features);
       if (server.registered.empty() || !server.registered[0].ok()) return nullptr;
       if ((WorkerOf(link::PRIVATE, "db") != connector_worker) == cross_worker) return &server;
       Drop(server);
@@ -386,12 +402,21 @@ class TunnelBridgeTest : public ::testing::Test {
     return nullptr;
   }
 
+  // Bytes both ways on a bridged tunnel. Once they arrived, so did any TunnelData for it: the
+  // relay sends each end its TunnelData before it delivers any later tunnel byte to it.
+  void PingPong(TunnelStream& up, TestStream& down) {
+    up.Send("ping", /*end=*/false);
+    down.Send("pong", /*end=*/false);
+    ASSERT_TRUE(RunUntil([&] { return down.received == "ping" && up.received == "pong"; }));
+  }
+
   uintmax_t TapSize() {
     std::error_code error;
     uintmax_t size = std::filesystem::file_size(tap_path_, error);
     return error ? 0 : size;
   }
 
+  std::string extra_config_;  // more top-level YAML for the relay, set before SetUp
   uv_loop_t loop_;
   std::string dir_;
   std::string tap_path_;
@@ -566,6 +591,81 @@ TEST_P(TunnelBridgeWorkersTest, OpenerLeavingBeforeTheAnswerCancelsTheFarEnd) {
   ASSERT_TRUE(RunUntil([&] { return down->closed.has_value(); }));
   EXPECT_EQ(Message(*down->closed), "reset: the tunnel's opener went away");
   EXPECT_EQ(ActiveTunnels(), active);  // never bridged
+}
+
+// docs/protocol.md "Tunnel data path": both ends take offers, so each gets a token for its own
+// stream (the opener's after its OpenResult), and the two tokens open one spliced data path.
+TEST_P(TunnelBridgeWorkersTest, DataPathOfferedWhenBothEndsTakeIt) {
+  bool cross_worker = GetParam();
+  const std::vector<std::string> takes_data = {std::string(kFeatureTunnelData)};
+  FakeAgent& a =
+      Connect("agent-a", "site-a", {Spec(link::PAIR, "site-a-marker", kPairIdB)}, takes_data);
+  FakeAgent* server = PlaceServer(kPairIdB, cross_worker, takes_data);
+  ASSERT_NE(server, nullptr);
+  FakeAgent& b = *server;
+  uint64_t offers = DataPathOffers();
+
+  TunnelStream* up = a.OpenTunnel(Spec(link::PRIVATE, "db"));
+  ASSERT_NE(up, nullptr);
+  ASSERT_TRUE(RunUntil([&] { return a.tunnel_data.size() == 1 && b.tunnel_data.size() == 1; }));
+  ASSERT_EQ(b.accepted.size(), 1u);
+  EXPECT_EQ(a.tunnel_data[0].stream_id(), up->id);
+  EXPECT_TRUE(a.tunnel_data_after_answer[0]);  // after the OpenResult that accepted it
+  EXPECT_EQ(b.tunnel_data[0].stream_id(), b.accepted[0]->id);
+  EXPECT_TRUE(b.tunnel_data_after_answer[0]);
+  const std::string& a_token = a.tunnel_data[0].token();
+  const std::string& b_token = b.tunnel_data[0].token();
+  EXPECT_EQ(a_token.size(), kDataPathTokenSize);
+  EXPECT_EQ(b_token.size(), kDataPathTokenSize);
+  EXPECT_NE(a_token, b_token);
+  EXPECT_EQ(DataPathOffers(), offers + 1);
+
+  DataPathClient a_data;
+  DataPathClient b_data;
+  a_data.Send(DataPathRequest(a_token));
+  b_data.Send(DataPathRequest(b_token));
+  a_data.Dial(&loop_, relay_->listening_port("agent"));
+  b_data.Dial(&loop_, relay_->listening_port("agent"));
+  ASSERT_TRUE(RunUntil([&] { return a_data.received == "OK\r\n" && b_data.received == "OK\r\n"; }));
+  a_data.Send("ciphertext from a");
+  ASSERT_TRUE(RunUntil([&] { return b_data.received == "OK\r\nciphertext from a"; }));
+  a_data.Close();
+  b_data.Close();
+  // The tunnel stream is untouched by the offer.
+  up->Send("on the stream", /*end=*/false);
+  ASSERT_TRUE(RunUntil([&] { return b.accepted[0]->received == "on the stream"; }));
+}
+
+TEST_F(TunnelBridgeTest, NoDataPathOfferUnlessBothEndsTakeIt) {
+  FakeAgent& a = Connect("agent-a", "site-a", {}, {std::string(kFeatureTunnelData)});
+  FakeAgent& b = Connect("agent-b", "site-b", {Spec(link::PRIVATE, "db")});
+  uint64_t offers = DataPathOffers();
+  TunnelStream* up = a.OpenTunnel(Spec(link::PRIVATE, "db"));
+  ASSERT_NE(up, nullptr);
+  ASSERT_TRUE(RunUntil([&] { return up->accepted && b.accepted.size() == 1; }));
+  PingPong(*up, *b.accepted[0]);
+  EXPECT_TRUE(a.tunnel_data.empty());
+  EXPECT_TRUE(b.tunnel_data.empty());
+  EXPECT_EQ(DataPathOffers(), offers);
+}
+
+class TunnelBridgeWithoutDataPathTest : public TunnelBridgeTest {
+ protected:
+  TunnelBridgeWithoutDataPathTest() { extra_config_ = "tunnel_data_path: false\n"; }
+};
+
+TEST_F(TunnelBridgeWithoutDataPathTest, NoDataPathOfferWhenTurnedOff) {
+  const std::vector<std::string> takes_data = {std::string(kFeatureTunnelData)};
+  FakeAgent& a = Connect("agent-a", "site-a", {}, takes_data);
+  FakeAgent& b = Connect("agent-b", "site-b", {Spec(link::PRIVATE, "db")}, takes_data);
+  uint64_t offers = DataPathOffers();
+  TunnelStream* up = a.OpenTunnel(Spec(link::PRIVATE, "db"));
+  ASSERT_NE(up, nullptr);
+  ASSERT_TRUE(RunUntil([&] { return up->accepted && b.accepted.size() == 1; }));
+  PingPong(*up, *b.accepted[0]);
+  EXPECT_TRUE(a.tunnel_data.empty());
+  EXPECT_TRUE(b.tunnel_data.empty());
+  EXPECT_EQ(DataPathOffers(), offers);
 }
 
 INSTANTIATE_TEST_SUITE_P(SameAndCrossWorker, TunnelBridgeWorkersTest, ::testing::Bool(),

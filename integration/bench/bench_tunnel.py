@@ -6,9 +6,13 @@ client in "site A" reaches them through:
 
   direct      the client connects straight to the target (the floor)
   rendezvous  client -> rdv-agent A (`connect:` plain port of pair bench-*) -> rdv-relay ->
-              rdv-agent B (serves the pairs, connects to the target). The relay link is TLS and
-              the tunnel inside it end-to-end TLS 1.3 (PSK, TLS_AES_128_GCM_SHA256): the relay
-              forwards ciphertext only.
+              rdv-agent B (serves the pairs, connects to the target). The tunnel is end-to-end
+              TLS 1.3 (PSK, TLS_AES_128_GCM_SHA256) on the relay's data path: one plain TCP
+              connection from each agent, spliced by the relay, which forwards ciphertext only
+              (docs/protocol.md "Tunnel data path").
+  rendezvous_link  the same with `tunnel_data_path: false`: the tunnel's TLS inside the TLS
+              links, decrypted and encrypted again by the relay (for reference; measured
+              whenever rendezvous is).
   ssh         client -> `ssh -N -L` (site A) -> middle sshd -> the port that `ssh -N -R` (site B)
               exposes on the middle sshd -> ssh -R client -> the target. Both ssh clients use
               the cipher in RDV_BENCH_SSH_CIPHER (default aes128-gcm@openssh.com, the AEAD the
@@ -107,7 +111,7 @@ def p90(values):
 # The systems: each returns {"iperf": port, "echo": port} on 127.0.0.1
 
 
-def start_rendezvous(b, m, iperf, echo):
+def start_rendezvous(b, m, iperf, echo, data_path=True):
     rid = b.next_id("relay-tunnel")
     cfg = os.path.join(b.tmp, f"{rid}.yaml")
     with open(cfg, "w") as f:
@@ -115,6 +119,7 @@ def start_rendezvous(b, m, iperf, echo):
 state_dir: {b.tmp}/{rid}-state
 workers: {b.args.threads}
 log_level: info
+tunnel_data_path: {"true" if data_path else "false"}
 agent_listener:
   listen: ["127.0.0.1:0"]
 admin:
@@ -175,6 +180,8 @@ log_level: info
         for agent in (agent_a, agent_b):
             agent.wait_line(rf"tunnel pair {re.escape(name)} up: ",
                             fail=rf"tunnel pair {re.escape(name)}: relay refused")
+            if data_path:  # measure on the data path, not during the switch to it
+                agent.wait_line(rf"tunnel pair {re.escape(name)}: data path up via ")
     return {"iperf": ports["bench-iperf"], "echo": ports["bench-echo"],
             "pids": [p.pid, agent_a.pid, agent_b.pid]}
 
@@ -211,6 +218,8 @@ def start_ssh(b, m, iperf, echo):
 def phase(b, m):
     """Runs the phase on Bench `b`; `m` is bench.py's module (helpers and constants)."""
     systems = [s for s in b.args.systems if s in ("direct", "rendezvous", "ssh")]
+    if "rendezvous" in systems:
+        systems.insert(systems.index("rendezvous") + 1, "rendezvous_link")
     if not systems:
         m.log("tunnel: skipped (none of direct, rendezvous, ssh among --systems)")
         return
@@ -225,6 +234,8 @@ def phase(b, m):
                 entries[system] = {"iperf": iperf, "echo": echo}
             elif system == "rendezvous":
                 entries[system] = start_rendezvous(b, m, iperf, echo)
+            elif system == "rendezvous_link":
+                entries[system] = start_rendezvous(b, m, iperf, echo, data_path=False)
             else:
                 entries[system] = start_ssh(b, m, iperf, echo)
         except (m.BenchError, OSError) as e:
