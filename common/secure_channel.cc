@@ -1,8 +1,10 @@
 // SecureChannel: OpenSSL over a BIO of our own that reads `cipher_in_` and appends to
 // `cipher_out_` (no memory-BIO copies or allocations per record).
 //
-// 1. OnCiphertext appends the pipe's bytes to `cipher_in_`, Send appends plaintext to
-//    `plain_out_`, Close asks for close_notify; each then calls Pump()
+// 1. OnCiphertext hands the pipe's bytes to OpenSSL in place (`cipher_in_` keeps only what it
+//    left, or what arrives while Pump runs), Send appends plaintext to `plain_out_`, Close asks
+//    for close_notify; each then calls Pump(). Queue encrypts whole records of a large piece
+//    straight from the caller's bytes and keeps them for the next Flush.
 // 2. Pump drives the handshake, decrypts what `cipher_in_` holds (OnPlaintext, in chunks of
 //    many records), encrypts all pending plaintext in 16 KiB records, and hands the records to
 //    SendCiphertext in one piece
@@ -25,6 +27,7 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <utility>
 
 #include "absl/strings/escaping.h"
 #include "common/str_cat.h"
@@ -116,6 +119,17 @@ class SecureChannelImpl : public SecureChannel {
 
   void OnCiphertext(std::string_view bytes) override {
     if (closed_ || bytes.empty()) return;
+    if (started_ && !pumping_ && cipher_in_offset_ == cipher_in_.size()) {
+      // Nothing held back: OpenSSL reads the caller's bytes where they are, and only what it
+      // leaves (the start of a record cut by the pipe) is copied.
+      cipher_in_.clear();
+      cipher_in_offset_ = 0;
+      borrowed_in_ = bytes;
+      new_input_ = true;
+      Pump();
+      KeepBorrowedRest();
+      return;
+    }
     // Never refused: the buffer grows. No OpenSSL call is running while a callback runs, so
     // appending here is safe even from inside one.
     if (cipher_in_offset_ == cipher_in_.size()) {
@@ -136,14 +150,37 @@ class SecureChannelImpl : public SecureChannel {
 
   void Queue(std::string_view plaintext) override {
     if (closed_ || close_requested_) return;
+    if (secured_ && !pumping_ && !flushing_ &&
+        plain_out_.size() + plaintext.size() >= 2 * kMaxRecordPlaintext) {
+      // Enough for whole records: top what waits up to one, then encrypt whole records from
+      // the caller's bytes; only the tail is copied. The records wait for Flush like the
+      // plaintext would have, so that they still leave in one SendCiphertext.
+      size_t top_up =
+          std::min(plaintext.size(), kMaxRecordPlaintext - plain_out_.size() % kMaxRecordPlaintext);
+      plain_out_.append(plaintext.substr(0, top_up));
+      plaintext.remove_prefix(top_up);
+      if (!EncryptPlaintext(plain_out_)) return;
+      plain_out_.clear();
+      size_t whole = plaintext.size() - plaintext.size() % kMaxRecordPlaintext;
+      if (!EncryptPlaintext(plaintext.substr(0, whole))) return;
+      plaintext.remove_prefix(whole);
+    }
     plain_out_.append(plaintext);
   }
 
   void Flush() override {
-    if (!closed_ && !plain_out_.empty()) Pump();
+    if (closed_) return;
+    if (secured_ && !pumping_ && !flushing_) {
+      // The rest becomes records behind those Queue encrypted, and all leave in one piece.
+      if (!EncryptPlaintext(plain_out_)) return;
+      plain_out_.clear();
+      FlushCiphertext();
+    } else if (!plain_out_.empty()) {
+      Pump();  // or, from inside a callback, the running Pump takes it
+    }
   }
 
-  size_t queued() const override { return plain_out_.size(); }
+  size_t queued() const override { return plain_out_.size() + cipher_out_.size(); }
 
   void Close() override {
     if (closed_ || close_requested_) return;
@@ -172,6 +209,11 @@ class SecureChannelImpl : public SecureChannel {
   void DriveHandshake();
   void ReadRecords();
   void WriteRecords();
+  // SSL_write of `plaintext` in records into `cipher_out_`; false (the channel failed) on error.
+  bool EncryptPlaintext(std::string_view plaintext);
+  // After a Pump over borrowed bytes: keeps what OpenSSL left of them, ahead of anything that
+  // arrived meanwhile.
+  void KeepBorrowedRest();
   void FlushCiphertext();
   void Fail(absl::Status status);
   absl::Status HandshakeError(int ssl_error);
@@ -183,8 +225,9 @@ class SecureChannelImpl : public SecureChannel {
   SSL_SESSION* psk_session_ = nullptr;
   std::string cipher_in_;  // ciphertext from the pipe; OpenSSL reads it from the offset
   size_t cipher_in_offset_ = 0;
-  std::string cipher_out_;       // records OpenSSL wrote, waiting for FlushCiphertext
-  std::string cipher_flushing_;  // the records being handed to SendCiphertext
+  std::string_view borrowed_in_;  // the caller's ciphertext during OnCiphertext, read first
+  std::string cipher_out_;        // records OpenSSL wrote, waiting for FlushCiphertext
+  std::string cipher_flushing_;   // the records being handed to SendCiphertext
   bool flushing_ = false;
   std::unique_ptr<char[]> plain_in_;  // kPlaintextChunk bytes, once secured
   std::string plain_out_;             // plaintext waiting for the handshake or for Pump
@@ -373,6 +416,12 @@ int SecureChannelImpl::BioWrite(BIO* bio, const char* data, int length) {
 int SecureChannelImpl::BioRead(BIO* bio, char* out, int length) {
   auto* self = static_cast<SecureChannelImpl*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);
+  if (!self->borrowed_in_.empty()) {
+    size_t n = std::min(self->borrowed_in_.size(), static_cast<size_t>(length));
+    std::memcpy(out, self->borrowed_in_.data(), n);
+    self->borrowed_in_.remove_prefix(n);
+    return static_cast<int>(n);
+  }
   size_t available = self->cipher_in_.size() - self->cipher_in_offset_;
   if (available == 0) {
     BIO_set_retry_read(bio);  // nothing yet means "wait for more", not end of file
@@ -524,24 +573,32 @@ void SecureChannelImpl::ReadRecords() {
 
 void SecureChannelImpl::WriteRecords() {
   // All pending plaintext becomes records first, then goes out in one SendCiphertext.
-  size_t done = 0;
-  while (!closed_ && done < plain_out_.size()) {
-    size_t n = std::min(plain_out_.size() - done, kMaxRecordPlaintext);
-    int written = SSL_write(ssl_, plain_out_.data() + done, static_cast<int>(n));
+  if (!EncryptPlaintext(plain_out_)) return;
+  plain_out_.clear();
+  FlushCiphertext();
+}
+
+bool SecureChannelImpl::EncryptPlaintext(std::string_view plaintext) {
+  while (!closed_ && !plaintext.empty()) {
+    size_t n = std::min(plaintext.size(), kMaxRecordPlaintext);
+    int written = SSL_write(ssl_, plaintext.data(), static_cast<int>(n));
     if (written <= 0) {
       int ssl_error = SSL_get_error(ssl_, written);
       Fail(absl::InternalError(StrCat("TLS write failed (", ssl_error, "): ", OpenSslErrors())));
-      return;
+      return false;
     }
-    done += static_cast<size_t>(written);
+    plaintext.remove_prefix(static_cast<size_t>(written));
   }
-  if (closed_) return;
-  if (done == plain_out_.size()) {
-    plain_out_.clear();
-  } else {
-    plain_out_.erase(0, done);
-  }
-  FlushCiphertext();
+  return !closed_;
+}
+
+void SecureChannelImpl::KeepBorrowedRest() {
+  std::string_view rest = std::exchange(borrowed_in_, std::string_view());
+  if (closed_ || rest.empty()) return;
+  std::string arrived = cipher_in_.substr(cipher_in_offset_);
+  cipher_in_.assign(rest.data(), rest.size());
+  cipher_in_.append(arrived);
+  cipher_in_offset_ = 0;
 }
 
 void SecureChannelImpl::FlushCiphertext() {

@@ -306,6 +306,39 @@ TEST_F(SecureChannelTest, QueuedPiecesLeaveTogetherOnFlush) {
   EXPECT_EQ(server_.received, "frame header|frame payload");
 }
 
+TEST_F(SecureChannelTest, LargeQueuedPiecesStillWaitForFlushAndKeepTheirOrder) {
+  ASSERT_NO_FATAL_FAILURE(Connect(Psk(true), Psk(false), /*direct=*/false));
+  ExpectBothSecured();
+  client_.outbox.clear();
+  // Small and large pieces mixed, as a link queues frame headers and payloads: large ones are
+  // encrypted at once from the caller's bytes, yet nothing leaves before Flush.
+  std::string expected;
+  for (int i = 0; i < 20; ++i) {
+    std::string header = "hdr" + std::to_string(i) + "|";
+    std::string payload = Pattern(static_cast<size_t>(1000 + i * 9973), i);
+    client_.channel->Queue(header);
+    client_.channel->Queue(payload);
+    expected += header + payload;
+  }
+  EXPECT_EQ(client_.channel->queued() >= expected.size(), true)
+      << "queued() counts encrypted records not yet handed on";
+  EXPECT_TRUE(client_.outbox.empty()) << "queued pieces must wait for Flush";
+  client_.channel->Flush();
+  EXPECT_EQ(client_.channel->queued(), 0u);
+  ASSERT_EQ(client_.outbox.size(), 1u) << "one piece of ciphertext for the flush";
+  EXPECT_LE(client_.largest_record, 16 * 1024 + 256u);
+
+  // The ciphertext arrives cut at odd places: OpenSSL reads each piece in place and the
+  // channel keeps only the cut record's start.
+  std::string ciphertext = std::move(client_.outbox.front());
+  client_.outbox.clear();
+  for (size_t at = 0, step = 1; at < ciphertext.size(); at += step, step = step * 7 % 40009 + 1) {
+    server_.channel->OnCiphertext(std::string_view(ciphertext).substr(at, step));
+  }
+  EXPECT_TRUE(server_.received == expected);
+  EXPECT_FALSE(server_.closed.has_value());
+}
+
 TEST_F(SecureChannelTest, DirectWiringIsReentrancySafe) {
   // Each SendCiphertext calls the peer's OnCiphertext, which answers through its own
   // SendCiphertext into the first channel while that one is still inside its own call; the
