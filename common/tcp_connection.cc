@@ -71,10 +71,15 @@ TcpConnection::~TcpConnection() {
   if (handle_ != nullptr) Close();
 }
 
-absl::Status TcpConnection::InitPeer() {
-  int len = sizeof(peer_storage_);
-  int rc = uv_tcp_getpeername(handle_, reinterpret_cast<sockaddr*>(&peer_storage_), &len);
-  if (rc != 0) return absl::UnavailableError(StrCat("getpeername: ", UvError(rc)));
+absl::Status TcpConnection::InitPeer(const sockaddr* known) {
+  if (known != nullptr) {
+    std::memcpy(&peer_storage_, known,
+                known->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
+  } else {
+    int len = sizeof(peer_storage_);
+    int rc = uv_tcp_getpeername(handle_, reinterpret_cast<sockaddr*>(&peer_storage_), &len);
+    if (rc != 0) return absl::UnavailableError(StrCat("getpeername: ", UvError(rc)));
+  }
   peer_ = FormatSockaddr(reinterpret_cast<sockaddr*>(&peer_storage_));
   uv_tcp_nodelay(handle_, 1);
   return absl::OkStatus();
@@ -112,6 +117,7 @@ absl::StatusOr<std::unique_ptr<TcpConnection>> TcpConnection::Adopt(uv_loop_t* l
 namespace {
 struct ConnectRequest {
   uv_connect_t req;
+  sockaddr_storage address{};  // connected to: the peer, without asking the kernel
   std::unique_ptr<TcpConnection> conn;
   TcpConnection::ConnectCallback done;
 };
@@ -121,6 +127,8 @@ void TcpConnection::Connect(uv_loop_t* loop, const sockaddr* address, ConnectCal
   auto* request = new ConnectRequest;
   request->conn.reset(new TcpConnection(loop));
   request->done = std::move(done);
+  std::memcpy(&request->address, address,
+              address->sa_family == AF_INET6 ? sizeof(sockaddr_in6) : sizeof(sockaddr_in));
   int rc = uv_tcp_connect(
       &request->req, request->conn->handle_, address, [](uv_connect_t* req, int status) {
         std::unique_ptr<ConnectRequest> request(reinterpret_cast<ConnectRequest*>(req));
@@ -129,7 +137,7 @@ void TcpConnection::Connect(uv_loop_t* loop, const sockaddr* address, ConnectCal
         if (status != 0) {
           result = absl::UnavailableError(UvError(status));
         } else {
-          result = request->conn->InitPeer();
+          result = request->conn->InitPeer(reinterpret_cast<sockaddr*>(&request->address));
         }
         if (!result.ok()) {
           request->conn->Close();

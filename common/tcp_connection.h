@@ -99,7 +99,9 @@ class TcpConnection {
 
  private:
   explicit TcpConnection(uv_loop_t* loop);
-  absl::Status InitPeer();
+  // Records the peer address (asked of the kernel unless `known`, the address connected to)
+  // and turns Nagle off.
+  absl::Status InitPeer(const sockaddr* known = nullptr);
   void StartWrite();
   static void OnAlloc(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
   static void OnReadCb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);

@@ -3,31 +3,41 @@
 // tokens.
 //
 // 1. answer  `OK\r\n` on both connections, then the bytes either end sent early to the other.
-// 2. copy    bytes read on one connection are written unchanged to the other (and to the
-//            tunnel_tap_file when one is set). A side stops reading while more than
-//            kDataPathHighWatermark bytes wait for the other connection, and reads again once
-//            that one drained (TcpConnection::OnDrained).
-// 3. end     EOF on one connection half-closes the other (Shutdown after what is queued); once
-//            both ended and everything is written, both close. A read or write error on either
-//            closes both at once.
+// 2. copy    bytes read on one connection are written unchanged to the other. Each direction
+//            holds a bounded amount for a slow destination and stops reading its source until
+//            that drained (backpressure, counted by pauses()).
+// 3. end     EOF on one connection half-closes the other once what that direction holds is
+//            written; once both ended, both close. A read or write error on either closes both
+//            at once.
 //
-// Lives on one worker loop; both connections must be on it.
+// How the bytes move (data_path_splice.cc):
+//  - kernel splice, when there is no tunnel_tap_file: the sockets are detached from their
+//    TcpConnections and bytes go socket -> pipe -> socket with splice(2), never through user
+//    space. A direction holds at most one pipe (grown to kSplicePipeSize when the kernel allows).
+//  - user-space copy, when a tap is set (the tap must see every byte) or pipes are unavailable:
+//    TcpConnection reads and writes; a direction holds at most about kDataPathHighWatermark.
+//
+// Lives on one worker loop; both connections must be on it. The process must ignore SIGPIPE
+// (common/process_main.cc does): splice(2) into a socket the peer closed raises it.
 #ifndef RDV_RELAY_DATA_PATH_SPLICE_H_
 #define RDV_RELAY_DATA_PATH_SPLICE_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
-#include <string_view>
 
 #include "absl/status/status.h"
 #include "common/tcp_connection.h"
 
 namespace rdv {
 
-// A side stops reading while the other connection holds more than this many bytes unwritten.
+// User-space copy: a side stops reading while the other connection holds more than this many
+// bytes unwritten.
 inline constexpr size_t kDataPathHighWatermark = 1 << 20;
+// Kernel splice: the size each direction's pipe is grown to (fs.pipe-max-size permitting).
+inline constexpr size_t kSplicePipeSize = 1 << 20;
 
 class DataPathSplice {
  public:
@@ -42,7 +52,8 @@ class DataPathSplice {
   // destroys the splice later (STYLE 5), never from within `done`.
   using Done = std::function<void(const absl::Status& status)>;
 
-  // `label` names the splice in logs; `tap_file` is the relay's tunnel_tap_file ("" = none).
+  // `label` names the splice in logs; `tap_file` is the relay's tunnel_tap_file ("" = none,
+  // which lets the bytes move by kernel splice).
   DataPathSplice(End first, End second, std::string label, std::string tap_file, Done done);
   ~DataPathSplice();
   DataPathSplice(const DataPathSplice&) = delete;
@@ -53,42 +64,28 @@ class DataPathSplice {
   // Closes both connections now (relay shutdown); `done` does not run.
   void Close();
 
+  // Bytes taken from either connection for the other (early bytes included).
   uint64_t bytes_forwarded() const { return bytes_forwarded_; }
-  // How often a side stopped reading for its partner to drain.
+  // How often reading a side was paused for its partner to drain.
   uint64_t pauses() const { return pauses_; }
+  // Whether the bytes move by kernel splice rather than through user space.
+  bool zero_copy() const { return zero_copy_; }
 
  private:
-  class Side : public TcpConnection::Handler {
-   public:
-    Side(DataPathSplice& splice, End end) : splice_(splice), end_(std::move(end)) {}
-    void OnRead(std::string_view data) override { splice_.Forward(*this, data); }
-    void OnEof() override { splice_.EndOf(*this); }
-    void OnError(const absl::Status& status) override { splice_.Fail(*this, status); }
-    void OnDrained() override { splice_.Drained(*this); }
+  // How the bytes move: one of the two strategies above, chosen at construction.
+  class Copier;
+  class KernelSplice;
+  class UserSpaceCopy;
 
-    TcpConnection& connection() { return *end_.connection; }
-    std::string& early() { return end_.early; }
-    bool read_ended = false;          // EOF read: the other connection was shut down
-    bool paused_for_partner = false;  // reading stopped while the other side drains
-
-   private:
-    DataPathSplice& splice_;
-    End end_;
-  };
-
-  Side& other(Side& side) { return &side == &first_ ? second_ : first_; }
-  void Forward(Side& from, std::string_view data);
-  void EndOf(Side& from);
-  void Drained(Side& writer);
-  void Fail(Side& side, const absl::Status& status);
-  void FinishIfDone();
+  void Forwarded(size_t bytes);
+  void Paused() { ++pauses_; }
+  void Fail(const std::string& peer, const absl::Status& status);
   void Finish(const absl::Status& status);
 
-  Side first_;
-  Side second_;
   const std::string label_;
-  const std::string tap_file_;
   Done done_;
+  std::unique_ptr<Copier> copier_;
+  bool zero_copy_ = false;
   bool started_ = false;
   bool finished_ = false;
   uint64_t bytes_forwarded_ = 0;
