@@ -230,7 +230,9 @@ TEST_F(TunnelDataPathTest, PairsAcrossWorkers) {
     pairs.emplace_back(&Present(tokens.opener), &Present(tokens.far_end));
   }
   for (int i = 0; i < kPairs; ++i) {
-    auto [a, b] = pairs[static_cast<size_t>(i)];
+    // Plain pointers, not a structured binding: the lambda below captures them.
+    DataPathClient* a = pairs[static_cast<size_t>(i)].first;
+    DataPathClient* b = pairs[static_cast<size_t>(i)].second;
     ASSERT_TRUE(Spliced(*a, *b)) << "pair " << i;
     std::string message = "pair " + std::to_string(i);
     a->Send(message);
