@@ -426,7 +426,9 @@ class TunnelEndToEndTest : public ::testing::Test {
       if (from_a == nullptr) continue;
       link::Open open = from_a->open();
       open.mutable_tunnel()->add_hops("relay-t");
-      if (tamper_nonce_) (*open.mutable_tunnel()->mutable_nonce())[0] ^= 1;
+      // The last byte: flipping the first could change which end B elects TLS client (when
+      // both nonces share their first 7 bits) and fail the handshake before the Hello check.
+      if (tamper_nonce_) (*open.mutable_tunnel()->mutable_nonce())[kTunnelNonceSize - 1] ^= 1;
       auto to_b = std::make_unique<Bridge>();
       auto back = std::make_unique<Bridge>();
       Bridge* to_b_raw = to_b.get();
