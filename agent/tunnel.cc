@@ -564,6 +564,12 @@ void Tunnel::DataPathConnected(absl::StatusOr<std::unique_ptr<TcpConnection>> co
     return;
   }
   data_ = *std::move(connection);
+  if (absl::Status keepalive = data_->SetKeepAlive(
+          kDataPathKeepAliveIdle, kDataPathKeepAliveInterval, kDataPathKeepAliveCount);
+      !keepalive.ok()) {
+    spdlog::warn("tunnel {} {}: data path via {}: {}", kind_name(), name(), data_relay_,
+                 keepalive.message());
+  }
   data_->Start(*this);
   data_->Write(DataPathRequest(data_token_));
   data_token_.clear();

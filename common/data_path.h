@@ -31,6 +31,12 @@ inline constexpr std::string_view kDataPathOk = "OK\r\n";
 inline constexpr absl::Duration kDataPathPairTimeout = absl::Seconds(10);
 // The relay waits this long for a data path's request line.
 inline constexpr absl::Duration kDataPathRequestTimeout = absl::Seconds(5);
+// A data path carries no pings (the links did): TCP keepalive on both ends' sockets at the
+// relay and at each agent notices a peer gone silently (a host down, a route lost) within
+// about idle + interval * count = 30 s, and fails the tunnel as a lost link would.
+inline constexpr absl::Duration kDataPathKeepAliveIdle = absl::Seconds(15);
+inline constexpr absl::Duration kDataPathKeepAliveInterval = absl::Seconds(5);
+inline constexpr int kDataPathKeepAliveCount = 3;
 
 // "RDV-DATA/1 <hex>\r\n" for a kDataPathTokenSize-byte token.
 std::string DataPathRequest(std::string_view token);

@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cassert>
+#include <cerrno>
 #include <cstring>
 
 #include "common/str_cat.h"
@@ -311,6 +312,23 @@ void TcpConnection::Close() {
   }
   handle_ = nullptr;
   handler_ = nullptr;
+}
+
+absl::Status TcpConnection::SetKeepAlive(absl::Duration idle, absl::Duration interval, int count) {
+  uv_os_fd_t fd;
+  if (handle_ == nullptr || uv_fileno(reinterpret_cast<uv_handle_t*>(handle_), &fd) != 0) {
+    return absl::FailedPreconditionError("keepalive: the connection is closed");
+  }
+  const int on = 1;
+  const int idle_s = std::max(1, static_cast<int>(absl::ToInt64Seconds(idle)));
+  const int interval_s = std::max(1, static_cast<int>(absl::ToInt64Seconds(interval)));
+  if (setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on)) != 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle_s, sizeof(idle_s)) != 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval_s, sizeof(interval_s)) != 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count)) != 0) {
+    return absl::InternalError(StrCat("keepalive: ", std::strerror(errno)));
+  }
+  return absl::OkStatus();
 }
 
 std::string TcpConnection::local_address() const {

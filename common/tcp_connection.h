@@ -19,6 +19,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
 
 namespace rdv {
 
@@ -96,6 +97,10 @@ class TcpConnection {
   uv_loop_t* loop() const { return loop_; }
   // Detaches the socket for handing to another loop: returns a dup of the fd and closes this.
   absl::StatusOr<int> DetachFd();
+  // TCP keepalive: after `idle` without traffic, probes every `interval`; `count` unanswered
+  // ones fail the connection (a read error, ETIMEDOUT). For connections that carry no pings of
+  // their own. Stays with the socket through DetachFd.
+  absl::Status SetKeepAlive(absl::Duration idle, absl::Duration interval, int count);
 
  private:
   explicit TcpConnection(uv_loop_t* loop);

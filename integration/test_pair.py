@@ -216,6 +216,18 @@ class PairTest(harness.IntegrationTest):
         for result in ("unknown_token", "bad_request", "request_timeout", "partner_timeout"):
             self.assertEqual(self.relay.metric("rdv_tunnel_data_paths_total", result=result), 0,
                              result)
+        # A data path carries no pings: TCP keepalive (15 s idle, docs/protocol.md) watches
+        # both ends' sockets at the relay (source port: its agent listener) and the agents'.
+        # ss shows one timer per socket, so a socket with bytes in flight shows its retransmit
+        # timer instead for a moment: poll.
+        port = self.relay.port("agent")
+        for side, flt, want in (("relay", f"( sport = :{port} )", tunnels * 2),
+                                ("agents", f"( dport = :{port} )", tunnels)):
+            def watched(flt=flt, want=want):
+                out = subprocess.run(["ss", "-tnoH", "state", "established", flt],
+                                     capture_output=True, text=True, check=True).stdout
+                return sum("timer:(keepalive" in line for line in out.splitlines()) >= want
+            harness.wait_until(watched, 10, f"{want} sockets of the {side} with keepalive")
 
     def test_socks5_names_resolve_at_the_serving_end(self):
         r = socks_curl(f"http://localhost:{self.nginx.port}/",

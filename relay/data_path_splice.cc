@@ -500,7 +500,15 @@ DataPathSplice::DataPathSplice(End first, End second, std::string label, std::st
                                Done done)
     : label_(std::move(label)), done_(std::move(done)) {
   // Bytes a previous reader gave back (none on today's paths) follow the early ones.
-  for (End* end : {&first, &second}) end->early.append(end->connection->TakeUnread());
+  for (End* end : {&first, &second}) {
+    end->early.append(end->connection->TakeUnread());
+    // No pings on a data path: keepalive notices an agent gone silently (docs/protocol.md).
+    if (absl::Status keepalive = end->connection->SetKeepAlive(
+            kDataPathKeepAliveIdle, kDataPathKeepAliveInterval, kDataPathKeepAliveCount);
+        !keepalive.ok()) {
+      spdlog::warn("data path {}: {}", label_, keepalive.message());
+    }
+  }
   if (tap_file.empty()) {
     absl::StatusOr<Pipe> to_second = Pipe::Open();
     absl::StatusOr<Pipe> to_first = Pipe::Open();
