@@ -30,17 +30,12 @@ using data_path_test::DataPathClient;
 using link_test::PatternBytes;
 using link_test::SameBytes;
 
-constexpr size_t kOkSize = kDataPathOk.size();
+using data_path_test::BytesSpliced;
+using data_path_test::kOkSize;
 // Far more than a pipe, the user-space watermark and what loopback sockets buffer at first.
 constexpr size_t kBigTransfer = 16 << 20;
 
 enum class Mode { kSplice, kTap };
-
-uint64_t BytesTotal() {
-  return CounterOf("rdv_tunnel_data_path_bytes_total",
-                   "Bytes copied between the two connections of data paths")
-      .value();
-}
 
 class DataPathSpliceTest : public ::testing::TestWithParam<Mode> {
  protected:
@@ -150,7 +145,7 @@ TEST_P(DataPathSpliceTest, SlowReaderPausesTheOtherSideAndLosesNothing) {
 }
 
 TEST_P(DataPathSpliceTest, SlowReadersBothWaysLoseNothing) {
-  const uint64_t total_before = BytesTotal();
+  const uint64_t total_before = BytesSpliced();
   const uintmax_t tap_before = TapSize();
   a_.PauseReading();
   b_.PauseReading();
@@ -172,7 +167,7 @@ TEST_P(DataPathSpliceTest, SlowReadersBothWaysLoseNothing) {
   EXPECT_TRUE(SameBytes(b_.received, StrCat(kDataPathOk, from_a)));
   const size_t total = from_a.size() + from_b.size();
   EXPECT_EQ(splice_->bytes_forwarded(), total);
-  EXPECT_EQ(BytesTotal() - total_before, total);
+  EXPECT_EQ(BytesSpliced() - total_before, total);
   if (GetParam() == Mode::kTap) {
     EXPECT_EQ(TapSize() - tap_before, total);
   }

@@ -1,6 +1,6 @@
 // A plain TCP client of the relay's agent listener for data path tests: dials, presents what
 // the test gives it, and keeps everything it reads (tunnel_data_path_test.cc,
-// tunnel_bridge_test.cc).
+// tunnel_bridge_test.cc); the data path metrics; a loop runner.
 #ifndef RDV_RELAY_DATA_PATH_TEST_SUPPORT_H_
 #define RDV_RELAY_DATA_PATH_TEST_SUPPORT_H_
 
@@ -15,9 +15,33 @@
 #include <string_view>
 
 #include "absl/status/status.h"
+#include "common/data_path.h"
+#include "common/metrics.h"
 #include "common/tcp_connection.h"
 
 namespace rdv::data_path_test {
+
+inline constexpr size_t kOkSize = kDataPathOk.size();
+
+// The relay's data path metrics, as the tests read them.
+inline uint64_t DataPaths(std::string_view result) {
+  return CounterOf("rdv_tunnel_data_paths_total",
+                   "Tunnel data path connections refused, by reason, and pairs spliced",
+                   "result=\"" + std::string(result) + "\"")
+      .value();
+}
+inline int64_t ActiveDataPaths() {
+  return GaugeOf("rdv_tunnel_data_paths_active", "Tunnel data paths spliced and open now").value();
+}
+inline uint64_t BytesSpliced() {
+  return CounterOf("rdv_tunnel_data_path_bytes_total",
+                   "Bytes copied between the two connections of data paths")
+      .value();
+}
+inline uint64_t DataPathOffers() {
+  return CounterOf("rdv_tunnel_data_offers_total", "Tunnel data paths offered to pairs of agents")
+      .value();
+}
 
 // Runs `loop` until `done`, for at most `limit`. A short repeating timer wakes the loop, so
 // that conditions changed by another thread (a second worker) are seen.

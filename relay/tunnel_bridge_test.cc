@@ -34,6 +34,7 @@ namespace rdv {
 namespace {
 
 using data_path_test::DataPathClient;
+using data_path_test::DataPathOffers;
 using link_test::Message;
 using link_test::PatternBytes;
 using link_test::SameBytes;
@@ -57,10 +58,6 @@ uint64_t BridgedTotal() {
 uint64_t Abandoned() {
   return CounterOf("rdv_tunnels_abandoned_total",
                    "Tunnel streams whose opener went away before the far end answered")
-      .value();
-}
-uint64_t DataPathOffers() {
-  return CounterOf("rdv_tunnel_data_offers_total", "Tunnel data paths offered to pairs of agents")
       .value();
 }
 int64_t ActiveTunnels() {

@@ -32,26 +32,11 @@ using data_path_test::DataPathClient;
 using link_test::PatternBytes;
 using link_test::SameBytes;
 
-constexpr size_t kOkSize = kDataPathOk.size();
-
-uint64_t DataPaths(std::string_view result) {
-  return CounterOf("rdv_tunnel_data_paths_total",
-                   "Tunnel data path connections refused, by reason, and pairs spliced",
-                   "result=\"" + std::string(result) + "\"")
-      .value();
-}
-int64_t ActiveDataPaths() {
-  return GaugeOf("rdv_tunnel_data_paths_active", "Tunnel data paths spliced and open now").value();
-}
-uint64_t BytesSpliced() {
-  return CounterOf("rdv_tunnel_data_path_bytes_total",
-                   "Bytes copied between the two connections of data paths")
-      .value();
-}
-uint64_t Offers() {
-  return CounterOf("rdv_tunnel_data_offers_total", "Tunnel data paths offered to pairs of agents")
-      .value();
-}
+using data_path_test::ActiveDataPaths;
+using data_path_test::BytesSpliced;
+using data_path_test::DataPathOffers;
+using data_path_test::DataPaths;
+using data_path_test::kOkSize;
 uint64_t AgentHandshakeErrors() {
   return CounterOf("rdv_tls_handshake_errors_total", "TLS handshakes that failed",
                    "listener=\"agent\"")
@@ -162,14 +147,14 @@ class TunnelDataPathTest : public ::testing::Test {
 TEST_F(TunnelDataPathTest, SplicesBothEndsByteExactWithHalfClose) {
   uint64_t spliced_before = DataPaths("spliced");
   uint64_t bytes_before = BytesSpliced();
-  uint64_t offers_before = Offers();
+  uint64_t offers_before = DataPathOffers();
   int64_t active_before = ActiveDataPaths();
   uintmax_t tap_before = TapSize();
   DataPathTokens tokens = Offer(0);
   EXPECT_EQ(tokens.opener.size(), kDataPathTokenSize);
   EXPECT_EQ(tokens.far_end.size(), kDataPathTokenSize);
   EXPECT_NE(tokens.opener, tokens.far_end);
-  EXPECT_EQ(Offers(), offers_before + 1);
+  EXPECT_EQ(DataPathOffers(), offers_before + 1);
 
   DataPathClient& a = Present(tokens.opener);
   ASSERT_TRUE(RunUntil([&] { return a.connected(); }));
