@@ -31,6 +31,7 @@
 
 #include "absl/strings/escaping.h"
 #include "common/str_cat.h"
+#include "common/tcp_connection.h"
 #include "common/tls.h"
 
 namespace rdv {
@@ -544,7 +545,11 @@ void SecureChannelImpl::ReadRecords() {
   auto deliver = [&] {
     // Post-handshake messages may have produced output (a KeyUpdate answer).
     FlushCiphertext();
-    if (filled > 0 && !closed_) handler_.OnPlaintext(std::string_view(buffer, filled));
+    if (filled > 0 && !closed_) {
+      std::string_view plaintext(buffer, filled);
+      WriteBatch batch(plaintext);  // one write per socket for the handler's frames
+      handler_.OnPlaintext(plaintext);
+    }
     filled = 0;
   };
   while (!closed_) {

@@ -21,6 +21,7 @@ namespace {
 // connections need not hold a buffer of their own while idle.
 constexpr size_t kReadBufferSize = 1024 * 1024;
 thread_local char read_buffer[kReadBufferSize];
+thread_local WriteBatch* current_write_batch = nullptr;
 
 struct WriteRequest {
   uv_write_t req;
@@ -209,6 +210,31 @@ void TcpConnection::OnReadCb(uv_stream_t* stream, ssize_t nread, const uv_buf_t*
 
 void TcpConnection::Write(std::string_view data) {
   if (handle_ == nullptr || shutdown_requested_ || data.empty()) return;
+  WriteBatch* batch = WriteBatch::Current();
+  if (batch_ != nullptr && batch_ != batch) FlushBatched(false);  // an outer batch's bytes first
+  if (batch != nullptr && (batch_ == batch || (!write_in_flight_ && out_.empty()))) {
+    if (batch_ == nullptr) {
+      batch_ = batch;
+      batch->connections_.push_back(this);
+    }
+    if (batch->Holds(data)) {
+      batched_.push_back({data.data(), 0, data.size()});
+    } else {
+      batched_.push_back({nullptr, batch_copy_.size(), data.size()});
+      batch_copy_.append(data);
+    }
+    queued_bytes_ += data.size();
+    if (batched_.size() >= WriteBatch::kMaxPieces) {
+      FlushBatched(false);
+      // Still in the batch, with nothing held, when the kernel took it all: the batch's end
+      // then reports the drain (a handler may be waiting for it).
+      if (handle_ != nullptr && out_.empty() && !write_in_flight_) {
+        batch_ = batch;
+        batch->connections_.push_back(this);
+      }
+    }
+    return;
+  }
   if (!write_in_flight_ && out_.empty()) {
     // Nothing queued: hand the caller's bytes to the kernel directly and copy only what it
     // did not take.
@@ -230,6 +256,52 @@ void TcpConnection::Write(std::string_view data) {
   out_.append(data);
   queued_bytes_ += data.size();
   if (!write_in_flight_) StartWrite();
+}
+
+void TcpConnection::FlushBatched(bool notify) {
+  WriteBatch* batch = std::exchange(batch_, nullptr);
+  if (batch == nullptr) return;
+  batch->Forget(this);
+  std::vector<uv_buf_t> bufs;
+  bufs.reserve(batched_.size());
+  size_t total = 0;
+  for (const BatchedPiece& piece : batched_) {
+    const char* data = piece.data != nullptr ? piece.data : batch_copy_.data() + piece.offset;
+    bufs.push_back(uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(piece.size)));
+    total += piece.size;
+  }
+  int written = bufs.empty() ? 0
+                             : uv_try_write(reinterpret_cast<uv_stream_t*>(handle_), bufs.data(),
+                                            static_cast<unsigned>(bufs.size()));
+  size_t taken = written > 0 ? static_cast<size_t>(written) : 0;
+  // What the kernel did not take is queued, in order; out_ is empty while a batch holds bytes.
+  if (written >= 0 || written == UV_EAGAIN) {
+    size_t skip = taken;
+    for (const uv_buf_t& buf : bufs) {
+      if (skip >= buf.len) {
+        skip -= buf.len;
+        continue;
+      }
+      out_.append(buf.base + skip, buf.len - skip);
+      skip = 0;
+    }
+  }
+  queued_bytes_ -= total - out_.size();
+  batched_.clear();
+  if (batch_copy_.capacity() > kMaxRecycledBuffer) {
+    std::string().swap(batch_copy_);
+  } else {
+    batch_copy_.clear();
+  }
+  if (written < 0 && written != UV_EAGAIN) {
+    if (handler_) handler_->OnError(absl::UnavailableError(UvError(written)));
+    return;
+  }
+  if (!out_.empty() || shutdown_requested_) {
+    StartWrite();
+  } else if (notify && handler_ != nullptr) {
+    handler_->OnDrained();
+  }
 }
 
 void TcpConnection::StartWrite() {
@@ -300,12 +372,16 @@ void TcpConnection::OnShutdownCb(uv_shutdown_t* req, int) { delete req; }
 
 void TcpConnection::Shutdown() {
   if (handle_ == nullptr || shutdown_requested_) return;
+  FlushBatched(false);
+  if (handle_ == nullptr) return;
   shutdown_requested_ = true;
   if (!write_in_flight_) StartWrite();
 }
 
 void TcpConnection::Close() {
   if (handle_ == nullptr) return;
+  handler_ = nullptr;  // no callbacks from here on
+  FlushBatched(false);
   handle_->data = nullptr;
   if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(handle_))) {
     uv_close(reinterpret_cast<uv_handle_t*>(handle_), FreeHandle);
@@ -329,6 +405,23 @@ absl::Status TcpConnection::SetKeepAlive(absl::Duration idle, absl::Duration int
     return absl::InternalError(StrCat("keepalive: ", std::strerror(errno)));
   }
   return absl::OkStatus();
+}
+
+WriteBatch* WriteBatch::Current() { return current_write_batch; }
+
+WriteBatch::WriteBatch(std::string_view stable) : stable_(stable), outer_(current_write_batch) {
+  current_write_batch = this;
+}
+
+WriteBatch::~WriteBatch() {
+  current_write_batch = outer_;
+  // A handler that hears OnDrained may close (and so Forget) other connections of this batch.
+  while (!connections_.empty()) connections_.back()->FlushBatched(true);
+}
+
+void WriteBatch::Forget(TcpConnection* connection) {
+  auto it = std::find(connections_.begin(), connections_.end(), connection);
+  if (it != connections_.end()) connections_.erase(it);
 }
 
 std::string TcpConnection::local_address() const {

@@ -32,6 +32,8 @@ inline std::string HostOfAddress(const std::string& address) {
   return address.substr(0, address.rfind(':'));
 }
 
+class WriteBatch;
+
 class TcpConnection {
  public:
   static constexpr size_t kDrainedWatermark = 256 * 1024;
@@ -82,7 +84,8 @@ class TcpConnection {
   absl::Status OverridePeer(std::string_view address);
   void PauseReading();
   void ResumeReading();
-  // Queues bytes (copied).
+  // Writes bytes, or queues (copies) what the kernel does not take at once. Inside a WriteBatch
+  // the bytes wait for the batch's end instead (see WriteBatch).
   void Write(std::string_view data);
   // Half-closes the write side once everything queued is written.
   void Shutdown();
@@ -107,6 +110,17 @@ class TcpConnection {
   // Records the peer address (asked of the kernel unless `known`, the address connected to)
   // and turns Nagle off.
   absl::Status InitPeer(const sockaddr* known = nullptr);
+  friend class WriteBatch;
+  // One piece of a batched write: `data` itself (bytes of the batch's stable buffer) or, when
+  // `data` is null, `size` bytes at `offset` in batch_copy_.
+  struct BatchedPiece {
+    const char* data;
+    size_t offset;
+    size_t size;
+  };
+  // Hands what the batch holds to the kernel in one writev and queues the rest; with `notify`,
+  // a handler whose bytes all went out hears OnDrained (as it would from a completed write).
+  void FlushBatched(bool notify);
   void StartWrite();
   static void OnAlloc(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
   static void OnReadCb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
@@ -125,6 +139,41 @@ class TcpConnection {
   std::string peer_;
   sockaddr_storage peer_storage_{};
   std::string unread_;
+  WriteBatch* batch_ = nullptr;  // the batch holding this connection's writes, if any
+  std::vector<BatchedPiece> batched_;
+  std::string batch_copy_;  // batched bytes from outside the batch's stable buffer
+};
+
+// Coalesces writes. While a WriteBatch is in scope on a thread, TcpConnection::Write on that
+// thread's connections queues the bytes, and when the batch ends each connection written to
+// hands them to the kernel in one writev: a TLS read that decrypts many frames for one socket
+// then costs that socket one system call, not one per frame. Bytes that lie inside `stable`
+// (a buffer that must not change until the batch ends) are referenced; any others are copied.
+// Close, Shutdown and DetachFd write a connection's batched bytes first, so the order of
+// everything a connection sends is kept. Batches nest: a connection written to in an inner
+// batch first writes what an outer one holds.
+class WriteBatch {
+ public:
+  explicit WriteBatch(std::string_view stable);
+  ~WriteBatch();
+  WriteBatch(const WriteBatch&) = delete;
+  WriteBatch& operator=(const WriteBatch&) = delete;
+
+ private:
+  friend class TcpConnection;
+  // More pieces than this for one connection are written at once (writev takes at most
+  // IOV_MAX).
+  static constexpr size_t kMaxPieces = 256;
+  static WriteBatch* Current();
+  bool Holds(std::string_view data) const {
+    return data.data() >= stable_.data() &&
+           data.data() + data.size() <= stable_.data() + stable_.size();
+  }
+  void Forget(TcpConnection* connection);
+
+  std::string_view stable_;
+  WriteBatch* outer_;
+  std::vector<TcpConnection*> connections_;
 };
 
 // Formats an address as "1.2.3.4:80" or "[::1]:80".

@@ -8,6 +8,8 @@
 #include <uv.h>
 
 #include <memory>
+#include <string>
+#include <vector>
 
 #include "common/tcp_listener.h"
 
@@ -58,6 +60,148 @@ TEST(TcpConnectionTest, KeepAliveSettingsReachTheSocket) {
   (*listener)->Close();
   uv_run(&loop, UV_RUN_DEFAULT);
   EXPECT_EQ(uv_loop_close(&loop), 0);
+}
+
+// ---- WriteBatch ----
+
+// A TcpConnection accepted from a plain blocking client socket, which reads what it writes.
+class WriteBatchTest : public ::testing::Test, public TcpConnection::Handler {
+ protected:
+  void SetUp() override {
+    uv_loop_init(&loop_);
+    auto listener = TcpListener::Create(&loop_, "127.0.0.1", 0, [&](uv_stream_t* server) {
+      auto connection = TcpConnection::Accept(server);
+      ASSERT_TRUE(connection.ok()) << connection.status();
+      writer_ = *std::move(connection);
+    });
+    ASSERT_TRUE(listener.ok()) << listener.status();
+    listener_ = *std::move(listener);
+    client_ = socket(AF_INET, SOCK_STREAM, 0);
+    ASSERT_GE(client_, 0);
+    timeval timeout{5, 0};  // a test that waits for bytes that never come fails, not hangs
+    setsockopt(client_, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+    absl::StatusOr<sockaddr_storage> address = ResolveNumeric("127.0.0.1", listener_->port());
+    ASSERT_TRUE(address.ok());
+    ASSERT_EQ(connect(client_, reinterpret_cast<const sockaddr*>(&*address), sizeof(sockaddr_in)),
+              0);
+    while (writer_ == nullptr) uv_run(&loop_, UV_RUN_ONCE);
+    writer_->Start(*this);
+  }
+  void TearDown() override {
+    if (writer_ != nullptr) writer_->Close();
+    listener_->Close();
+    ::close(client_);
+    uv_run(&loop_, UV_RUN_DEFAULT);
+    EXPECT_EQ(uv_loop_close(&loop_), 0);
+  }
+
+  // What the client has received, without waiting.
+  std::string Available() {
+    std::string got;
+    char buffer[65536];
+    ssize_t n;
+    while ((n = recv(client_, buffer, sizeof(buffer), MSG_DONTWAIT)) > 0) got.append(buffer, n);
+    return got;
+  }
+  // Exactly `size` bytes (waits for them).
+  std::string Receive(size_t size) {
+    std::string got(size, '\0');
+    size_t filled = 0;
+    while (filled < size) {
+      ssize_t n = recv(client_, got.data() + filled, size - filled, 0);
+      if (n <= 0) break;
+      filled += static_cast<size_t>(n);
+    }
+    got.resize(filled);
+    return got;
+  }
+  bool AtEof() {
+    char byte;
+    return recv(client_, &byte, 1, 0) == 0;
+  }
+
+  void OnRead(std::string_view) override {}
+  void OnEof() override {}
+  void OnError(const absl::Status& status) override { ADD_FAILURE() << status; }
+  void OnDrained() override { ++drained_; }
+
+  uv_loop_t loop_;
+  std::unique_ptr<TcpListener> listener_;
+  std::unique_ptr<TcpConnection> writer_;
+  int client_ = -1;
+  int drained_ = 0;
+};
+
+TEST_F(WriteBatchTest, WritesLeaveInOrderWhenTheBatchEnds) {
+  const std::string stable = "first part, referenced|second part, referenced";
+  std::string_view view(stable);
+  {
+    WriteBatch batch(view);
+    writer_->Write(view.substr(0, 22));
+    writer_->Write(std::string("[copied: not in the stable buffer]"));
+    writer_->Write(view.substr(22));
+    EXPECT_EQ(Available(), "") << "nothing goes out inside the batch";
+    EXPECT_EQ(writer_->queued_bytes(), stable.size() + 34);
+  }
+  EXPECT_EQ(writer_->queued_bytes(), 0u);
+  EXPECT_EQ(drained_, 1) << "the batch's end reports the drain, as a completed write would";
+  EXPECT_EQ(Receive(stable.size() + 34),
+            "first part, referenced[copied: not in the stable buffer]|second part, referenced");
+}
+
+TEST_F(WriteBatchTest, ManyPiecesAllArriveAndTheDrainIsReported) {
+  std::string stable;
+  for (int i = 0; i < 1000; ++i) stable += "piece " + std::to_string(i) + ";";
+  {
+    WriteBatch batch(stable);
+    size_t offset = 0;
+    for (int i = 0; i < 1000; ++i) {
+      size_t length = stable.find(';', offset) + 1 - offset;
+      writer_->Write(std::string_view(stable).substr(offset, length));
+      offset += length;
+    }
+  }
+  EXPECT_EQ(writer_->queued_bytes(), 0u);
+  EXPECT_EQ(drained_, 1);
+  EXPECT_EQ(Receive(stable.size()), stable);
+}
+
+TEST_F(WriteBatchTest, ShutdownWritesWhatTheBatchHoldsFirst) {
+  {
+    WriteBatch batch("");
+    writer_->Write("before shutdown");
+    writer_->Shutdown();
+    writer_->Write("after shutdown: dropped");
+  }
+  uv_run(&loop_, UV_RUN_NOWAIT);  // the shutdown request
+  EXPECT_EQ(Receive(15), "before shutdown");
+  EXPECT_TRUE(AtEof());
+}
+
+TEST_F(WriteBatchTest, CloseInsideTheBatchWritesFirst) {
+  {
+    WriteBatch batch("");
+    writer_->Write("said before close");
+    writer_->Close();
+  }
+  EXPECT_EQ(Receive(17), "said before close");
+  EXPECT_EQ(drained_, 0) << "a closed connection reports nothing";
+}
+
+TEST_F(WriteBatchTest, AnInnerBatchWritesTheOuterBatchsBytesFirst) {
+  {
+    WriteBatch outer("");
+    writer_->Write("outer;");
+    {
+      WriteBatch inner("");
+      writer_->Write("inner;");
+      EXPECT_EQ(Available(), "outer;");
+    }
+    EXPECT_EQ(Receive(6), "inner;");
+    writer_->Write("outer again");
+    EXPECT_EQ(Available(), "");
+  }
+  EXPECT_EQ(Receive(11), "outer again");
 }
 
 }  // namespace

@@ -350,7 +350,10 @@ void TlsSession::OnRead(std::string_view data) {
   size_t filled = 0;
   auto deliver = [&] {
     if (filled > 0 && handler_ && !closed_) {
-      handler_->OnTlsData(std::string_view(tls_read_buffer, filled));
+      // The frames' payloads for one socket leave in one write when the handler is done.
+      std::string_view plaintext(tls_read_buffer, filled);
+      WriteBatch batch(plaintext);
+      handler_->OnTlsData(plaintext);
     }
     filled = 0;
   };
