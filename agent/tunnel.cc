@@ -350,6 +350,7 @@ void Tunnel::OnSecured() {
   for (const std::string& hop : hops_) hello->add_hops(hop);
   hello->set_tunnel_nonce(nonce_);
   hello->set_initial_stream_window(options.stream_window);
+  hello->set_link_window(options.link_window);
   nested_->SendControl(control);
 }
 
@@ -389,7 +390,14 @@ void Tunnel::Send(std::string_view bytes) {
 
 void Tunnel::FlushNow() {
   flush_scheduled_ = false;
-  if (channel_ != nullptr && state_ != State::kClosed) channel_->Flush();
+  if (channel_ == nullptr || state_ == State::kClosed) return;
+  channel_->Flush();
+  // The nested link may have stopped at its transport watermark on what waited here; a flush
+  // that the socket takes at once reports no drain of its own, so report it.
+  if (state_ != State::kClosed && nested_ != nullptr &&
+      QueuedBytes() < nested_->options().transport_high_watermark) {
+    nested_->OnTransportDrained();
+  }
 }
 
 size_t Tunnel::QueuedBytes() const {
@@ -435,6 +443,7 @@ void Tunnel::CheckPeerHello(const link::Hello& hello) {
   if (hello.initial_stream_window() >= 1024) {
     nested_->set_peer_stream_window(hello.initial_stream_window());
   }
+  nested_->set_peer_link_window(hello.link_window());
   state_ = State::kUp;
   uv_timer_stop(setup_timer_);
   TunnelsUp().Inc();

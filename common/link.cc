@@ -15,11 +15,12 @@ Counter& FrameErrors(std::string_view reason) {
                    StrCat("reason=\"", reason, "\""));
 }
 
-// The link window is not negotiated (Hello and Challenge carry only the stream window), so a
-// receiver cannot know how much link credit its peer holds. Returning credit at least every
-// 16 KiB lets any sender whose link window is at least that large make progress; batching by a
-// quarter of our own window alone deadlocked a peer configured with a window under a quarter of
-// ours (e.g. a relay with link_window 1 MiB facing an agent with the 16 MiB default).
+// A peer that did not announce its link window (older versions) may hold any credit from 16 KiB
+// up, so link credit goes back to it at least every 16 KiB: batching by a quarter of our own
+// window alone deadlocked a peer configured with a window under a quarter of ours (e.g. a relay
+// with link_window 1 MiB facing an agent with the 16 MiB default). A peer that announced its
+// window gets credit back every quarter of it, which on a bulk stream is one WINDOW(0) per 4 MiB
+// rather than one per read: each is a record, a write and a wakeup at the sender.
 constexpr size_t kMaxLinkCreditBatch = 16 << 10;
 
 Gauge& StreamsActive() {
@@ -553,8 +554,10 @@ void Link::Remove(Stream& stream, const absl::Status& status, bool notify) {
 
 void Link::ReturnLinkCredit(size_t bytes) {
   link_unacked_ += bytes;
-  if (link_unacked_ > 0 &&
-      link_unacked_ >= std::min<size_t>(options_.link_window / 4, kMaxLinkCreditBatch)) {
+  const size_t batch = peer_link_window_ >= kMinAnnouncedLinkWindow
+                           ? std::min(options_.link_window, peer_link_window_) / 4
+                           : std::min<size_t>(options_.link_window / 4, kMaxLinkCreditBatch);
+  if (link_unacked_ > 0 && link_unacked_ >= batch) {
     std::string payload;
     AppendBigEndian32(payload, static_cast<uint32_t>(link_unacked_));
     link_unacked_ = 0;

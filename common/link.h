@@ -198,6 +198,10 @@ class Link {
   const LinkOptions& options() const { return options_; }
   // Stream window the peer grants our new streams (from its Hello/Challenge).
   void set_peer_stream_window(uint32_t window) { peer_stream_window_ = window; }
+  // Link window the peer announced in its Hello/Challenge (the credit it assumes it holds); 0, or
+  // anything below kMinAnnouncedLinkWindow, means unknown.
+  void set_peer_link_window(uint32_t window) { peer_link_window_ = window; }
+  static constexpr uint32_t kMinAnnouncedLinkWindow = 64 << 10;
 
  private:
   friend class Stream;
@@ -245,6 +249,7 @@ class Link {
   std::deque<uint32_t> ready_;                      // streams with data blocked by link/transport
   uint32_t next_stream_id_;
   uint32_t peer_stream_window_;
+  uint32_t peer_link_window_ = 0;
   int64_t link_send_window_;
   uint64_t link_unacked_ = 0;
   bool failed_ = false;

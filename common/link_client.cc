@@ -89,6 +89,7 @@ void LinkClient::OnTlsReady() {
   hello->set_agent_id(options_.id);
   hello->set_credential(options_.credential.name);
   hello->set_initial_stream_window(link_->options().stream_window);
+  hello->set_link_window(link_->options().link_window);
   hello->add_hops(options_.id);
   for (const std::string& feature : options_.features) hello->add_features(feature);
   link_->SendControl(control);
@@ -115,6 +116,7 @@ void LinkClient::OnControl(Link& link, const link::Control& control) {
       if (challenge.initial_stream_window() >= 1024) {
         link_->set_peer_stream_window(challenge.initial_stream_window());
       }
+      link_->set_peer_link_window(challenge.link_window());
       relay_id_ = challenge.relay_id();
       link::Control reply;
       reply.mutable_proof()->set_mac(

@@ -174,33 +174,72 @@ TEST(LinkFlowTest, BackedUpTransportHoldsDataAndDrainResumesIt) {
             watermark + kFrameHeaderSize + kMaxDataPayload + 4 * kKiB);
 }
 
-// The link window is not negotiated (Hello and Challenge carry only the stream window), so
-// traffic must flow whatever link window each side was configured with.
+// Each side applies its own link window, so traffic must flow whatever link window each side
+// was configured with: announced in Hello and Challenge, or not (a peer of an older version).
 TEST(LinkFlowTest, LinkWindowsOfTheTwoSidesNeedNotMatch) {
   struct Case {
     uint32_t relay_window;
     uint32_t agent_window;
+    bool announced;
   };
-  for (Case c : {Case{64 * kKiB, 16 * kMiB}, Case{16 * kMiB, 64 * kKiB}, Case{1 * kMiB, 64 * kMiB},
-                 Case{64 * kMiB, 1 * kMiB}}) {
-    SCOPED_TRACE(testing::Message() << "relay " << c.relay_window << " agent " << c.agent_window);
+  for (bool announced : {true, false}) {
+    for (Case c : {Case{64 * kKiB, 16 * kMiB, announced}, Case{16 * kMiB, 64 * kKiB, announced},
+                   Case{1 * kMiB, 64 * kMiB, announced}, Case{64 * kMiB, 1 * kMiB, announced}}) {
+      SCOPED_TRACE(testing::Message() << "relay " << c.relay_window << " agent " << c.agent_window
+                                      << (c.announced ? " announced" : " not announced"));
+      LinkOptions relay_options;
+      relay_options.link_window = c.relay_window;
+      LinkOptions agent_options;
+      agent_options.link_window = c.agent_window;
+      LinkPair pair(relay_options, agent_options);
+      if (!c.announced) {
+        pair.relay().set_peer_link_window(0);
+        pair.agent().set_peer_link_window(0);
+      }
+      std::string down = PatternBytes(3 * kMiB, 51);
+      std::string up = PatternBytes(3 * kMiB, 52);
+      pair.agent_handler.on_accept = [&](TestStream& s) { s.Send(up); };
+      TestStream* opened = pair.OpenFromRelay();
+      opened->Send(down);
+      pair.Pump();
+      TestStream& accepted = *pair.agent_handler.accepted.at(opened->id);
+      EXPECT_TRUE(SameBytes(accepted.received, down));
+      EXPECT_TRUE(SameBytes(opened->received, up));
+      EXPECT_TRUE(opened->closed.has_value() && opened->closed->ok());
+      EXPECT_LE(pair.relay_audit().max_link_in_flight(), c.relay_window);
+      EXPECT_LE(pair.agent_audit().max_link_in_flight(), c.agent_window);
+    }
+  }
+}
+
+// A receiver returns link credit every quarter of the smaller of the two announced windows, not
+// every 16 KiB as it must for a peer that announced none.
+TEST(LinkFlowTest, LinkCreditIsBatchedByAQuarterOfTheAnnouncedWindow) {
+  for (bool announced : {true, false}) {
+    SCOPED_TRACE(announced ? "announced" : "not announced");
     LinkOptions relay_options;
-    relay_options.link_window = c.relay_window;
+    relay_options.link_window = 8 * kMiB;
+    relay_options.stream_window = 64 * kMiB;  // few stream WINDOWs: they are not counted here
     LinkOptions agent_options;
-    agent_options.link_window = c.agent_window;
+    agent_options.link_window = 16 * kMiB;
+    agent_options.stream_window = 64 * kMiB;
     LinkPair pair(relay_options, agent_options);
-    std::string down = PatternBytes(3 * kMiB, 51);
-    std::string up = PatternBytes(3 * kMiB, 52);
-    pair.agent_handler.on_accept = [&](TestStream& s) { s.Send(up); };
+    if (!announced) {
+      pair.relay().set_peer_link_window(0);
+      pair.agent().set_peer_link_window(0);
+    }
+    std::string body = PatternBytes(32 * kMiB, 53);
     TestStream* opened = pair.OpenFromRelay();
-    opened->Send(down);
+    opened->Send(body);
     pair.Pump();
-    TestStream& accepted = *pair.agent_handler.accepted.at(opened->id);
-    EXPECT_TRUE(SameBytes(accepted.received, down));
-    EXPECT_TRUE(SameBytes(opened->received, up));
-    EXPECT_TRUE(opened->closed.has_value() && opened->closed->ok());
-    EXPECT_LE(pair.relay_audit().max_link_in_flight(), c.relay_window);
-    EXPECT_LE(pair.agent_audit().max_link_in_flight(), c.agent_window);
+    EXPECT_TRUE(SameBytes(pair.agent_handler.accepted.at(opened->id)->received, body));
+    EXPECT_LE(pair.relay_audit().max_link_in_flight(), 8 * kMiB);
+    // 32 MiB received, credit returned per 2 MiB (a quarter of the relay's 8 MiB) or per 16 KiB.
+    if (announced) {
+      EXPECT_EQ(pair.agent_tap().link_credit_frames(), 16);
+    } else {
+      EXPECT_GE(pair.agent_tap().link_credit_frames(), 32 * kMiB / (64 * kKiB));
+    }
   }
 }
 

@@ -146,11 +146,13 @@ class WireTap {
       } else if (h.type == FrameType::kWindow) {
         uint32_t increment = ReadBigEndian32(frame.payload.data());
         if (h.stream_id != 0) stream_windows_[h.stream_id] += increment;
+        if (h.stream_id == 0) ++link_credit_frames_;
         peer_.CreditReceived(h.stream_id, increment);
       }
     }
   }
   int frames(FrameType type) { return frames_[type]; }
+  int link_credit_frames() const { return link_credit_frames_; }  // WINDOW(0)
   // Stream credit this side has returned for `stream_id` so far.
   uint64_t stream_credit_returned(uint32_t stream_id) { return stream_windows_[stream_id]; }
 
@@ -160,6 +162,7 @@ class WireTap {
   FrameDecoder decoder_;
   std::map<FrameType, int> frames_;
   std::map<uint32_t, uint64_t> stream_windows_;
+  int link_credit_frames_ = 0;
 };
 
 // A stream endpoint driven like an application would: it records what arrives, consumes it (or
@@ -317,6 +320,8 @@ class LinkPair {
     // What Hello and Challenge carry.
     relay_->set_peer_stream_window(agent_options_.stream_window);
     agent_->set_peer_stream_window(relay_options_.stream_window);
+    relay_->set_peer_link_window(agent_options_.link_window);
+    agent_->set_peer_link_window(relay_options_.link_window);
   }
 
   Link& relay() { return *relay_; }

@@ -244,6 +244,7 @@ void AgentLink::HandleHello(const link::Hello& hello) {
   if (hello.initial_stream_window() >= 1024) {
     link_.set_peer_stream_window(hello.initial_stream_window());
   }
+  link_.set_peer_link_window(hello.link_window());
   nonce_.resize(32);
   RAND_bytes(reinterpret_cast<unsigned char*>(nonce_.data()), 32);
   link::Control control;
@@ -251,6 +252,7 @@ void AgentLink::HandleHello(const link::Hello& hello) {
   challenge->set_nonce(nonce_);
   challenge->set_relay_id(worker_.config().relay_id);
   challenge->set_initial_stream_window(worker_.config().link.stream_window);
+  challenge->set_link_window(link_.options().link_window);
   *challenge->mutable_hops() = hello.hops();
   challenge->add_hops(worker_.config().relay_id);
   link_.SendControl(control);
