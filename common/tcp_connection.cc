@@ -387,7 +387,6 @@ void TcpConnection::Close() {
     uv_close(reinterpret_cast<uv_handle_t*>(handle_), FreeHandle);
   }
   handle_ = nullptr;
-  handler_ = nullptr;
 }
 
 absl::Status TcpConnection::SetKeepAlive(absl::Duration idle, absl::Duration interval, int count) {
