@@ -1,5 +1,7 @@
 #include "agent/agent.h"
 
+#include <utility>
+
 #include "absl/strings/ascii.h"
 #include "agent/connect_listener.h"
 #include "agent/health_check.h"
@@ -14,6 +16,7 @@ Agent::Agent(AgentConfig config, uv_loop_t* loop)
     : config_(std::move(config)), loop_(loop), tasks_(loop) {}
 
 Agent::~Agent() {
+  StopDrainTimer();
   admin_.reset();
   for (auto& checker : health_checkers_) {
     if (checker) checker->Stop();
@@ -116,6 +119,67 @@ void Agent::SendHealth(RelayLink& link) {
   }
 }
 
+size_t Agent::OpenStreamCount() const {
+  size_t open = 0;
+  for (const auto& link : links_) open += link->ServiceStreamCount();
+  for (const auto& [raw, tunnel] : serving_tunnels_) open += tunnel->stream_count();
+  for (const auto& listener : connect_listeners_) open += listener->client_count();
+  return open;
+}
+
+void Agent::Drain(std::function<void()> on_stopped) {
+  if (shutting_down_ || draining()) return;
+  on_stopped_ = std::move(on_stopped);
+  size_t open = OpenStreamCount();
+  if (config_.shutdown_grace <= absl::ZeroDuration() || open == 0) {
+    Shutdown();
+    return;
+  }
+  int64_t grace_ms = absl::ToInt64Milliseconds(config_.shutdown_grace);
+  spdlog::info(
+      "draining: {} open streams; stopping when they end, or in {} ms (shutdown_grace_ms); "
+      "a second signal stops now",
+      open, grace_ms);
+  for (auto& checker : health_checkers_) {
+    if (checker) checker->Stop();
+  }
+  for (auto& listener : connect_listeners_) listener->Drain();
+  for (auto& [raw, tunnel] : serving_tunnels_) tunnel->SendGoAway("agent shutting down");
+  for (auto& link : links_) link->Drain();
+  drain_deadline_ms_ = uv_now(loop_) + static_cast<uint64_t>(grace_ms);
+  drain_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, drain_timer_);
+  drain_timer_->data = this;
+  constexpr uint64_t kDrainCheckMs = 100;
+  uv_timer_start(
+      drain_timer_,
+      [](uv_timer_t* timer) {
+        if (timer->data != nullptr) static_cast<Agent*>(timer->data)->CheckDrain();
+      },
+      kDrainCheckMs, kDrainCheckMs);
+}
+
+void Agent::CheckDrain() {
+  size_t open = OpenStreamCount();
+  if (open == 0) {
+    spdlog::info("drained: no stream open");
+  } else if (uv_now(loop_) >= drain_deadline_ms_) {
+    spdlog::warn("drain: {} streams still open after {} ms; closing them", open,
+                 absl::ToInt64Milliseconds(config_.shutdown_grace));
+  } else {
+    return;
+  }
+  Shutdown();
+}
+
+void Agent::StopDrainTimer() {
+  if (drain_timer_ == nullptr) return;
+  drain_timer_->data = nullptr;
+  uv_close(reinterpret_cast<uv_handle_t*>(drain_timer_),
+           [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+  drain_timer_ = nullptr;
+}
+
 void Agent::Shutdown() {
   if (shutting_down_) return;
   shutting_down_ = true;
@@ -134,6 +198,8 @@ void Agent::Shutdown() {
   links_.clear();
   splices_.clear();
   tasks_.Close();
+  StopDrainTimer();
+  if (on_stopped_) std::exchange(on_stopped_, nullptr)();
 }
 
 Link* Agent::ReadyRelayLink() {
@@ -148,7 +214,7 @@ Link* Agent::ReadyRelayLink() {
 }
 
 void Agent::OnRelayLinkReady() {
-  if (shutting_down_) return;
+  if (shutting_down_ || draining()) return;
   for (auto& listener : connect_listeners_) listener->OnRelayLinkReady();
 }
 
@@ -162,7 +228,7 @@ Tunnel::Context Agent::TunnelContext() const {
 }
 
 void Agent::ServeTunnel(Stream& stream, const ServiceConfig& service) {
-  if (shutting_down_) {
+  if (shutting_down_ || draining()) {
     stream.Refuse("agent shutting down");
     return;
   }

@@ -8,6 +8,7 @@
 
 #include <uv.h>
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -34,8 +35,19 @@ class Agent : public Tunnel::Owner {
   ~Agent() override;
 
   void Start();
-  // Sends GoAway on every link, closes everything; the loop then ends.
+  // Sends GoAway on every link, closes everything; the loop then ends (once `on_stopped`, if a
+  // Drain gave one, has let go of what it keeps open).
   void Shutdown();
+  // The first SIGTERM: stop taking work and let open streams finish. GoAway on every link (the
+  // relay releases our registrations and opens no new streams), on every tunnel this agent
+  // serves, and connect listeners stop accepting; health checks stop. Once no stream is open, or
+  // when config().shutdown_grace has passed, Shutdown() runs, then `on_stopped`. A grace of 0
+  // shuts down at once.
+  void Drain(std::function<void()> on_stopped);
+  bool draining() const { return drain_timer_ != nullptr; }
+  // Streams that keep a drain going: those of services, and those inside tunnels (udp flows,
+  // which end only when idle, do not count).
+  size_t OpenStreamCount() const;
 
   const AgentConfig& config() const { return config_; }
   uv_loop_t* loop() const { return loop_; }
@@ -71,6 +83,9 @@ class Agent : public Tunnel::Owner {
  private:
   Agent(AgentConfig config, uv_loop_t* loop);
   void OnHealthChange(size_t service, bool healthy, const std::string& detail);
+  // While draining: shuts down when no stream is left or the grace is over.
+  void CheckDrain();
+  void StopDrainTimer();
 
   AgentConfig config_;
   uv_loop_t* loop_;
@@ -88,6 +103,9 @@ class Agent : public Tunnel::Owner {
   absl::flat_hash_map<std::string, uint64_t> notice_logged_ms_;  // by kind, name and detail
   std::unique_ptr<AdminServer> admin_;                           // null unless config_.admin_listen
   bool shutting_down_ = false;
+  uv_timer_t* drain_timer_ = nullptr;  // while draining: checks OpenStreamCount() every 100 ms
+  uint64_t drain_deadline_ms_ = 0;     // uv_now() when the grace is over
+  std::function<void()> on_stopped_;   // from Drain(): run at the end of Shutdown()
 };
 
 }  // namespace rdv

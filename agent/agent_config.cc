@@ -479,8 +479,8 @@ absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
   if (!root.ok()) return root.status();
   if (absl::Status s = root->CheckKeys({"agent_id", "relays", "server_name", "relay_ca_file",
                                         "relay_fingerprint", "credential", "links", "reconnect",
-                                        "connect_timeout_ms", "log_level", "services", "connect",
-                                        "admin", "tunnel_data_path"});
+                                        "connect_timeout_ms", "shutdown_grace_ms", "log_level",
+                                        "services", "connect", "admin", "tunnel_data_path"});
       !s.ok()) {
     return s;
   }
@@ -524,6 +524,11 @@ absl::StatusOr<AgentConfig> ParseAgentDocument(const YamlDocument& document) {
     }
   }
   if (absl::Status s = root->ReadTimeoutMs("connect_timeout_ms", &config.connect_timeout);
+      !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          root->ReadDurationMs("shutdown_grace_ms", 0, 3600 * 1000, &config.shutdown_grace);
       !s.ok()) {
     return s;
   }

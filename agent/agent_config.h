@@ -130,6 +130,9 @@ struct AgentConfig {
   uint32_t links = 2;  // 1..1024
   ReconnectConfig reconnect;
   absl::Duration connect_timeout = absl::Milliseconds(5000);
+  // How long the first SIGTERM/SIGINT lets open streams finish (after GoAway on every link) before
+  // the agent closes them; 0 = close at once. A second signal always stops at once.
+  absl::Duration shutdown_grace = absl::Milliseconds(10000);
   std::string log_level = "info";       // trace|debug|info|warn|error (spdlog::level::from_str)
   std::vector<ServiceConfig> services;  // (kind, name) unique
   std::vector<ConnectConfig> connects;  // `connect:`; listen addresses unique

@@ -140,6 +140,7 @@ TEST(AgentConfigTest, DefaultsMatchSpec) {
   EXPECT_EQ(config->reconnect.initial, absl::Milliseconds(100));
   EXPECT_EQ(config->reconnect.max, absl::Milliseconds(10000));
   EXPECT_EQ(config->connect_timeout, absl::Milliseconds(5000));
+  EXPECT_EQ(config->shutdown_grace, absl::Milliseconds(10000));
   EXPECT_EQ(config->log_level, "info");
   EXPECT_TRUE(config->tunnel_data_path);
   ASSERT_EQ(config->services.size(), 1u);
@@ -267,6 +268,21 @@ TEST(AgentConfigTest, TunnelDataPath) {
             "agent.yaml:1: tunnel_data_path: expected true or false, got 'sometimes'");
   EXPECT_EQ(ErrorOf("tunnel_data_paths: false\n" + MinimalConfig()),
             "agent.yaml:1: unknown key 'tunnel_data_paths' at top level");
+}
+
+TEST(AgentConfigTest, ShutdownGrace) {
+  absl::StatusOr<AgentConfig> zero = Parse("shutdown_grace_ms: 0\n" + MinimalConfig());
+  ASSERT_TRUE(zero.ok()) << zero.status();
+  EXPECT_EQ(zero->shutdown_grace, absl::ZeroDuration());
+  absl::StatusOr<AgentConfig> minute = Parse("shutdown_grace_ms: 60000\n" + MinimalConfig());
+  ASSERT_TRUE(minute.ok()) << minute.status();
+  EXPECT_EQ(minute->shutdown_grace, absl::Minutes(1));
+  EXPECT_EQ(ErrorOf("shutdown_grace_ms: 3600001\n" + MinimalConfig()),
+            "agent.yaml:1: shutdown_grace_ms: expected a duration in milliseconds between 0 and "
+            "3600000, got '3600001'");
+  EXPECT_EQ(ErrorOf("shutdown_grace_ms: -1\n" + MinimalConfig()),
+            "agent.yaml:1: shutdown_grace_ms: expected a duration in milliseconds between 0 and "
+            "3600000, got '-1'");
 }
 
 TEST(AgentConfigTest, Credential) {

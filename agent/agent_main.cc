@@ -1,7 +1,9 @@
 // rdv-agent: flags, config, the agent, the loop.
 #include <uv.h>
 
+#include <functional>
 #include <string_view>
+#include <utility>
 
 #include "agent/agent.h"
 #include "agent/agent_config.h"
@@ -41,7 +43,9 @@ int main(int argc, char** argv) {
     return 2;
   }
   (*agent)->Start();
-  rdv::RunUntilSignal(loop, [&agent] { (*agent)->Shutdown(); });
+  rdv::RunDrainingOnSignal(
+      loop, [&agent](std::function<void()> stopped) { (*agent)->Drain(std::move(stopped)); },
+      [&agent] { (*agent)->Shutdown(); });
   agent->reset();
   return rdv::CloseLoop(loop);
 }

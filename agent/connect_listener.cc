@@ -392,7 +392,7 @@ void ConnectListener::OnAccept(uv_stream_t* server) {
     spdlog::warn("connect {}: accept failed: {}", Describe(), socket.status().message());
     return;
   }
-  if (shutting_down_) {
+  if (shutting_down_ || draining_accepts_) {
     (*socket)->Close();
     return;
   }
@@ -410,7 +410,7 @@ Tunnel* ConnectListener::usable_tunnel() {
 }
 
 void ConnectListener::Dial() {
-  if (shutting_down_ || tunnel_ != nullptr) return;
+  if (shutting_down_ || draining_accepts_ || tunnel_ != nullptr) return;
   Link* link = agent_.ReadyRelayLink();
   if (link == nullptr) {
     waiting_for_link_ = true;  // OnRelayLinkReady dials
@@ -428,7 +428,7 @@ void ConnectListener::Dial() {
 }
 
 void ConnectListener::ScheduleRedial() {
-  if (shutting_down_) return;
+  if (shutting_down_ || draining_accepts_) return;
   uv_timer_start(
       redial_timer_,
       [](uv_timer_t* t) {
@@ -481,6 +481,13 @@ void ConnectListener::Finish(LocalClient* client) {
   agent_.tasks().Defer([this, weak, client] {
     if (!weak.expired()) clients_.erase(client);
   });
+}
+
+void ConnectListener::Drain() {
+  if (shutting_down_ || draining_accepts_) return;
+  draining_accepts_ = true;
+  uv_timer_stop(redial_timer_);
+  if (listener_ != nullptr) listener_->Close();
 }
 
 void ConnectListener::Shutdown() {

@@ -47,6 +47,11 @@ class ConnectListener : public Tunnel::Owner {
   void Start();
   // Closes the listener, every local connection and the tunnel.
   void Shutdown();
+  // Closes the listener only: local connections and their tunnel go on, but a tunnel that drops
+  // is not dialled again.
+  void Drain();
+  // Local connections open (or waiting for the tunnel).
+  size_t client_count() const { return clients_.size(); }
   // A relay link came up: a tunnel waiting for one is opened now.
   void OnRelayLinkReady();
 
@@ -84,6 +89,7 @@ class ConnectListener : public Tunnel::Owner {
   ReconnectBackoff backoff_;
   bool waiting_for_link_ = false;
   bool shutting_down_ = false;
+  bool draining_accepts_ = false;            // Drain(): no new connections, no new tunnel
   std::string last_refusal_;                 // logged once per change
   std::shared_ptr<ConnectListener*> alive_;  // deferred work holds a weak_ptr to this token
 };

@@ -68,6 +68,22 @@ void RelayLink::Shutdown() {
   LinkClient::Shutdown("agent shutting down");
 }
 
+void RelayLink::Drain() { LinkClient::Drain("agent shutting down"); }
+
+size_t RelayLink::ServiceStreamCount() const {
+  if (link_ == nullptr) return 0;
+  return link_->CountStreams([](const Stream& stream) {
+    switch (stream.open().service().kind()) {
+      case link::UDP:
+      case link::PAIR:
+      case link::PRIVATE:
+        return false;
+      default:
+        return true;
+    }
+  });
+}
+
 void RelayLink::OnLinkReady() {
   const AgentConfig& config = agent_.config();
   LinksUp().Inc();

@@ -31,6 +31,12 @@ class RelayLink : public LinkClient {
   ~RelayLink() override;
 
   void Shutdown();
+  // GoAway: the relay releases this link's registrations and opens no new streams on it; open
+  // streams go on. Not redialed after this.
+  void Drain();
+  // Streams of this link the agent serves for its services (tcp, http, tls, smtp), not counting
+  // tunnels (whose own streams the agent counts) and udp flows (which end only when idle).
+  size_t ServiceStreamCount() const;
   // Tells the relay the health of `service`'s target (ServiceHealth); dropped unless the link is
   // up: every link reports all checked services again once it has registered.
   void SendServiceHealth(const ServiceConfig& service, bool healthy, const std::string& detail);

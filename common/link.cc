@@ -423,6 +423,14 @@ void Link::Fail(absl::Status status) {
   handler_.OnLinkFailed(*this, status);
 }
 
+size_t Link::CountStreams(absl::FunctionRef<bool(const Stream&)> counted) const {
+  size_t n = 0;
+  for (const auto& [id, stream] : streams_) {
+    if (counted(*stream)) ++n;
+  }
+  return n;
+}
+
 Stream* Link::Find(uint32_t id) {
   auto it = streams_.find(id);
   return it == streams_.end() ? nullptr : it->second.get();

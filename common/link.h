@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "common/frame.h"
 #include "proto/link.pb.h"
@@ -195,6 +196,8 @@ class Link {
   bool failed() const { return failed_; }
   bool peer_going_away() const { return peer_going_away_; }
   size_t stream_count() const { return streams_.size(); }
+  // The open streams for which `counted` is true.
+  size_t CountStreams(absl::FunctionRef<bool(const Stream&)> counted) const;
   const LinkOptions& options() const { return options_; }
   // Stream window the peer grants our new streams (from its Hello/Challenge).
   void set_peer_stream_window(uint32_t window) { peer_stream_window_ = window; }

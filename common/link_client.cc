@@ -184,6 +184,11 @@ void LinkClient::Down(const absl::Status& status) {
   if (link) link->Close(status);
   if (tls) tls->Close();
   tasks_.Defer([link, tls] {});
+  if (draining_) {
+    state_ = State::kStopped;
+    uv_timer_stop(timer_);
+    return;
+  }
   ScheduleRedial();
 }
 
@@ -217,6 +222,15 @@ std::string_view LinkClient::state_name() const {
       return "stopped";
   }
   return "?";
+}
+
+void LinkClient::Drain(std::string_view reason) {
+  if (state_ != State::kReady) {
+    Shutdown(reason);
+    return;
+  }
+  draining_ = true;
+  link_->SendGoAway(reason);
 }
 
 void LinkClient::Shutdown(std::string_view reason) {

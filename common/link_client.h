@@ -55,6 +55,10 @@ class LinkClient : public TlsSession::Handler, public LinkTransport, public Link
   void Start() { Dial(); }
   // GoAway when up, flush, close; never redials afterwards.
   void Shutdown(std::string_view reason);
+  // GoAway when up (the relay opens no new streams here and releases the link's registrations);
+  // open streams go on and the link stays up, pinged, but is not redialed once it drops. A link
+  // that is not up stops now.
+  void Drain(std::string_view reason);
   bool ready() const { return state_ == State::kReady; }
   // The link when it is up and takes new streams (the relay has not sent GoAway), else nullptr.
   Link* ready_link();
@@ -114,6 +118,7 @@ class LinkClient : public TlsSession::Handler, public LinkTransport, public Link
   ReconnectBackoff backoff_;
   uint64_t last_receive_ms_ = 0;
   uint64_t dial_generation_ = 0;        // stale dial/resolve callbacks compare against this
+  bool draining_ = false;               // Drain(): no redial
   std::shared_ptr<LinkClient*> alive_;  // async callbacks hold a weak_ptr to this token
 };
 

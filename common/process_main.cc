@@ -29,26 +29,62 @@ void InitLogging(const std::string& program) {
 
 void SetLogLevel(const std::string& level) { spdlog::set_level(spdlog::level::from_str(level)); }
 
-void RunUntilSignal(uv_loop_t* loop, std::function<void()> on_stop) {
+namespace {
+
+struct SignalHandlers {
+  uv_signal_t sigterm;
+  uv_signal_t sigint;
+  int received = 0;
+  std::function<void(std::function<void()>)> on_drain;
+  std::function<void()> on_stop;
+};
+
+void CloseSignalHandlers(SignalHandlers& handlers) {
+  for (uv_signal_t* handle : {&handlers.sigterm, &handlers.sigint}) {
+    if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(handle))) {
+      uv_close(reinterpret_cast<uv_handle_t*>(handle), nullptr);
+    }
+  }
+}
+
+void RunWithSignalHandlers(uv_loop_t* loop, SignalHandlers& handlers) {
   std::signal(SIGPIPE, SIG_IGN);
-  uv_signal_t sigterm, sigint;
-  uv_signal_init(loop, &sigterm);
-  uv_signal_init(loop, &sigint);
-  sigterm.data = sigint.data = &on_stop;
+  uv_signal_init(loop, &handlers.sigterm);
+  uv_signal_init(loop, &handlers.sigint);
+  handlers.sigterm.data = handlers.sigint.data = &handlers;
   auto on_signal = [](uv_signal_t* handle, int signum) {
-    spdlog::info("received {}, shutting down", signum == SIGTERM ? "SIGTERM" : "SIGINT");
-    auto* stop = static_cast<std::function<void()>*>(handle->data);
-    uv_walk(
-        handle->loop,
-        [](uv_handle_t* h, void*) {
-          if (h->type == UV_SIGNAL && !uv_is_closing(h)) uv_close(h, nullptr);
-        },
-        nullptr);
-    (*stop)();
+    auto& handlers = *static_cast<SignalHandlers*>(handle->data);
+    const char* name = signum == SIGTERM ? "SIGTERM" : "SIGINT";
+    if (++handlers.received == 1 && handlers.on_drain) {
+      spdlog::info("received {}, shutting down", name);
+      handlers.on_drain([&handlers] { CloseSignalHandlers(handlers); });
+      return;
+    }
+    spdlog::info("received {}, {}", name,
+                 handlers.received == 1 ? "shutting down" : "stopping now");
+    CloseSignalHandlers(handlers);
+    handlers.on_stop();
   };
-  uv_signal_start(&sigterm, on_signal, SIGTERM);
-  uv_signal_start(&sigint, on_signal, SIGINT);
+  uv_signal_start(&handlers.sigterm, on_signal, SIGTERM);
+  uv_signal_start(&handlers.sigint, on_signal, SIGINT);
   uv_run(loop, UV_RUN_DEFAULT);
+}
+
+}  // namespace
+
+void RunUntilSignal(uv_loop_t* loop, std::function<void()> on_stop) {
+  SignalHandlers handlers;
+  handlers.on_stop = std::move(on_stop);
+  RunWithSignalHandlers(loop, handlers);
+}
+
+void RunDrainingOnSignal(uv_loop_t* loop,
+                         std::function<void(std::function<void()> stopped)> on_drain,
+                         std::function<void()> on_stop) {
+  SignalHandlers handlers;
+  handlers.on_drain = std::move(on_drain);
+  handlers.on_stop = std::move(on_stop);
+  RunWithSignalHandlers(loop, handlers);
 }
 
 int CloseLoop(uv_loop_t* loop) {

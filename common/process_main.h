@@ -29,6 +29,13 @@ void SetLogLevel(const std::string& level);
 // when the loop has nothing left to do.
 void RunUntilSignal(uv_loop_t* loop, std::function<void()> on_stop);
 
+// Runs `loop` until it has nothing left to do. The first SIGTERM or SIGINT runs `on_drain`, which
+// is given a callback to call once the process has stopped (it closes the signal handlers, so the
+// loop can end); a second signal runs `on_stop` (which must stop the process now) and closes them.
+void RunDrainingOnSignal(uv_loop_t* loop,
+                         std::function<void(std::function<void()> stopped)> on_drain,
+                         std::function<void()> on_stop);
+
 // Runs the loop dry and closes it: 0 when every handle was closed, 2 (logged) otherwise.
 int CloseLoop(uv_loop_t* loop);
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import re
+import signal
 import ssl
 import subprocess
 import sys
@@ -330,6 +331,61 @@ class PairTest(harness.IntegrationTest):
         self.assertEqual(count_lines(access_log), before_access)
         self.assertEqual(agent_metric(agent_c, "rdv_agent_tunnels_up"), 0)
         agent_c.stop()
+
+
+    def start_drain_pair(self, name):
+        """A serving agent for pair `name` (target: the data target) and a connecting agent with a
+        plain port for it; returns (serving, connecting, port) once the tunnel is up."""
+        serving = self.h.agent(agent_yaml(self.relay, f"{name}-serve", "site-b", f"""\
+            services:
+              - kind: pair
+                name: {name}
+                secret: "{PAIR_SECRET}-{name}"
+                target: {self.target.target()}
+            """), name=f"{name}-serve")
+        serving.wait_registered(name, "pair")
+        port = harness.free_port()
+        connecting = self.h.agent(agent_yaml(self.relay, f"{name}-connect", "site-a", f"""\
+            connect:
+              - listen: 127.0.0.1:{port}
+                pair: {name}
+                secret: "{PAIR_SECRET}-{name}"
+            """), name=f"{name}-connect")
+        connecting.wait_line(rf"tunnel pair {name} up: peer {name}-serve via relay-pair")
+        return serving, connecting, ("127.0.0.1", port)
+
+    def test_connecting_end_drains_its_open_connections(self):
+        serving, connecting, addr = self.start_drain_pair("drain-c")
+        echo = harness.EchoStream(addr, seed=41)
+        echo.wait_progress(1 << 20)
+        connecting.send_signal(signal.SIGTERM)
+        connecting.wait_line(harness.log_message(r"draining: 1 open streams"))
+        echo.wait_progress(echo.bytes_ok + (1 << 20))
+        # The connect listener is closed: a new local connection is refused at once.
+        with self.assertRaises(ConnectionRefusedError):
+            harness.connect(addr, 5).close()
+        self.assertTrue(connecting.alive())
+        echo.stop()
+        self.assertEqual(connecting.wait(20), 0)
+        self.assertTrue(connecting.find(harness.log_message(r"drained: no stream open")))
+        serving.stop()
+
+    def test_serving_end_drains_the_streams_of_its_tunnels(self):
+        serving, connecting, addr = self.start_drain_pair("drain-s")
+        echoes = [harness.EchoStream(addr, seed=seed) for seed in (51, 52)]
+        for echo in echoes:
+            echo.wait_progress(1 << 20)
+        serving.send_signal(signal.SIGTERM)
+        serving.wait_line(harness.log_message(r"draining: 2 open streams"))
+        for echo in echoes:
+            echo.wait_progress(echo.bytes_ok + (1 << 20))
+        echoes[0].stop()
+        echoes[1].wait_progress(echoes[1].bytes_ok + (1 << 20))
+        self.assertTrue(serving.alive())
+        echoes[1].stop()
+        self.assertEqual(serving.wait(20), 0)
+        self.assertTrue(serving.find(harness.log_message(r"drained: no stream open")))
+        connecting.stop()
 
 
 class PrivateServiceTest(harness.IntegrationTest):

@@ -1,0 +1,125 @@
+#!/usr/bin/python3
+"""Agent shutdown drains: the first SIGTERM lets open streams finish, a second stops at once.
+
+One relay with a tcp service `svc` on a fixed port; each test starts its own agents publishing
+`svc` in front of one data target (echo streams, checked byte-exact):
+  drain    agent a holds a live echo stream, agent b joins the group; SIGTERM to a: the stream
+           goes on, new connections reach b, and a exits 0 by itself once the stream closes
+  grace    shutdown_grace_ms 300: the stream still open when the grace is over is closed
+  twice    a grace of an hour: the second SIGTERM stops the agent now
+"""
+
+import os
+import signal
+import sys
+import textwrap
+
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import harness  # noqa: E402
+
+SECRET = "orang-drain-secret"
+MIB = 1 << 20
+
+
+class AgentDrainTest(harness.IntegrationTest):
+
+    @classmethod
+    def setUpClass(cls):
+        h = cls.shared_harness()
+        cls.port, _ = harness.free_port_range(1)
+        cls.target = h.data_target()
+        cls.relay = h.relay(f"""\
+            relay_id: relay-drain
+            state_dir: {h.path('relay-state')}
+            log_level: {harness.LOG_LEVEL}
+            agent_listener:
+              listen: ["127.0.0.1:0"]
+            tcp:
+              bind: ["127.0.0.1"]
+              ports:
+                - service: svc
+                  port: {cls.port}
+            admin:
+              listen: ["127.0.0.1:0"]
+            credentials:
+              - name: orang
+                secret: "{SECRET}"
+                grants: ["tcp:svc"]
+            """, name="relay")
+
+    def start_agent(self, name, extra=""):
+        agent = self.h.agent(textwrap.dedent(f"""\
+            agent_id: {name}
+            relays: ["{harness.format_addr(self.relay.address('agent'))}"]
+            relay_fingerprint: "sha256:{self.relay.fingerprint}"
+            credential:
+              name: orang
+              secret: "{SECRET}"
+            links: 1
+            log_level: {harness.LOG_LEVEL}
+            services:
+              - name: svc
+                kind: tcp
+                target: {self.target.target()}
+            """) + extra, name=name)
+        agent.wait_registered("svc", "tcp")
+        return agent
+
+    def service(self):
+        return ("127.0.0.1", self.port)
+
+    def test_open_stream_finishes_new_ones_go_to_the_other_agent(self):
+        a = self.start_agent("drain-a")
+        echo = harness.EchoStream(self.service(), seed=11)
+        echo.wait_progress(MIB)
+        b = self.start_agent("drain-b")
+        a.send_signal(signal.SIGTERM)
+        a.wait_line(harness.log_message(r"draining: 1 open streams"))
+        self.relay.wait_line(harness.log_message(r"agent link \S+ \(drain-a\): agent is going away"))
+        # The open stream keeps moving through the draining agent ...
+        echo.wait_progress(echo.bytes_ok + MIB)
+        # ... while new connections go to the other member of the group.
+        for seed in (12, 13, 14):
+            harness.exchange(self.service(), MIB, MIB, seed)
+        self.assertTrue(a.alive(), "the draining agent stopped while its stream was open")
+        echo.stop()
+        self.assertEqual(a.wait(20), 0)
+        self.assertTrue(a.find(harness.log_message(r"drained: no stream open")))
+        harness.exchange(self.service(), MIB, MIB, 15)
+        b.stop()
+
+    def test_grace_over_closes_open_streams(self):
+        agent = self.start_agent("drain-grace", "shutdown_grace_ms: 300\n")
+        echo = harness.EchoStream(self.service(), seed=21)
+        echo.wait_progress(MIB)
+        agent.send_signal(signal.SIGTERM)
+        self.assertEqual(agent.wait(20), 0)
+        self.assertTrue(agent.find(harness.log_message(
+            r"drain: 1 streams still open after 300 ms; closing them")))
+        harness.wait_until(lambda: echo.error, 10, "the echo stream to be closed")
+        with self.assertRaises(AssertionError):
+            echo.stop()
+
+    def test_second_signal_stops_at_once(self):
+        agent = self.start_agent("drain-twice", "shutdown_grace_ms: 3600000\n")
+        echo = harness.EchoStream(self.service(), seed=31)
+        echo.wait_progress(MIB)
+        agent.send_signal(signal.SIGTERM)
+        agent.wait_line(harness.log_message(r"draining: 1 open streams"))
+        agent.send_signal(signal.SIGTERM)
+        self.assertEqual(agent.wait(20), 0)
+        self.assertTrue(agent.find(harness.log_message(r"received SIGTERM, stopping now")))
+        harness.wait_until(lambda: echo.error, 10, "the echo stream to be closed")
+        with self.assertRaises(AssertionError):
+            echo.stop()
+
+    def test_idle_agent_stops_without_draining(self):
+        agent = self.start_agent("drain-idle")
+        agent.send_signal(signal.SIGTERM)
+        self.assertEqual(agent.wait(20), 0)
+        self.assertFalse(agent.find(harness.log_message(r"draining")))
+
+
+if __name__ == "__main__":
+    harness.main()
