@@ -265,6 +265,10 @@ void Agent::OnTunnelClosed(Tunnel& tunnel, const absl::Status& status) {
 AgentStatus Agent::Status() const {
   AgentStatus status;
   status.agent_id = config_.agent_id;
+  if (draining()) {
+    status.draining = true;
+    status.open_streams = OpenStreamCount();
+  }
   for (const auto& link : links_) {
     status.links.push_back({FormatHostPort(link->relay()), std::string(link->state_name())});
   }

@@ -73,8 +73,12 @@ std::string JsonQuote(std::string_view text) {
 }
 
 std::string RenderAgentStatusJson(const AgentStatus& status) {
-  std::string out = StrCat("{", JsonQuote("agent_id"), ": ", JsonQuote(status.agent_id), ", ",
-                           JsonQuote("links"), ": [");
+  std::string out = StrCat("{", JsonQuote("agent_id"), ": ", JsonQuote(status.agent_id), ", ");
+  if (status.draining) {
+    StrAppend(out, JsonQuote("draining"), ": true, ", JsonQuote("open_streams"), ": ",
+              status.open_streams, ", ");
+  }
+  StrAppend(out, JsonQuote("links"), ": [");
   for (size_t i = 0; i < status.links.size(); ++i) {
     const AgentLinkStatus& link = status.links[i];
     out += i == 0 ? "{" : ", {";
@@ -117,6 +121,16 @@ absl::StatusOr<AgentStatus> ParseAgentStatusJson(std::string_view json) {
   absl::StatusOr<std::string> agent_id = StringField(root, "agent_id");
   if (!agent_id.ok()) return agent_id.status();
   status.agent_id = *std::move(agent_id);
+  try {
+    if (const YAML::Node draining = root["draining"]; draining && draining.IsScalar()) {
+      status.draining = draining.as<bool>();
+    }
+    if (const YAML::Node open = root["open_streams"]; open && open.IsScalar()) {
+      status.open_streams = open.as<uint64_t>();
+    }
+  } catch (const YAML::Exception&) {
+    return absl::InvalidArgumentError("'draining' or 'open_streams' has the wrong type");
+  }
   if (const YAML::Node links = root["links"]; links && links.IsSequence()) {
     for (const YAML::Node& item : links) {
       if (!item.IsMap()) return absl::InvalidArgumentError("a link is not an object");
@@ -166,7 +180,12 @@ absl::StatusOr<AgentStatus> ParseAgentStatusJson(std::string_view json) {
 }
 
 std::string FormatAgentStatus(const AgentStatus& status) {
-  std::string out = StrCat("agent ", status.agent_id, "\n");
+  std::string out = StrCat("agent ", status.agent_id);
+  if (status.draining) {
+    StrAppend(out, " (draining, ", status.open_streams,
+              status.open_streams == 1 ? " open stream)" : " open streams)");
+  }
+  out += "\n";
   out += status.links.empty() ? "links: none\n" : "links:\n";
   for (const AgentLinkStatus& link : status.links) {
     StrAppend(out, "  ", link.relay, " ", link.state, "\n");

@@ -6,6 +6,8 @@
 //    "tunnels": [{"kind": "pair", "name": "site-b", "role": "connect", "state": "up",
 //                 "peer_agent": "...", "hops": ["relay-a", "relay-b"], "streams": 0,
 //                 "security": "psk", "path": "data"}]}
+// and, while the agent drains after its first SIGTERM, "draining": true, "open_streams": N
+// after "agent_id".
 #ifndef RDV_AGENT_AGENT_STATUS_H_
 #define RDV_AGENT_AGENT_STATUS_H_
 
@@ -39,6 +41,8 @@ struct AgentTunnelStatus {
 
 struct AgentStatus {
   std::string agent_id;
+  bool draining = false;      // stopping: open streams finish, no new ones (shutdown_grace_ms)
+  uint64_t open_streams = 0;  // while draining: the streams it waits for
   std::vector<AgentLinkStatus> links;
   std::vector<AgentTunnelStatus> tunnels;
 };
@@ -53,7 +57,7 @@ std::string RenderAgentStatusJson(const AgentStatus& status);
 absl::StatusOr<AgentStatus> ParseAgentStatusJson(std::string_view json);
 
 // Lines for a terminal:
-//   agent site-a
+//   agent site-a                         ("agent site-a (draining, 2 open streams)")
 //   links:
 //     127.0.0.1:7000 up
 //   tunnels:

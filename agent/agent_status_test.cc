@@ -76,6 +76,24 @@ TEST(AgentStatusTest, RoundTrip) {
   EXPECT_EQ(tunnel.path, "data");
 }
 
+TEST(AgentStatusTest, Draining) {
+  AgentStatus status;
+  status.agent_id = "a1";
+  status.draining = true;
+  status.open_streams = 2;
+  EXPECT_EQ(RenderAgentStatusJson(status),
+            "{\"agent_id\": \"a1\", \"draining\": true, \"open_streams\": 2, \"links\": [], "
+            "\"tunnels\": []}\n");
+  absl::StatusOr<AgentStatus> parsed = ParseAgentStatusJson(RenderAgentStatusJson(status));
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_TRUE(parsed->draining);
+  EXPECT_EQ(parsed->open_streams, 2u);
+  parsed = ParseAgentStatusJson("{\"agent_id\": \"a1\"}");
+  ASSERT_TRUE(parsed.ok()) << parsed.status();
+  EXPECT_FALSE(parsed->draining);
+  EXPECT_FALSE(ParseAgentStatusJson("{\"agent_id\": \"a\", \"draining\": \"maybe\"}").ok());
+}
+
 TEST(AgentStatusTest, ParseRejectsNonsense) {
   EXPECT_FALSE(ParseAgentStatusJson("<html>").ok());
   EXPECT_FALSE(ParseAgentStatusJson("[1, 2]").ok());
@@ -98,6 +116,11 @@ TEST(AgentStatusTest, Summary) {
   EXPECT_THAT(FormatAgentStatus(on_link),
               HasSubstr("  pair site-b connect up peer site-b-agent via relay-a -> relay-b (psk, "
                         "1 stream)\n"));
+  AgentStatus draining = Example();
+  draining.draining = true;
+  draining.open_streams = 1;
+  EXPECT_THAT(FormatAgentStatus(draining), testing::StartsWith("agent site-a (draining, 1 open "
+                                                               "stream)\nlinks:\n"));
   AgentStatus empty;
   empty.agent_id = "lonely";
   EXPECT_EQ(FormatAgentStatus(empty), "agent lonely\nlinks: none\ntunnels: none\n");

@@ -377,9 +377,13 @@ class PairTest(harness.IntegrationTest):
             echo.wait_progress(1 << 20)
         serving.send_signal(signal.SIGTERM)
         serving.wait_line(harness.log_message(r"draining: 2 open streams"))
+        status = json.loads(admin_get(serving, "/status"))
+        self.assertEqual((status["draining"], status["open_streams"]), (True, 2), status)
         for echo in echoes:
             echo.wait_progress(echo.bytes_ok + (1 << 20))
         echoes[0].stop()
+        harness.wait_until(lambda: json.loads(admin_get(serving, "/status"))["open_streams"] == 1,
+                           10, "one open stream left")
         echoes[1].wait_progress(echoes[1].bytes_ok + (1 << 20))
         self.assertTrue(serving.alive())
         echoes[1].stop()
