@@ -7,6 +7,11 @@ One relay with a tcp service `svc` on a fixed port; each test starts its own age
            goes on, new connections reach b, and a exits 0 by itself once the stream closes
   grace    shutdown_grace_ms 300: the stream still open when the grace is over is closed
   twice    a grace of an hour: the second SIGTERM stops the agent now
+
+RelayDrainTest, a relay (two workers) and an agent per test: SIGTERM to the relay closes its
+listeners (admin excepted) and sends GoAway to the agent, an open stream finishes, an idle HTTP
+keep-alive connection is closed at once, and the relay exits 0 when the stream closes; a grace
+that runs out, and a second signal, close what is open.
 """
 
 import os
@@ -119,6 +124,108 @@ class AgentDrainTest(harness.IntegrationTest):
         agent.send_signal(signal.SIGTERM)
         self.assertEqual(agent.wait(20), 0)
         self.assertFalse(agent.find(harness.log_message(r"draining")))
+
+
+class RelayDrainTest(harness.IntegrationTest):
+
+    def start(self, extra=""):
+        h = self.fresh_harness()
+        port, _ = harness.free_port_range(1)
+        target = h.data_target()
+        nginx = h.nginx('location / { return 200 "drain\\n"; }')
+        relay = h.relay(f"""\
+            relay_id: relay-drain
+            state_dir: {h.path('relay-state')}
+            workers: 2
+            log_level: {harness.LOG_LEVEL}
+            agent_listener:
+              listen: ["127.0.0.1:0"]
+            http:
+              listen: ["127.0.0.1:0"]
+            tcp:
+              bind: ["127.0.0.1"]
+              ports:
+                - service: svc
+                  port: {port}
+            admin:
+              listen: ["127.0.0.1:0"]
+            credentials:
+              - name: orang
+                secret: "{SECRET}"
+                grants: ["tcp:svc", "http:www.orang.test"]
+            """ + extra, name="relay")
+        agent = h.agent(textwrap.dedent(f"""\
+            agent_id: relay-drain-agent
+            relays: ["{harness.format_addr(relay.address('agent'))}"]
+            relay_fingerprint: "sha256:{relay.fingerprint}"
+            credential:
+              name: orang
+              secret: "{SECRET}"
+            links: 2
+            log_level: {harness.LOG_LEVEL}
+            services:
+              - name: svc
+                kind: tcp
+                target: {target.target()}
+              - name: www.orang.test
+                kind: http
+                target: {nginx.target()}
+            """), name="agent")
+        agent.wait_registered("svc", "tcp")
+        agent.wait_registered("www.orang.test", "http")
+        return relay, agent, ("127.0.0.1", port)
+
+    def test_open_stream_finishes_listeners_close(self):
+        relay, agent, service = self.start()
+        # An HTTP keep-alive connection that answered once and is idle now.
+        idle = harness.connect(relay.address("http"))
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: www.orang.test\r\n\r\n")
+        self.assertIn(b"drain", idle.recv(4096))
+        echo = harness.EchoStream(service, seed=61)
+        echo.wait_progress(MIB)
+        relay.send_signal(signal.SIGTERM)
+        relay.wait_line(harness.log_message(r"draining: listeners closed"))
+        agent.wait_line(harness.log_message(r"link \d+: relay is going away: relay shutting down"))
+        echo.wait_progress(echo.bytes_ok + MIB)
+        with self.assertRaises(ConnectionRefusedError):
+            harness.connect(service, 5).close()
+        with self.assertRaises(ConnectionRefusedError):
+            harness.connect(relay.address("http"), 5).close()
+        # The admin listener stays up while draining.
+        self.assertIsNotNone(relay.metric("rdv_links_active"))
+        # The idle keep-alive connection does not hold the drain: it is closed.
+        idle.settimeout(10)
+        self.assertEqual(idle.recv(4096), b"")
+        idle.close()
+        self.assertTrue(relay.alive(), "the relay stopped while a stream was open")
+        echo.stop()
+        self.assertEqual(relay.wait(20), 0)
+        self.assertTrue(relay.find(harness.log_message(r"drained: every worker stopped")))
+
+    def test_grace_over_closes_open_sessions(self):
+        relay, agent, service = self.start("shutdown_grace_ms: 300\n")
+        echo = harness.EchoStream(service, seed=71)
+        echo.wait_progress(MIB)
+        relay.send_signal(signal.SIGTERM)
+        self.assertEqual(relay.wait(20), 0)
+        self.assertTrue(relay.find(harness.log_message(
+            r"worker \d: drain: 1 client sessions still open at the end of the grace")))
+        harness.wait_until(lambda: echo.error, 10, "the echo stream to be closed")
+        with self.assertRaises(AssertionError):
+            echo.stop()
+
+    def test_second_signal_stops_at_once(self):
+        relay, agent, service = self.start("shutdown_grace_ms: 3600000\n")
+        echo = harness.EchoStream(service, seed=81)
+        echo.wait_progress(MIB)
+        relay.send_signal(signal.SIGTERM)
+        relay.wait_line(harness.log_message(r"draining: listeners closed"))
+        relay.send_signal(signal.SIGTERM)
+        self.assertEqual(relay.wait(20), 0)
+        self.assertTrue(relay.find(harness.log_message(r"received SIGTERM, stopping now")))
+        harness.wait_until(lambda: echo.error, 10, "the echo stream to be closed")
+        with self.assertRaises(AssertionError):
+            echo.stop()
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ class AdminSession : public RelaySession {
  public:
   AdminSession(RelayWorker& worker, std::unique_ptr<TcpConnection> client);
   void Start() { http_.Start(); }
+  bool HoldsDrain() const override { return false; }
 
  private:
   AdminHttpSession http_;

@@ -29,6 +29,8 @@ class AgentListenerSession : public RelaySession, public TcpConnection::Handler 
   AgentListenerSession(RelayWorker& worker, std::unique_ptr<TcpConnection> connection);
   ~AgentListenerSession() override;
   void Start();
+  // A link or data path being set up: the drain sent GoAway to links, and closes these.
+  bool HoldsDrain() const override { return false; }
 
   // TcpConnection::Handler
   void OnRead(std::string_view data) override;

@@ -53,6 +53,19 @@ HttpSession::~HttpSession() {
   client_->Close();
 }
 
+bool HttpSession::HoldsDrain() const {
+  if (finished_) return false;
+  if (!input_.empty() || head_pending_ || head_bytes_seen_) return true;
+  if (responses_ && (responses_->tunneling() || responses_->pending_responses() > 0)) return true;
+  return client_ != nullptr && client_->queued_bytes() > 0;
+}
+
+bool HttpSession::CloseIfIdle() {
+  if (finished_ || HoldsDrain()) return false;
+  Finish();
+  return true;
+}
+
 void HttpSession::Start(std::string_view initial) {
   ArmTimer(absl::ToInt64Milliseconds(http_config_.idle_timeout));
   client_->Start(*this);

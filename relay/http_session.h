@@ -41,6 +41,10 @@ class HttpSession : public RelaySession, public TcpConnection::Handler, public S
               const StreamCarrier* chosen = nullptr, bool proxy = false);
   ~HttpSession() override;
   // `initial`: bytes already read from the client (a hand-off from another worker).
+  // A request in progress (or bytes of one, or a response owed, or a tunnelled connection) holds
+  // a drain; a keep-alive connection idle between requests does not.
+  bool HoldsDrain() const override;
+  bool CloseIfIdle() override;
   void Start(std::string_view initial);
 
   // TcpConnection::Handler

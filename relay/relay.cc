@@ -1,6 +1,7 @@
 #include "relay/relay.h"
 
 #include <thread>
+#include <utility>
 
 #include "common/metrics.h"
 #include "common/str_cat.h"
@@ -136,6 +137,7 @@ absl::Status Relay::Start() {
         address.host, address.port == 0 ? admin_port : address.port,
         [&main](uv_stream_t* server) { main.AcceptAdmin(server); }, /*reuse_port=*/false);
     if (!listener.ok()) return listener.status();
+    main.KeepWhileDraining(*listener);
     if (admin_port == 0) admin_port = (*listener)->port();
     spdlog::info("listening admin {}", (*listener)->address());
   }
@@ -156,6 +158,41 @@ absl::Status Relay::Start() {
     upstream_->Start();
   }
   return absl::OkStatus();
+}
+
+void Relay::Drain(std::function<void()> on_stopped) {
+  if (config_.shutdown_grace <= absl::ZeroDuration()) {
+    Shutdown();
+    on_stopped();
+    return;
+  }
+  int64_t grace_ms = absl::ToInt64Milliseconds(config_.shutdown_grace);
+  spdlog::info(
+      "draining: listeners closed, GoAway to agents; stopping when client sessions end, or in {} "
+      "ms (shutdown_grace_ms); a second signal stops now",
+      grace_ms);
+  on_stopped_ = std::move(on_stopped);
+  auto* async = new uv_async_t;
+  uv_async_init(workers_[0]->loop(), async, [](uv_async_t* handle) {
+    auto* relay = static_cast<Relay*>(handle->data);
+    relay->drained_ = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(handle),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+    spdlog::info("drained: every worker stopped");
+    if (relay->upstream_) relay->upstream_->Stop();
+    if (relay->on_stopped_) std::exchange(relay->on_stopped_, nullptr)();
+  });
+  async->data = this;
+  drained_ = async;
+  uint64_t deadline_ms = uv_hrtime() / 1000000 + static_cast<uint64_t>(grace_ms);
+  for (auto& worker : workers_) worker->RequestDrain(deadline_ms);
+  // Workers that stopped before the drain began (none normally) count too.
+  if (workers_stopped_.load() == static_cast<int>(workers_.size())) uv_async_send(async);
+}
+
+void Relay::WorkerStopped() {
+  if (++workers_stopped_ != static_cast<int>(workers_.size())) return;
+  if (uv_async_t* async = drained_.load()) uv_async_send(async);
 }
 
 void Relay::Shutdown() {

@@ -10,6 +10,8 @@
 
 #include <uv.h>
 
+#include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <set>
@@ -40,6 +42,14 @@ class Relay {
   absl::Status Start();
   // From worker 0's loop: stop every worker. The caller's uv_run then returns; call Join().
   void Shutdown();
+  // From worker 0's loop, the first SIGTERM: every worker closes its listeners (admin excepted)
+  // and sends GoAway on its agent links, then stops once no client session in progress is left
+  // or config().shutdown_grace has passed (RelayWorker::RequestDrain). When every worker has
+  // stopped, the upstream link stops and `on_stopped` runs on this loop. A grace of 0 is
+  // Shutdown() at once. Shutdown() during a drain stops what is left at once.
+  void Drain(std::function<void()> on_stopped);
+  // Thread-safe, from each worker's Stop().
+  void WorkerStopped();
   void Join();
 
   const RelayConfig& config() const { return config_; }
@@ -98,6 +108,10 @@ class Relay {
   // The first port of each entrypoint ("http", "tls", ...), for the routes agents are told.
   // Written by Start() before any worker thread runs.
   std::map<std::string, uint16_t> entry_ports_;
+  // Drain(): fired on worker 0's loop when the last worker stopped.
+  std::atomic<uv_async_t*> drained_{nullptr};
+  std::function<void()> on_stopped_;
+  std::atomic<int> workers_stopped_{0};
 
   absl::Mutex mu_;
   std::map<std::string, uint16_t> tcp_ports_ ABSL_GUARDED_BY(mu_);  // service -> relay port

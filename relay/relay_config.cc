@@ -387,7 +387,7 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
   if (absl::Status s = root->CheckKeys(
           {"relay_id", "state_dir", "workers", "log_level", "agent_listener", "http", "tcp", "tls",
            "smtp", "proxy", "udp", "admin", "link", "proxy_protocol_from", "credentials",
-           "tunnel_tap_file", "tunnel_data_path", "upstream"});
+           "tunnel_tap_file", "tunnel_data_path", "upstream", "shutdown_grace_ms"});
       !s.ok()) {
     return s;
   }
@@ -406,6 +406,11 @@ absl::StatusOr<RelayConfig> ParseRelayDocument(const YamlDocument& document) {
     return s;
   }
   if (absl::Status s = root->ReadBool("tunnel_data_path", &config.tunnel_data_path); !s.ok()) {
+    return s;
+  }
+  if (absl::Status s =
+          root->ReadDurationMs("shutdown_grace_ms", 0, 3600 * 1000, &config.shutdown_grace);
+      !s.ok()) {
     return s;
   }
   if (absl::Status s = root->ReadUint<uint32_t>("workers", 0, 1024, &config.workers); !s.ok()) {

@@ -169,6 +169,10 @@ struct RelayConfig {
   // Offer a data path (docs/protocol.md "Tunnel data path") for tunnels bridged between two
   // agents linked here directly that both take it.
   bool tunnel_data_path = true;
+  // How long the first SIGTERM/SIGINT lets client sessions in progress finish (listeners closed,
+  // GoAway on every agent link) before the relay closes them; 0 = stop at once. A second signal
+  // always stops at once.
+  absl::Duration shutdown_grace = absl::Milliseconds(10000);
 
   const CredentialConfig* FindCredential(std::string_view name) const;
 };

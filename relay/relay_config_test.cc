@@ -224,6 +224,20 @@ TEST(RelayConfigTest, TunnelDataPath) {
             "relay.yaml:1: unknown key 'tunnel_data_paths' at top level");
 }
 
+TEST(RelayConfigTest, ShutdownGrace) {
+  EXPECT_EQ(Parse(kMinimalConfig)->shutdown_grace, absl::Seconds(10));
+  absl::StatusOr<RelayConfig> zero = Parse("shutdown_grace_ms: 0\n" + std::string(kMinimalConfig));
+  ASSERT_TRUE(zero.ok()) << zero.status();
+  EXPECT_EQ(zero->shutdown_grace, absl::ZeroDuration());
+  absl::StatusOr<RelayConfig> long_grace =
+      Parse("shutdown_grace_ms: 25000\n" + std::string(kMinimalConfig));
+  ASSERT_TRUE(long_grace.ok()) << long_grace.status();
+  EXPECT_EQ(long_grace->shutdown_grace, absl::Seconds(25));
+  EXPECT_EQ(ErrorOf("shutdown_grace_ms: soon\n" + std::string(kMinimalConfig)),
+            "relay.yaml:1: shutdown_grace_ms: expected a duration in milliseconds between 0 and "
+            "3600000, got 'soon'");
+}
+
 TEST(RelayConfigTest, SecretFile) {
   std::string path = WriteTempFile("secret", "file-secret-value\n");
   absl::StatusOr<RelayConfig> config =

@@ -1,6 +1,9 @@
 // rdv-relay: flags, config, the relay, the loop.
 #include <uv.h>
 
+#include <functional>
+#include <utility>
+
 #include "common/process_main.h"
 #include "common/str_cat.h"
 #include "relay/relay.h"
@@ -37,7 +40,9 @@ int main(int argc, char** argv) {
     (*relay)->Shutdown();
     uv_run(loop, UV_RUN_DEFAULT);
   } else {
-    rdv::RunUntilSignal(loop, [&relay] { (*relay)->Shutdown(); });
+    rdv::RunDrainingOnSignal(
+        loop, [&relay](std::function<void()> stopped) { (*relay)->Drain(std::move(stopped)); },
+        [&relay] { (*relay)->Shutdown(); });
   }
   (*relay)->Join();
   relay->reset();

@@ -2,6 +2,8 @@
 
 #include <malloc.h>
 
+#include <algorithm>
+
 #include "absl/strings/ascii.h"
 #include "common/metrics.h"
 #include "common/str_cat.h"
@@ -332,14 +334,77 @@ void RelayWorker::DrainHandoffs() {
 void RelayWorker::RequestStop() {
   {
     absl::MutexLock lock(&mu_);
+    // Already stopping, or stopped (a drained worker): the wakeup handle may be gone.
+    if (stop_requested_) return;
     stop_requested_ = true;
   }
   uv_async_send(wakeup_);
 }
 
+void RelayWorker::RequestDrain(uint64_t deadline_ms) {
+  Post([this, deadline_ms] { BeginDrain(deadline_ms); });
+}
+
+void RelayWorker::BeginDrain(uint64_t deadline_ms) {
+  if (stopped_ || drain_timer_ != nullptr) return;
+  for (auto& listener : listeners_) {
+    bool admin = std::find(admin_listeners_.begin(), admin_listeners_.end(), listener.get()) !=
+                 admin_listeners_.end();
+    if (!admin) listener->Close();
+  }
+  for (auto& [raw, link] : links_) link->GoAway("relay shutting down");
+  drain_deadline_ms_ = deadline_ms;
+  drain_holders_ = CountDrainHolders();
+  drain_timer_ = new uv_timer_t;
+  uv_timer_init(loop_, drain_timer_);
+  drain_timer_->data = this;
+  constexpr uint64_t kDrainCheckMs = 100;
+  uv_timer_start(
+      drain_timer_,
+      [](uv_timer_t* timer) {
+        if (timer->data != nullptr) static_cast<RelayWorker*>(timer->data)->CheckDrain();
+      },
+      0, kDrainCheckMs);
+}
+
+void RelayWorker::CloseIdleSessions() {
+  std::vector<RelaySession*> sessions;
+  sessions.reserve(sessions_.size());
+  for (const auto& [raw, session] : sessions_) sessions.push_back(raw);
+  for (RelaySession* session : sessions) session->CloseIfIdle();
+}
+
+size_t RelayWorker::CountDrainHolders() const {
+  size_t holders = 0;
+  for (const auto& [raw, session] : sessions_) {
+    if (session->HoldsDrain()) ++holders;
+  }
+  return holders;
+}
+
+void RelayWorker::CheckDrain() {
+  CloseIdleSessions();
+  size_t holders = CountDrainHolders();
+  drain_holders_ = holders;
+  if (holders > 0 && uv_hrtime() / 1000000 < drain_deadline_ms_) return;
+  if (holders > 0) {
+    spdlog::warn(
+        "worker {}: drain: {} client sessions still open at the end of the grace; "
+        "closing them",
+        index_, holders);
+  }
+  Stop();
+}
+
 void RelayWorker::Stop() {
   if (stopped_) return;
   stopped_ = true;
+  if (drain_timer_ != nullptr) {
+    drain_timer_->data = nullptr;
+    uv_close(reinterpret_cast<uv_handle_t*>(drain_timer_),
+             [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
+    drain_timer_ = nullptr;
+  }
   {
     absl::MutexLock lock(&mu_);
     stop_requested_ = true;  // no more Post()s: the wakeup handle closes below
@@ -358,6 +423,8 @@ void RelayWorker::Stop() {
   wakeup_->data = nullptr;
   uv_close(reinterpret_cast<uv_handle_t*>(wakeup_),
            [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
+  drain_holders_ = 0;
+  relay_.WorkerStopped();
 }
 
 void RelayWorker::StartThread() {

@@ -9,6 +9,7 @@
 
 #include <uv.h>
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <memory>
@@ -32,6 +33,13 @@ class AgentLink;
 class RelaySession {
  public:
   virtual ~RelaySession() = default;
+  // Whether a draining relay waits for this session to end (a client's request or connection in
+  // progress). Sessions that only end when idle (udp flows), admin requests and agent listener
+  // handshakes do not hold a drain; they close when it ends.
+  virtual bool HoldsDrain() const { return true; }
+  // While draining: a session that holds nothing and can end without losing anything (an HTTP
+  // keep-alive connection between requests) closes itself and returns true.
+  virtual bool CloseIfIdle() { return false; }
 };
 
 // A client connection moving to another worker.
@@ -80,6 +88,8 @@ class RelayWorker {
   absl::StatusOr<TcpListener*> Listen(const std::string& host, uint16_t port,
                                       TcpListener::AcceptCallback on_accept, bool reuse_port);
   void ListenAgents(const std::string& host, uint16_t port);  // after Listen succeeded
+  // `listener` (from Listen) serves the admin interface: it stays open while draining.
+  void KeepWhileDraining(TcpListener* listener) { admin_listeners_.push_back(listener); }
   // An agent listener connection: a link or a tunnel data path, told by its first byte
   // (relay/agent_listener_session.h).
   void AcceptAgent(uv_stream_t* server);
@@ -110,6 +120,12 @@ class RelayWorker {
   void Post(std::function<void()> task);
   // Thread-safe: GoAway to agents, close everything; the loop then ends.
   void RequestStop();
+  // Thread-safe: close the listeners (all but admin), GoAway on every agent link, then stop once
+  // no session holds the drain (RelaySession::HoldsDrain) or at `deadline_ms` (uv_hrtime() / 1e6
+  // clock), whichever comes first. RequestStop() still stops at once.
+  void RequestDrain(uint64_t deadline_ms);
+  // Sessions holding this worker's drain (read on any thread, updated by the worker).
+  size_t drain_holders() const { return drain_holders_.load(); }
   // Runs the loop on a new thread (workers 1..n-1).
   void StartThread();
   void Join();
@@ -125,6 +141,10 @@ class RelayWorker {
  private:
   void DrainHandoffs();
   void Stop();
+  void BeginDrain(uint64_t deadline_ms);
+  void CheckDrain();
+  size_t CountDrainHolders() const;
+  void CloseIdleSessions();
   // Passes `client` to `serve`, first through a ProxyHeaderSession when it comes from a
   // proxy_protocol_from network.
   void ServeClient(std::unique_ptr<TcpConnection> client,
@@ -141,10 +161,14 @@ class RelayWorker {
   bool trim_armed_ = false;
   std::thread thread_;
   std::vector<std::unique_ptr<TcpListener>> listeners_;
+  std::vector<TcpListener*> admin_listeners_;  // of listeners_: kept open while draining
   absl::flat_hash_map<AgentLink*, std::unique_ptr<AgentLink>> links_;
   absl::flat_hash_map<RelaySession*, std::unique_ptr<RelaySession>> sessions_;
   uint64_t next_link_id_;
   bool stopped_ = false;
+  uv_timer_t* drain_timer_ = nullptr;  // while draining: CheckDrain every 100 ms
+  uint64_t drain_deadline_ms_ = 0;
+  std::atomic<size_t> drain_holders_{0};
 
   absl::Mutex mu_;
   std::deque<Handoff> handoffs_ ABSL_GUARDED_BY(mu_);

@@ -50,6 +50,7 @@ class DataPathOffer : public RelaySession {
     timer_->data = this;
     for (Waiting& waiting : waiting_) waiting.offer = this;
   }
+  bool HoldsDrain() const override { return false; }  // tunnels do not hold a drain
   ~DataPathOffer() override {
     timer_->data = nullptr;
     uv_close(reinterpret_cast<uv_handle_t*>(timer_),

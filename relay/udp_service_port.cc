@@ -64,6 +64,7 @@ std::string ClientKey(const sockaddr* address) { return FormatSockaddr(address);
 class UdpSocketSet : public RelaySession {
  public:
   explicit UdpSocketSet(UdpServicePort& port) : port_(port) {}
+  bool HoldsDrain() const override { return false; }  // the port's sockets, not a client
   ~UdpSocketSet() override {
     port_.SocketsClosed();
     for (Socket* socket : sockets_) {
@@ -169,6 +170,8 @@ class RelayUdpSession : public RelaySession, public StreamHandler {
     uv_close(reinterpret_cast<uv_handle_t*>(timer_),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_timer_t*>(h); });
   }
+
+  bool HoldsDrain() const override { return false; }  // a udp flow ends only when idle
 
   // Opens the flow on `carrier`; false if it cannot take one.
   bool Start(AgentLink& carrier, const link::ServiceSpec& service, const std::string& local) {
