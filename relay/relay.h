@@ -50,6 +50,7 @@ class Relay {
   void Drain(std::function<void()> on_stopped);
   // Thread-safe, from each worker's Stop().
   void WorkerStopped();
+  int workers_stopped() const { return workers_stopped_.load(); }
   void Join();
 
   const RelayConfig& config() const { return config_; }

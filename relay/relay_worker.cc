@@ -386,7 +386,12 @@ void RelayWorker::CheckDrain() {
   CloseIdleSessions();
   size_t holders = CountDrainHolders();
   drain_holders_ = holders;
-  if (holders > 0 && uv_hrtime() / 1000000 < drain_deadline_ms_) return;
+  bool grace_over = uv_hrtime() / 1000000 >= drain_deadline_ms_;
+  if (holders > 0 && !grace_over) return;
+  // The worker with the admin listener (worker 0) stops last: /metrics answers while any
+  // worker still drains.
+  bool others_left = relay_.workers_stopped() < relay_.worker_count() - 1;
+  if (!admin_listeners_.empty() && others_left && !grace_over) return;
   if (holders > 0) {
     spdlog::warn(
         "worker {}: drain: {} client sessions still open at the end of the grace; "
