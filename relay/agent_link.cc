@@ -210,9 +210,11 @@ void AgentLink::OnControl(Link& link, const link::Control& control) {
       HandleUnregister(control.unregister());
       return;
     case link::Control::kGoAway:
+      // Released before the log line, which then tells (tests too) that no new client is
+      // routed here.
+      ReleaseRegistrations();
       spdlog::info("agent link {} ({}): agent is going away: {}", id_, agent_id_,
                    control.go_away().reason());
-      ReleaseRegistrations();
       return;
     default:
       break;
