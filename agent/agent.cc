@@ -1,5 +1,6 @@
 #include "agent/agent.h"
 
+#include <algorithm>
 #include <utility>
 
 #include "absl/strings/ascii.h"
@@ -27,6 +28,7 @@ Agent::~Agent() {
   serving_tunnels_.clear();
   smtp_openers_.clear();  // they refuse their streams: before the links
   links_.clear();
+  retired_links_.clear();
   splices_.clear();
   tasks_.Close();
   // Last: deferred work run by tasks_.Close() may still reach into them.
@@ -122,6 +124,7 @@ void Agent::SendHealth(RelayLink& link) {
 size_t Agent::OpenStreamCount() const {
   size_t open = 0;
   for (const auto& link : links_) open += link->ServiceStreamCount();
+  for (const auto& [raw, link] : retired_links_) open += link->ServiceStreamCount();
   for (const auto& [raw, tunnel] : serving_tunnels_) open += tunnel->stream_count();
   for (const auto& listener : connect_listeners_) open += listener->client_count();
   return open;
@@ -195,7 +198,9 @@ void Agent::Shutdown() {
   if (admin_) admin_->Close();
   smtp_openers_.clear();
   for (auto& link : links_) link->Shutdown();
+  for (auto& [raw, link] : retired_links_) link->Shutdown();
   links_.clear();
+  retired_links_.clear();
   splices_.clear();
   tasks_.Close();
   StopDrainTimer();
@@ -211,6 +216,29 @@ Link* Agent::ReadyRelayLink() {
     }
   }
   return nullptr;
+}
+
+void Agent::ReplaceRelayLink(RelayLink& link) {
+  if (shutting_down_ || draining()) return;
+  auto slot =
+      std::find_if(links_.begin(), links_.end(),
+                   [&link](const std::unique_ptr<RelayLink>& l) { return l.get() == &link; });
+  if (slot == links_.end()) return;
+  std::unique_ptr<RelayLink> old = std::move(*slot);
+  *slot = std::make_unique<RelayLink>(*this, old->index(), old->relay());
+  spdlog::info(
+      "link {}: the relay is going away; dialing a new link to {}; open streams finish on "
+      "the old one",
+      old->index(), FormatHostPort(old->relay()));
+  RelayLink* raw = old.get();
+  retired_links_.emplace(raw, std::move(old));
+  (*slot)->Start();
+  raw->Retire();
+}
+
+void Agent::OnRetiredLinkStopped(RelayLink& link) {
+  RelayLink* raw = &link;
+  tasks_.Defer([this, raw] { retired_links_.erase(raw); });
 }
 
 void Agent::OnRelayLinkReady() {
@@ -271,6 +299,9 @@ AgentStatus Agent::Status() const {
   }
   for (const auto& link : links_) {
     status.links.push_back({FormatHostPort(link->relay()), std::string(link->state_name())});
+  }
+  for (const auto& [raw, link] : retired_links_) {
+    status.links.push_back({FormatHostPort(link->relay()), "retiring"});
   }
   auto add = [&status](const Tunnel& tunnel, std::string_view role) {
     AgentTunnelStatus& entry = status.tunnels.emplace_back();

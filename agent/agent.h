@@ -67,6 +67,12 @@ class Agent : public Tunnel::Owner {
 
   // Tunnels: a ready relay link to open one on (in turn), or nullptr when none is up.
   Link* ReadyRelayLink();
+  // The relay sent GoAway on `link`: a new link to the same relay address takes its place (behind
+  // a load balancer it reaches another replica; DESIGN 4 "reconnect elsewhere") and `link` is
+  // retired: its open streams finish, it is not redialed. Nothing while draining or stopping.
+  void ReplaceRelayLink(RelayLink& link);
+  // A retired link stopped: released (deferred; the caller may be inside it).
+  void OnRetiredLinkStopped(RelayLink& link);
   // `link` registered: connect entries waiting for a link open their tunnels.
   void OnRelayLinkReady();
   Tunnel::Context TunnelContext() const;
@@ -92,6 +98,8 @@ class Agent : public Tunnel::Owner {
   LoopTasks tasks_;
   SslCtxPtr tls_context_;
   std::vector<std::unique_ptr<RelayLink>> links_;
+  // Replaced after the relay's GoAway, until their last stream ends (ReplaceRelayLink).
+  absl::flat_hash_map<RelayLink*, std::unique_ptr<RelayLink>> retired_links_;
   // One per service of config_.services; null where health_check is off.
   std::vector<std::unique_ptr<HealthChecker>> health_checkers_;
   absl::flat_hash_map<StreamSplice*, std::unique_ptr<StreamSplice>> splices_;

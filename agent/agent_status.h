@@ -22,7 +22,8 @@ namespace rdv {
 
 struct AgentLinkStatus {
   std::string relay;  // host:port as configured
-  std::string state;  // "up", "connecting", "down", "stopped"
+  // "up", "connecting", "down", "stopped", or "retiring" (after the relay's GoAway)
+  std::string state;
 };
 
 struct AgentTunnelStatus {

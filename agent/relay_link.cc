@@ -55,6 +55,7 @@ LinkClientOptions ClientOptions(const Agent& agent, int index, HostPort relay) {
 RelayLink::RelayLink(Agent& agent, int index, HostPort relay)
     : LinkClient(agent.loop(), agent.tasks(), ClientOptions(agent, index, std::move(relay))),
       agent_(agent),
+      index_(index),
       alive_(std::make_shared<RelayLink*>(this)),
       udp_flows_(agent.loop(), agent.tasks(), kUdpFlowIdleTimeoutMs) {}
 
@@ -64,11 +65,41 @@ RelayLink::~RelayLink() {
 }
 
 void RelayLink::Shutdown() {
-  if (ready()) LinksUp().Dec();
+  if (ready() && !retired_) LinksUp().Dec();
   LinkClient::Shutdown("agent shutting down");
 }
 
-void RelayLink::Drain() { LinkClient::Drain("agent shutting down"); }
+void RelayLink::Drain() {
+  if (!retired_) LinkClient::Drain("agent shutting down");
+}
+
+void RelayLink::OnPeerGoingAway() { agent_.ReplaceRelayLink(*this); }
+
+void RelayLink::Retire() {
+  if (retired_) return;
+  retired_ = true;
+  if (ready()) LinksUp().Dec();
+  LinkClient::Retire();
+  StopIfRetiredAndIdle();
+}
+
+void RelayLink::OnStreamRemoved(Link& link) {
+  if (retired_) StopIfRetiredAndIdle();
+}
+
+void RelayLink::StopIfRetiredAndIdle() {
+  if (link_ != nullptr && link_->stream_count() > 0) return;
+  std::weak_ptr<RelayLink*> weak = alive_;
+  agent_.tasks().Defer([weak] {
+    if (weak.expired()) return;
+    RelayLink* self = *weak.lock();
+    if (self->state_ == State::kStopped) return;
+    if (self->link_ != nullptr && self->link_->stream_count() > 0) return;
+    spdlog::info("{}: retired link has no stream left; closing it", self->options().log_name);
+    self->LinkClient::Shutdown("link retired after the relay's GoAway");
+    self->agent_.OnRetiredLinkStopped(*self);
+  });
+}
 
 size_t RelayLink::ServiceStreamCount() const {
   if (link_ == nullptr) return 0;
@@ -157,6 +188,10 @@ void RelayLink::OfferDataPath(const link::TunnelData& offer) {
 }
 
 void RelayLink::OnLinkDown(const absl::Status& status, bool was_ready) {
+  if (retired_) {
+    agent_.OnRetiredLinkStopped(*this);
+    return;
+  }
   if (was_ready) {
     LinksUp().Dec();
     CounterOf("rdv_agent_link_drops_total", "Links to the relay that dropped after coming up")

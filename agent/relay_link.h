@@ -34,6 +34,11 @@ class RelayLink : public LinkClient {
   // GoAway: the relay releases this link's registrations and opens no new streams on it; open
   // streams go on. Not redialed after this.
   void Drain();
+  // After the relay's GoAway, once the agent dialed a replacement: not redialed; shut down as
+  // soon as no stream is left on it (or when it drops), then the agent lets it go
+  // (Agent::OnRetiredLinkStopped).
+  void Retire();
+  int index() const { return index_; }
   // Streams of this link the agent serves for its services (tcp, http, tls, smtp), not counting
   // tunnels (whose own streams the agent counts) and udp flows (which end only when idle).
   size_t ServiceStreamCount() const;
@@ -45,12 +50,16 @@ class RelayLink : public LinkClient {
 
   // LinkHandler
   void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) override;
+  void OnStreamRemoved(Link& link) override;
 
  private:
   // LinkClient
   void OnLinkReady() override;
   bool OnReadyControl(const link::Control& control) override;
   void OnLinkDown(const absl::Status& status, bool was_ready) override;
+  void OnPeerGoingAway() override;
+  // Retired and no stream left: shut down (deferred: called from inside the link).
+  void StopIfRetiredAndIdle();
 
   // Control TunnelData: hands the offer to the Tunnel on that stream (or ignores it, counted).
   void OfferDataPath(const link::TunnelData& offer);
@@ -64,6 +73,8 @@ class RelayLink : public LinkClient {
   void AcceptAndSplice(Stream& stream, std::unique_ptr<TcpConnection> connection);
 
   Agent& agent_;
+  const int index_;
+  bool retired_ = false;               // Retire(): LinksUp no longer counts it
   std::shared_ptr<RelayLink*> alive_;  // async callbacks hold a weak_ptr to this token
   AgentUdpFlows udp_flows_;            // flows of udp services (agent/udp_flow.h)
 };

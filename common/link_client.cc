@@ -141,6 +141,7 @@ void LinkClient::OnControl(Link& link, const link::Control& control) {
     }
     case link::Control::kGoAway:
       spdlog::info("{}: relay is going away: {}", options_.log_name, control.go_away().reason());
+      if (state_ == State::kReady) OnPeerGoingAway();
       return;
     default:
       if (state_ == State::kReady && OnReadyControl(control)) return;
@@ -231,6 +232,14 @@ void LinkClient::Drain(std::string_view reason) {
   }
   draining_ = true;
   link_->SendGoAway(reason);
+}
+
+void LinkClient::Retire() {
+  if (state_ != State::kReady) {
+    Shutdown("relay going away");
+    return;
+  }
+  draining_ = true;
 }
 
 void LinkClient::Shutdown(std::string_view reason) {

@@ -59,6 +59,9 @@ class LinkClient : public TlsSession::Handler, public LinkTransport, public Link
   // open streams go on and the link stays up, pinged, but is not redialed once it drops. A link
   // that is not up stops now.
   void Drain(std::string_view reason);
+  // After the relay's GoAway: like Drain, but sends no GoAway of its own (the relay already
+  // released the link's registrations). The owner dials a replacement (OnPeerGoingAway).
+  void Retire();
   bool ready() const { return state_ == State::kReady; }
   // The link when it is up and takes new streams (the relay has not sent GoAway), else nullptr.
   Link* ready_link();
@@ -92,6 +95,10 @@ class LinkClient : public TlsSession::Handler, public LinkTransport, public Link
   // The link went down; it is torn down after this returns and a redial is scheduled (unless
   // stopped). `was_ready`: it had authenticated.
   virtual void OnLinkDown(const absl::Status& status, bool was_ready) {}
+  // The relay sent GoAway: it opens no new streams here and has released the registrations;
+  // open streams go on. DESIGN 4: reconnect elsewhere. The default keeps the link until it drops
+  // and then redials as after any drop.
+  virtual void OnPeerGoingAway() {}
   // For OnStreamOpen: whether streams may be served now. A relay that opens a stream before
   // authenticating us breaks the protocol: the link fails (counted) and this returns false.
   bool AcceptingStreams();
@@ -118,7 +125,7 @@ class LinkClient : public TlsSession::Handler, public LinkTransport, public Link
   ReconnectBackoff backoff_;
   uint64_t last_receive_ms_ = 0;
   uint64_t dial_generation_ = 0;        // stale dial/resolve callbacks compare against this
-  bool draining_ = false;               // Drain(): no redial
+  bool draining_ = false;               // Drain(), Retire(): no redial
   std::shared_ptr<LinkClient*> alive_;  // async callbacks hold a weak_ptr to this token
 };
 

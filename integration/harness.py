@@ -16,6 +16,7 @@ Scripts call `harness.main()`, which runs the module's unittest cases and ends w
 import argparse
 import asyncio
 import hashlib
+import json
 import os
 import random
 import re
@@ -360,6 +361,14 @@ class Agent(Process):
         m = self.wait_line(log_message(rf"registered {kind_re} {re.escape(service)} (.*?)\s*$"),
                            timeout, start)
         return m.group(1)
+
+    def status(self):
+        """`rdv-agent status --json` against the agent's admin listener (config `admin.listen`)."""
+        admin = self.wait_line(r"admin listening (\S+)").group(1)
+        rc, out = run_expect_exit([agent_binary(), "status", "--admin", admin, "--json"])
+        if rc != 0:
+            raise AssertionError(f"rdv-agent status --admin {admin} --json: status {rc}\n{out}")
+        return json.loads(out)
 
     def wait_refused(self, service, kind=None, timeout=10, start=0):
         """Waits for `refused <kind> <service>: <reason>`; returns the reason."""

@@ -17,7 +17,6 @@ private service (PSK) served at A and connected from B, and a wrong pairing secr
 held at A: refused at B, and B's TunnelNotice reaches the holder at A through A's upstream link.
 """
 
-import json
 import os
 import sys
 import textwrap
@@ -115,15 +114,6 @@ def connecting(kind, name, port, secret=None):
 def registered_at_b(kind, name):
     return harness.log_message(
         rf"agent link \d+ \(relay-a, credential relay-a\): registered {kind} {name}\s*$")
-
-
-def agent_status(agent):
-    admin = agent.wait_line(r"admin listening (\S+)").group(1)
-    rc, out = harness.run_expect_exit(
-        [harness.agent_binary(), "status", "--admin", admin, "--json"])
-    if rc != 0:
-        raise AssertionError(f"rdv-agent status --admin {admin} --json: status {rc}\n{out}")
-    return json.loads(out)
 
 
 UP_AT_B = harness.log_message(r"agent link \d+ up: agent relay-a credential relay-a from ")
@@ -226,7 +216,7 @@ class CascadeTunnelTest(harness.IntegrationTest):
         self.assertEqual((r.rc, r.status, r.body.strip()), (0, 200, self.page), r)
         for agent, role, peer in ((connector, "connect", server.name),
                                   (server, "serve", connector.name)):
-            status = agent_status(agent)
+            status = agent.status()
             tunnels = [t for t in status["tunnels"] if t["name"] == name and t["role"] == role]
             self.assertEqual(len(tunnels), 1, status)
             self.assertEqual({k: tunnels[0][k] for k in ("kind", "state", "peer_agent", "hops")},

@@ -12,8 +12,15 @@ RelayDrainTest, a relay (two workers) and an agent per test: SIGTERM to the rela
 listeners (admin excepted) and sends GoAway to the agent, an open stream finishes, an idle HTTP
 keep-alive connection is closed at once, and the relay exits 0 when the stream closes; a grace
 that runs out, and a second signal, close what is open.
+
+RelayReplicaTest: two relay replicas (b serves a's certificate) behind one address (a TCP balancer
+that sends each connection to the first replica that accepts it, as a Kubernetes Service does);
+SIGTERM to replica a: the agent dials new links at once, which reach b and register there (curl
+through b), while the stream open on a finishes on its retired link; a exits 0 once it closes, the
+agent closes the retired link and keeps two links to b.
 """
 
+import asyncio
 import os
 import signal
 import sys
@@ -128,18 +135,15 @@ class AgentDrainTest(harness.IntegrationTest):
 
 class RelayDrainTest(harness.IntegrationTest):
 
-    def start(self, extra=""):
-        h = self.fresh_harness()
-        port, _ = harness.free_port_range(1)
-        target = h.data_target()
-        nginx = h.nginx('location / { return 200 "drain\\n"; }')
-        relay = h.relay(f"""\
-            relay_id: relay-drain
-            state_dir: {h.path('relay-state')}
+    def relay_config(self, h, relay_id, port, listener_lines=(), extra=""):
+        listener_extra = "".join(f"\n              {line}" for line in listener_lines)
+        return f"""\
+            relay_id: {relay_id}
+            state_dir: {h.path(f'{relay_id}-state')}
             workers: 2
             log_level: {harness.LOG_LEVEL}
             agent_listener:
-              listen: ["127.0.0.1:0"]
+              listen: ["127.0.0.1:0"]{listener_extra}
             http:
               listen: ["127.0.0.1:0"]
             tcp:
@@ -153,24 +157,36 @@ class RelayDrainTest(harness.IntegrationTest):
               - name: orang
                 secret: "{SECRET}"
                 grants: ["tcp:svc", "http:www.orang.test"]
-            """ + extra, name="relay")
-        agent = h.agent(textwrap.dedent(f"""\
+            """ + extra
+
+    def agent_config(self, relay_address, fingerprint):
+        return textwrap.dedent(f"""\
             agent_id: relay-drain-agent
-            relays: ["{harness.format_addr(relay.address('agent'))}"]
-            relay_fingerprint: "sha256:{relay.fingerprint}"
+            relays: ["{harness.format_addr(relay_address)}"]
+            relay_fingerprint: "sha256:{fingerprint}"
             credential:
               name: orang
               secret: "{SECRET}"
             links: 2
             log_level: {harness.LOG_LEVEL}
+            admin:
+              listen: "127.0.0.1:0"
             services:
               - name: svc
                 kind: tcp
-                target: {target.target()}
+                target: {self.target.target()}
               - name: www.orang.test
                 kind: http
-                target: {nginx.target()}
-            """), name="agent")
+                target: {self.nginx.target()}
+            """)
+
+    def start(self, extra=""):
+        h = self.fresh_harness()
+        port, _ = harness.free_port_range(1)
+        self.target = h.data_target()
+        self.nginx = h.nginx('location / { return 200 "drain\\n"; }')
+        relay = h.relay(self.relay_config(h, "relay-drain", port, extra=extra), name="relay")
+        agent = h.agent(self.agent_config(relay.address("agent"), relay.fingerprint), name="agent")
         agent.wait_registered("svc", "tcp")
         agent.wait_registered("www.orang.test", "http")
         return relay, agent, ("127.0.0.1", port)
@@ -226,6 +242,107 @@ class RelayDrainTest(harness.IntegrationTest):
         harness.wait_until(lambda: echo.error, 10, "the echo stream to be closed")
         with self.assertRaises(AssertionError):
             echo.stop()
+
+
+
+class FailoverBalancer:
+    """A TCP load balancer in front of relay replicas, as a Kubernetes Service is: each connection
+    goes to the first backend that accepts it, and its bytes are copied both ways."""
+
+    def __init__(self, bg, backends):
+        self.bg = bg
+        self.backends = backends
+        self.server = bg.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.address = self.server.sockets[0].getsockname()[:2]
+        self.routed = []  # the backend of each connection, in order
+
+    def close(self):
+        async def close():
+            self.server.close()
+            await self.server.wait_closed()
+        self.bg.run(close())
+
+    async def _serve(self, reader, writer):
+        for backend in self.backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*backend)
+                break
+            except OSError:
+                continue
+        else:
+            writer.close()
+            return
+        self.routed.append(backend)
+
+        async def pump(source, sink):
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.close()
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+
+class RelayReplicaTest(harness.IntegrationTest):
+    """Two relay replicas behind one address: the agent dials again when its relay drains."""
+
+    relay_config = RelayDrainTest.relay_config
+    agent_config = RelayDrainTest.agent_config
+
+    def test_agent_reconnects_to_the_other_replica(self):
+        h = self.fresh_harness()
+        port_a, _ = harness.free_port_range(1)
+        port_b, _ = harness.free_port_range(1)
+        self.target = h.data_target()
+        self.nginx = h.nginx('location / { return 200 "drain\\n"; }')
+        relay_a = h.relay(self.relay_config(h, "relay-a", port_a), name="relay-a")
+        # Replica b serves a's certificate, as replicas behind one name do.
+        state = h.path("relay-a-state")
+        relay_b = h.relay(self.relay_config(h, "relay-b", port_b, listener_lines=(
+            f"cert_file: {state}/relay-cert.pem", f"key_file: {state}/relay-key.pem")),
+            name="relay-b")
+        self.assertEqual(relay_b.fingerprint, relay_a.fingerprint)
+        balancer = FailoverBalancer(h.bg, [relay_a.address("agent"), relay_b.address("agent")])
+        self.addCleanup(balancer.close)
+        agent = h.agent(self.agent_config(balancer.address, relay_a.fingerprint), name="agent")
+        agent.wait_links_up(2)
+        relay_a.wait_metric("rdv_links_active", lambda v: v == 2)
+        self.assertEqual(relay_b.metric("rdv_links_active"), 0)
+        echo = harness.EchoStream(("127.0.0.1", port_a), seed=91)
+        echo.wait_progress(MIB)
+
+        mark = agent.mark()
+        relay_a.send_signal(signal.SIGTERM)
+        # The agent dials again at once, through the balancer to replica b, and registers there.
+        agent.wait_line(harness.log_message(r"link \d+: the relay is going away; dialing a new link"))
+        relay_b.wait_metric("rdv_links_active", lambda v: v == 2)
+        agent.wait_registered("www.orang.test", "http", start=mark)
+        res = harness.curl(harness.http_url(relay_b.address("http")), host="www.orang.test")
+        self.assertEqual((res.status, res.body), (200, "drain\n"), res.stderr)
+        with self.assertRaises(ConnectionRefusedError):
+            harness.connect(("127.0.0.1", port_a), 5).close()
+        # The stream open on replica a finishes on its old link; a waits for it.
+        echo.wait_progress(echo.bytes_ok + MIB)
+        self.assertTrue(relay_a.alive(), "relay a stopped while a stream was open")
+        status = agent.status()
+        self.assertEqual(sorted(link["state"] for link in status["links"]),
+                         ["retiring", "up", "up"], status)
+        echo.stop()
+        self.assertEqual(relay_a.wait(20), 0)
+        agent.wait_line(harness.log_message(r"link \d+: retired link has no stream left"))
+        # Replica b serves everything now; the agent kept its two links.
+        harness.wait_until(lambda: [l["state"] for l in agent.status()["links"]] == ["up", "up"],
+                           10, "the agent's links to be the two new ones")
+        exchange = harness.EchoStream(("127.0.0.1", port_b), seed=92)
+        exchange.wait_progress(MIB)
+        exchange.stop()
+        self.assertTrue(all(b == relay_a.address("agent") for b in balancer.routed[:2]),
+                        balancer.routed)
+        self.assertTrue(all(b == relay_b.address("agent") for b in balancer.routed[2:]),
+                        balancer.routed)
 
 
 if __name__ == "__main__":
