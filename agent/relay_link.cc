@@ -69,9 +69,7 @@ void RelayLink::Shutdown() {
   LinkClient::Shutdown("agent shutting down");
 }
 
-void RelayLink::Drain() {
-  if (!retired_) LinkClient::Drain("agent shutting down");
-}
+void RelayLink::Drain() { LinkClient::Drain("agent shutting down"); }
 
 void RelayLink::OnPeerGoingAway() { agent_.ReplaceRelayLink(*this); }
 

@@ -133,7 +133,9 @@ class AgentDrainTest(harness.IntegrationTest):
         self.assertFalse(agent.find(harness.log_message(r"draining")))
 
 
-class RelayDrainTest(harness.IntegrationTest):
+class RelayTestBase(harness.IntegrationTest):
+    """Configs shared by the relay tests: a relay with a tcp service `svc` on a fixed port and an
+    http service, and the agent publishing both in front of self.target and self.nginx."""
 
     def relay_config(self, h, relay_id, port, listener_lines=(), extra=""):
         listener_extra = "".join(f"\n              {line}" for line in listener_lines)
@@ -179,6 +181,9 @@ class RelayDrainTest(harness.IntegrationTest):
                 kind: http
                 target: {self.nginx.target()}
             """)
+
+
+class RelayDrainTest(RelayTestBase):
 
     def start(self, extra=""):
         h = self.fresh_harness()
@@ -244,7 +249,6 @@ class RelayDrainTest(harness.IntegrationTest):
             echo.stop()
 
 
-
 class FailoverBalancer:
     """A TCP load balancer in front of relay replicas, as a Kubernetes Service is: each connection
     goes to the first backend that accepts it, and its bytes are copied both ways."""
@@ -286,11 +290,8 @@ class FailoverBalancer:
         await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
 
 
-class RelayReplicaTest(harness.IntegrationTest):
+class RelayReplicaTest(RelayTestBase):
     """Two relay replicas behind one address: the agent dials again when its relay drains."""
-
-    relay_config = RelayDrainTest.relay_config
-    agent_config = RelayDrainTest.agent_config
 
     def test_agent_reconnects_to_the_other_replica(self):
         h = self.fresh_harness()
