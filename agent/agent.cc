@@ -232,6 +232,14 @@ void Agent::ReplaceRelayLink(RelayLink& link) {
       old->index(), FormatHostPort(old->relay()));
   RelayLink* raw = old.get();
   retired_links_.emplace(raw, std::move(old));
+  // Tunnels through that relay: the connecting ends move to new tunnels and retire these; a
+  // serving end tells its connecting end, which may be linked to another relay.
+  if (uint64_t serial = raw->link_serial(); serial != 0) {
+    for (auto& listener : connect_listeners_) listener->OnRelayGoingAway(serial);
+    for (auto& [tunnel, owned] : serving_tunnels_) {
+      if (tunnel->relay_link_serial() == serial) tunnel->SendGoAway("relay going away");
+    }
+  }
   (*slot)->Start();
   raw->Retire();
 }
@@ -316,6 +324,7 @@ AgentStatus Agent::Status() const {
     entry.path = std::string(tunnel.path_name());
   };
   for (const auto& listener : connect_listeners_) {
+    for (const Tunnel* tunnel : listener->retiring_tunnels()) add(*tunnel, "connect");
     if (const Tunnel* tunnel = listener->tunnel()) {
       add(*tunnel, "connect");
     } else {

@@ -446,6 +446,7 @@ void ConnectListener::OnRelayLinkReady() {
 void ConnectListener::OnTunnelUp(Tunnel& tunnel) {
   backoff_.Reset();
   last_refusal_.clear();
+  moving_ = false;
   std::vector<LocalClient*> waiting;
   for (auto& [raw, client] : clients_) {
     if (client->waiting()) waiting.push_back(raw);
@@ -453,9 +454,33 @@ void ConnectListener::OnTunnelUp(Tunnel& tunnel) {
   for (LocalClient* client : waiting) client->TryOpen();
 }
 
+void ConnectListener::OnRelayGoingAway(uint64_t link_serial) {
+  if (tunnel_ == nullptr || tunnel_->relay_link_serial() != link_serial) return;
+  Tunnel* old = tunnel_.get();
+  spdlog::info(
+      "tunnel {}: its relay is going away; new connections wait for a new tunnel, {} open "
+      "streams finish on this one",
+      Describe(), old->stream_count());
+  draining_.emplace(old, std::move(tunnel_));
+  old->Retire("relay going away");
+  moving_ = true;
+  // The new tunnel goes on the next link that comes up: the replacement of the link that heard
+  // GoAway (behind a load balancer, on another replica). A link to the same relay that has not
+  // heard its GoAway yet would refuse it. Without a link coming up, the redial timer dials.
+  waiting_for_link_ = true;
+  ScheduleRedial();
+}
+
+std::vector<const Tunnel*> ConnectListener::retiring_tunnels() const {
+  std::vector<const Tunnel*> tunnels;
+  for (const auto& [raw, tunnel] : draining_) tunnels.push_back(raw);
+  return tunnels;
+}
+
 void ConnectListener::OnTunnelDraining(Tunnel& tunnel) {
   if (&tunnel != tunnel_.get()) return;
   draining_.emplace(&tunnel, std::move(tunnel_));
+  tunnel.Retire("the other end is going away");
   Dial();
 }
 
@@ -467,7 +492,11 @@ void ConnectListener::OnTunnelClosed(Tunnel& tunnel, const absl::Status& status)
     dead = std::move(it->second);
     draining_.erase(it);
   }
-  if (tunnel.refused() && tunnel.refusal() != last_refusal_) {
+  if (tunnel.refused() && moving_) {
+    spdlog::info("tunnel {}: relay refused: {} (moving to another relay; retrying)", Describe(),
+                 tunnel.refusal());
+    moving_ = false;
+  } else if (tunnel.refused() && tunnel.refusal() != last_refusal_) {
     spdlog::error("tunnel {}: relay refused: {}", Describe(), tunnel.refusal());
     last_refusal_ = tunnel.refusal();
   }

@@ -17,6 +17,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
@@ -54,11 +55,17 @@ class ConnectListener : public Tunnel::Owner {
   size_t client_count() const { return clients_.size(); }
   // A relay link came up: a tunnel waiting for one is opened now.
   void OnRelayLinkReady();
+  // The relay of the link with Link::serial() `link_serial` sent GoAway: a tunnel set up through
+  // that relay is retired (its open streams finish, then it closes) and a new one is opened on
+  // the next link that comes up.
+  void OnRelayGoingAway(uint64_t link_serial);
 
   const ConnectConfig& config() const { return config_; }
   const std::string& address() const { return listener_->address(); }
   // The tunnel kept up (in any state), or nullptr between attempts.
   const Tunnel* tunnel() const { return tunnel_.get(); }
+  // Tunnels retired while their open streams finish.
+  std::vector<const Tunnel*> retiring_tunnels() const;
 
   // Tunnel::Owner
   void OnTunnelUp(Tunnel& tunnel) override;
@@ -82,15 +89,19 @@ class ConnectListener : public Tunnel::Owner {
   const TunnelEndpoint endpoint_;
   std::unique_ptr<TcpListener> listener_;
   std::unique_ptr<Tunnel> tunnel_;
-  // Tunnels whose peer sent GoAway: their streams finish while tunnel_ takes new ones.
+  // Tunnels whose peer or relay sent GoAway, retired: their streams finish while tunnel_ takes
+  // new ones.
   absl::flat_hash_map<Tunnel*, std::unique_ptr<Tunnel>> draining_;
   absl::flat_hash_map<LocalClient*, std::unique_ptr<LocalClient>> clients_;
   uv_timer_t* redial_timer_;
   ReconnectBackoff backoff_;
   bool waiting_for_link_ = false;
   bool shutting_down_ = false;
-  bool draining_accepts_ = false;            // Drain(): no new connections, no new tunnel
-  std::string last_refusal_;                 // logged once per change
+  bool draining_accepts_ = false;  // Drain(): no new connections, no new tunnel
+  std::string last_refusal_;       // logged once per change
+  // From OnRelayGoingAway until a tunnel is up again: the first refusal meanwhile (e.g. the far
+  // end has not registered with the next relay yet) is logged as info.
+  bool moving_ = false;
   std::shared_ptr<ConnectListener*> alive_;  // deferred work holds a weak_ptr to this token
 };
 

@@ -39,6 +39,8 @@ class RelayLink : public LinkClient {
   // (Agent::OnRetiredLinkStopped).
   void Retire();
   int index() const { return index_; }
+  // Link::serial() of the current connection, 0 when there is none.
+  uint64_t link_serial() const { return link_ != nullptr ? link_->serial() : 0; }
   // Streams of this link the agent serves for its services (tcp, http, tls, smtp), not counting
   // tunnels (whose own streams the agent counts) and udp flows (which end only when idle).
   size_t ServiceStreamCount() const;

@@ -187,6 +187,7 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Connect(Context context, TunnelE
   service->set_name(tunnel->endpoint_.name);
   service->set_pair_id(tunnel->endpoint_.pair_id);
   *open.mutable_tunnel() = tunnel->OwnSetup();
+  tunnel->relay_link_serial_ = relay_link.serial();
   tunnel->relay_stream_ = relay_link.OpenStream(std::move(open), *tunnel);
   if (tunnel->relay_stream_ == nullptr) {
     tunnel->owner_told_ = true;
@@ -208,6 +209,7 @@ absl::StatusOr<std::unique_ptr<Tunnel>> Tunnel::Serve(Context context, TunnelEnd
     tunnel->state_ = State::kClosed;
     return status;
   }
+  tunnel->relay_link_serial_ = stream.link().serial();
   tunnel->relay_stream_ = &stream;
   tunnel->state_ = State::kSecuring;
   tunnel->ArmSetupTimer();
@@ -484,6 +486,26 @@ void Tunnel::Close(const absl::Status& status) {
   Fail(status, "");
 }
 
+void Tunnel::Retire(std::string_view reason) {
+  if (retiring_ || state_ == State::kClosed) return;
+  retiring_ = true;
+  SendGoAway(reason);
+  CloseIfRetiredAndIdle();
+}
+
+void Tunnel::OnStreamRemoved(Link& link) {
+  if (retiring_) CloseIfRetiredAndIdle();
+}
+
+void Tunnel::CloseIfRetiredAndIdle() {
+  if (stream_count() > 0) return;
+  std::weak_ptr<Tunnel*> weak = alive_;
+  context_.tasks->Defer([this, weak] {
+    if (weak.expired() || state_ == State::kClosed || stream_count() > 0) return;
+    Fail(absl::CancelledError("retired, no stream left"), "");
+  });
+}
+
 std::string_view Tunnel::state_name() const {
   switch (state_) {
     case State::kOpening:
@@ -491,7 +513,7 @@ std::string_view Tunnel::state_name() const {
     case State::kSecuring:
       return "securing";
     case State::kUp:
-      return "up";
+      return retiring_ ? "retiring" : "up";
     case State::kClosed:
       return "closed";
   }
@@ -508,12 +530,21 @@ void Tunnel::Fail(const absl::Status& status, std::string_view failure) {
   uv_timer_stop(data_path_timer_);
   DropDataConnection();
   if (was_up) TunnelsUp().Dec();
-  if (!failure.empty()) TunnelFailures(failure).Inc();
+  // The peer announced GoAway (it retired the tunnel, or is shutting down) and then closed it:
+  // an orderly end, not a failure.
+  bool closed_by_retired_peer = was_up && draining() && failure == "lost";
+  if (!failure.empty() && !closed_by_retired_peer) TunnelFailures(failure).Inc();
   if (refused_) {
     // The connecting end's owner logs refusals, once per change of reason.
   } else if (owner_told_) {
     // The owner closes it (shutting down, or replaced): not news.
     spdlog::info("tunnel {} {} closed: {}", kind_name(), name(), status.message());
+  } else if (retiring_ && absl::IsCancelled(status)) {
+    spdlog::info("tunnel {} {}: retired tunnel has no stream left; closing it", kind_name(),
+                 name());
+  } else if (closed_by_retired_peer) {
+    spdlog::info("tunnel {} {} closed by the other end after its GoAway: {}", kind_name(), name(),
+                 status.message());
   } else if (was_up) {
     spdlog::warn("tunnel {} {} down: {}", kind_name(), name(), status.message());
   } else {

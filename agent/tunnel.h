@@ -131,6 +131,14 @@ class Tunnel : public StreamHandler,
   void Close(const absl::Status& status);
   // Announces GoAway on the nested link: the peer opens nothing more here.
   void SendGoAway(std::string_view reason);
+  // The owner opens no more streams here (it moved on to another tunnel): GoAway to the peer,
+  // and once no nested stream is left the tunnel closes and the owner hears OnTunnelClosed
+  // (Cancelled). Used when the relay this tunnel goes through is going away.
+  void Retire(std::string_view reason);
+  bool retiring() const { return retiring_; }
+  // Link::serial() of the relay link the tunnel was set up on: the relay it goes through, also
+  // once it moved to the data path (which the same relay splices).
+  uint64_t relay_link_serial() const { return relay_link_serial_; }
   // A relay's data path offer (Control TunnelData for the relay stream): dials `relay` (the
   // address the relay link is connected to), presents `token` and, on OK, moves the tunnel's
   // bytes there. Ignored unless the tunnel is open, on its relay stream and has had no offer
@@ -176,6 +184,7 @@ class Tunnel : public StreamHandler,
   void OnControl(Link& link, const link::Control& control) override;
   void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) override;
   void OnLinkFailed(Link& link, const absl::Status& status) override;
+  void OnStreamRemoved(Link& link) override;
   // TcpConnection::Handler (the data path connection)
   void OnRead(std::string_view data) override;
   void OnEof() override;
@@ -191,6 +200,8 @@ class Tunnel : public StreamHandler,
   absl::Status TakePeerSetup(const link::TunnelSetup& setup);
   link::TunnelSetup OwnSetup() const;
   void CheckPeerHello(const link::Hello& hello);
+  // Retired and no nested stream left: closes (deferred: called from inside the nested link).
+  void CloseIfRetiredAndIdle();
   // Ends the tunnel: counts `failure` (a label, "" = not a failure), logs, closes the nested
   // link and resets the relay stream, tells the owner.
   void Fail(const absl::Status& status, std::string_view failure);
@@ -236,6 +247,8 @@ class Tunnel : public StreamHandler,
   bool refused_ = false;
   std::string refusal_;
   bool owner_told_ = false;
+  bool retiring_ = false;
+  uint64_t relay_link_serial_ = 0;
   uv_timer_t* setup_timer_;
   // Serving end: the splices of accepted nested streams.
   absl::flat_hash_map<StreamSplice*, std::unique_ptr<StreamSplice>> splices_;

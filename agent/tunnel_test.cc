@@ -594,6 +594,39 @@ TEST_F(TunnelEndToEndTest, ServingEndRefusesDestinationsOutsideItsAllowList) {
   EXPECT_EQ(connecting_->state(), Tunnel::State::kUp);
 }
 
+TEST_F(TunnelEndToEndTest, RetiredTunnelClosesOnceItsLastStreamEnds) {
+  ConnectAndPump();
+  ASSERT_EQ(connecting_->state(), Tunnel::State::kUp);
+  auto lost = [] {
+    return CounterOf("rdv_agent_tunnel_failures_total", "", "reason=\"lost\"").value();
+  };
+  uint64_t lost_before = lost();
+  NestedClient refused;  // open until the serving end's refusal comes back
+  ASSERT_NE(connecting_->OpenStream("198.51.100.1:22", "127.0.0.1:5000", refused), nullptr);
+  connecting_->Retire("relay going away");
+  EXPECT_EQ(connecting_->state_name(), "retiring");
+  uv_run(&loop_storage_, UV_RUN_NOWAIT);
+  EXPECT_FALSE(connecting_owner_.closed.has_value()) << "closed with a stream still open";
+  Pump();
+  ASSERT_TRUE(refused.closed.has_value());
+  ASSERT_TRUE(connecting_owner_.closed.has_value()) << "still open after its last stream";
+  EXPECT_TRUE(absl::IsCancelled(*connecting_owner_.closed)) << *connecting_owner_.closed;
+  // The serving end heard GoAway first, so the close is orderly there: not a failure.
+  EXPECT_TRUE(serving_->draining());
+  ASSERT_TRUE(serving_owner_.closed.has_value());
+  EXPECT_EQ(lost(), lost_before);
+}
+
+TEST_F(TunnelEndToEndTest, RetiredIdleTunnelClosesAtOnce) {
+  ConnectAndPump();
+  ASSERT_EQ(connecting_->state(), Tunnel::State::kUp);
+  connecting_->Retire("relay going away");
+  Pump();
+  ASSERT_TRUE(connecting_owner_.closed.has_value());
+  EXPECT_TRUE(absl::IsCancelled(*connecting_owner_.closed)) << *connecting_owner_.closed;
+  EXPECT_TRUE(serving_owner_.closed.has_value());
+}
+
 TEST_F(TunnelEndToEndTest, AlteredHopsCloseBothEnds) {
   tamper_hops_ = true;
   ConnectAndPump();

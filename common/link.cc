@@ -1,6 +1,7 @@
 #include "common/link.h"
 
 #include <algorithm>
+#include <atomic>
 #include <utility>
 
 #include "absl/strings/str_format.h"
@@ -22,6 +23,9 @@ Counter& FrameErrors(std::string_view reason) {
 // window gets credit back every quarter of it, which on a bulk stream is one WINDOW(0) per 4 MiB
 // rather than one per read: each is a record, a write and a wakeup at the sender.
 constexpr size_t kMaxLinkCreditBatch = 16 << 10;
+
+// Link::serial(): links are made on several threads (relay workers).
+std::atomic<uint64_t> next_serial{1};
 
 Gauge& StreamsActive() {
   static Gauge& gauge = GaugeOf("rdv_streams_active", "Streams open on this process's links");
@@ -160,7 +164,8 @@ Link::Link(LinkTransport& transport, LinkHandler& handler, LinkOptions options)
       options_(options),
       next_stream_id_(options.is_relay_side ? 2 : 1),
       peer_stream_window_(options.stream_window),
-      link_send_window_(options.link_window) {}
+      link_send_window_(options.link_window),
+      serial_(next_serial.fetch_add(1, std::memory_order_relaxed)) {}
 
 Link::~Link() {
   // Streams are owned here; their handlers were told by Close() if the owner called it.

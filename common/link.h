@@ -196,6 +196,9 @@ class Link {
   bool failed() const { return failed_; }
   bool peer_going_away() const { return peer_going_away_; }
   size_t stream_count() const { return streams_.size(); }
+  // Unique among the links this process ever made: names a link after it is gone, where a
+  // pointer could name a newer one.
+  uint64_t serial() const { return serial_; }
   // The open streams for which `counted` is true.
   size_t CountStreams(absl::FunctionRef<bool(const Stream&)> counted) const;
   const LinkOptions& options() const { return options_; }
@@ -258,6 +261,7 @@ class Link {
   bool failed_ = false;
   bool going_away_ = false;
   bool peer_going_away_ = false;
+  const uint64_t serial_;
   int depth_ = 0;  // re-entrancy depth of public entry points
 };
 

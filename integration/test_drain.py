@@ -17,7 +17,10 @@ RelayReplicaTest: two relay replicas (b serves a's certificate) behind one addre
 that sends each connection to the first replica that accepts it, as a Kubernetes Service does);
 SIGTERM to replica a: the agent dials new links at once, which reach b and register there (curl
 through b), while the stream open on a finishes on its retired link; a exits 0 once it closes, the
-agent closes the retired link and keeps two links to b.
+agent closes the retired link and keeps two links to b. With a tunnel between two agents
+through replica a (on the relay's data path): SIGTERM to a: the connecting end opens a new tunnel
+through b for new connections while a connection open in the old tunnel goes on; once it closes the
+old tunnel is closed and a exits 0.
 """
 
 import asyncio
@@ -158,12 +161,12 @@ class RelayTestBase(harness.IntegrationTest):
             credentials:
               - name: orang
                 secret: "{SECRET}"
-                grants: ["tcp:svc", "http:www.orang.test"]
+                grants: ["tcp:svc", "http:www.orang.test", "pair:site"]
             """ + extra
 
-    def agent_config(self, relay_address, fingerprint):
+    def agent_yaml(self, relay_address, fingerprint, agent_id, body):
         return textwrap.dedent(f"""\
-            agent_id: relay-drain-agent
+            agent_id: {agent_id}
             relays: ["{harness.format_addr(relay_address)}"]
             relay_fingerprint: "sha256:{fingerprint}"
             credential:
@@ -173,6 +176,10 @@ class RelayTestBase(harness.IntegrationTest):
             log_level: {harness.LOG_LEVEL}
             admin:
               listen: "127.0.0.1:0"
+            """) + textwrap.dedent(body)
+
+    def agent_config(self, relay_address, fingerprint):
+        return self.agent_yaml(relay_address, fingerprint, "relay-drain-agent", f"""\
             services:
               - name: svc
                 kind: tcp
@@ -230,7 +237,8 @@ class RelayDrainTest(RelayTestBase):
         relay.send_signal(signal.SIGTERM)
         self.assertEqual(relay.wait(20), 0)
         self.assertTrue(relay.find(harness.log_message(
-            r"worker \d: drain: 1 client sessions still open at the end of the grace")))
+            r"worker \d: drain: 1 client sessions and tunnel streams still open at the end of "
+            r"the grace")))
         harness.wait_until(lambda: echo.error, 10, "the echo stream to be closed")
         with self.assertRaises(AssertionError):
             echo.stop()
@@ -344,6 +352,65 @@ class RelayReplicaTest(RelayTestBase):
                         balancer.routed)
         self.assertTrue(all(b == relay_b.address("agent") for b in balancer.routed[2:]),
                         balancer.routed)
+
+    def pair_agent(self, h, name, address, fingerprint, body):
+        return h.agent(self.agent_yaml(address, fingerprint, name, body), name=name)
+
+    def test_tunnel_moves_to_the_other_replica(self):
+        h = self.fresh_harness()
+        self.target = h.data_target()
+        relay_a = h.relay(self.relay_config(h, "relay-a", harness.free_port()), name="relay-a")
+        state = h.path("relay-a-state")
+        relay_b = h.relay(self.relay_config(h, "relay-b", harness.free_port(), listener_lines=(
+            f"cert_file: {state}/relay-cert.pem", f"key_file: {state}/relay-key.pem")),
+            name="relay-b")
+        balancer = FailoverBalancer(h.bg, [relay_a.address("agent"), relay_b.address("agent")])
+        self.addCleanup(balancer.close)
+        serving = self.pair_agent(h, "agent-site", balancer.address, relay_a.fingerprint, f"""\
+            services:
+              - kind: pair
+                name: site
+                secret: "{SECRET}-pair"
+                target: {self.target.target()}
+            """)
+        serving.wait_registered("site", "pair")
+        port = harness.free_port()
+        connecting = self.pair_agent(h, "agent-client", balancer.address, relay_a.fingerprint, f"""\
+            connect:
+              - listen: 127.0.0.1:{port}
+                pair: site
+                secret: "{SECRET}-pair"
+            """)
+        connecting.wait_line(r"tunnel pair site up: peer agent-site via relay-a \(psk\)")
+        old = harness.EchoStream(("127.0.0.1", port), seed=93)
+        old.wait_progress(MIB)
+        connecting.wait_line(r"tunnel pair site: data path up via")
+
+        mark = connecting.mark()
+        relay_a.send_signal(signal.SIGTERM)
+        # The connecting end retires the tunnel on its link's GoAway, or on the GoAway the
+        # serving end sends inside the tunnel when its own link hears it first.
+        connecting.wait_line(harness.log_message(
+            r"tunnel pair site: (its relay is going away; new connections wait for a new "
+            r"tunnel, 1 open streams finish on this one|the other end is going away)"),
+            start=mark)
+        connecting.wait_line(r"tunnel pair site up: peer agent-site via relay-b \(psk\)",
+                             start=mark)
+        new = harness.EchoStream(("127.0.0.1", port), seed=94)
+        new.wait_progress(MIB)
+        # The old tunnel still carries its connection; relay a waits for it.
+        old.wait_progress(old.bytes_ok + MIB)
+        self.assertTrue(relay_a.alive(), "relay a stopped while a tunnel stream was open")
+        states = sorted(t["state"] for t in connecting.status()["tunnels"])
+        self.assertEqual(states, ["retiring", "up"], connecting.status())
+        old.stop()
+        connecting.wait_line(harness.log_message(
+            r"tunnel pair site: retired tunnel has no stream left; closing it"), start=mark)
+        self.assertEqual(relay_a.wait(20), 0)
+        new.wait_progress(new.bytes_ok + MIB)
+        new.stop()
+        self.assertEqual([t["state"] for t in connecting.status()["tunnels"]], ["up"])
+        self.assertEqual(relay_b.metric("rdv_links_active"), 4)
 
 
 if __name__ == "__main__":

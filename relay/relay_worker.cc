@@ -375,7 +375,7 @@ void RelayWorker::CloseIdleSessions() {
 }
 
 size_t RelayWorker::CountDrainHolders() const {
-  size_t holders = 0;
+  size_t holders = tunnel_streams_;
   for (const auto& [raw, session] : sessions_) {
     if (session->HoldsDrain()) ++holders;
   }
@@ -394,8 +394,8 @@ void RelayWorker::CheckDrain() {
   if (!admin_listeners_.empty() && others_left && !grace_over) return;
   if (holders > 0) {
     spdlog::warn(
-        "worker {}: drain: {} client sessions still open at the end of the grace; "
-        "closing them",
+        "worker {}: drain: {} client sessions and tunnel streams still open at the end of "
+        "the grace; closing them",
         index_, holders);
   }
   Stop();

@@ -126,6 +126,11 @@ class RelayWorker {
   void RequestDrain(uint64_t deadline_ms);
   // Sessions holding this worker's drain (read on any thread, updated by the worker).
   size_t drain_holders() const { return drain_holders_.load(); }
+  // On this worker's loop: a tunnel stream bridged here (relay/tunnel_bridge.h) began or ended.
+  // Each holds a drain like a client session: its agents retire the tunnel once the streams in
+  // it end (docs/protocol.md "GoAway").
+  void AddTunnelStream() { ++tunnel_streams_; }
+  void RemoveTunnelStream() { --tunnel_streams_; }
   // Runs the loop on a new thread (workers 1..n-1).
   void StartThread();
   void Join();
@@ -169,6 +174,7 @@ class RelayWorker {
   uv_timer_t* drain_timer_ = nullptr;  // while draining: CheckDrain every 100 ms
   uint64_t drain_deadline_ms_ = 0;
   std::atomic<size_t> drain_holders_{0};
+  size_t tunnel_streams_ = 0;  // AddTunnelStream - RemoveTunnelStream
 
   absl::Mutex mu_;
   std::deque<Handoff> handoffs_ ABSL_GUARDED_BY(mu_);

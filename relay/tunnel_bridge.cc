@@ -111,11 +111,7 @@ class BridgeSide final : public StreamHandler {
   BridgeSide(TunnelBridge& bridge, Role role) : bridge_(bridge), role_(role) {}
 
   // Takes `stream` (on worker `worker`'s loop); the bridge lives while the side has it.
-  void Attach(Stream& stream, int worker, std::shared_ptr<TunnelBridge> keep) {
-    stream_ = &stream;
-    worker_.store(worker, std::memory_order_release);
-    keep_ = std::move(keep);
-  }
+  void Attach(Stream& stream, int worker, std::shared_ptr<TunnelBridge> keep);
   int worker() const { return worker_.load(std::memory_order_acquire); }
 
   // Messages from the other side, run on this side's loop.
@@ -220,7 +216,15 @@ BridgeSide& BridgeSide::other() {
   return role_ == Role::kOpener ? bridge_.far_end() : bridge_.opener();
 }
 
+void BridgeSide::Attach(Stream& stream, int worker, std::shared_ptr<TunnelBridge> keep) {
+  stream_ = &stream;
+  worker_.store(worker, std::memory_order_release);
+  keep_ = std::move(keep);
+  bridge_.relay().worker(worker).AddTunnelStream();
+}
+
 void BridgeSide::Detach() {
+  if (stream_ != nullptr) bridge_.relay().worker(worker()).RemoveTunnelStream();
   stream_ = nullptr;
   if (keep_) {
     bridge_.relay().worker(worker()).tasks().Defer([keep = std::move(keep_)] {});

@@ -50,7 +50,9 @@ class DataPathOffer : public RelaySession {
     timer_->data = this;
     for (Waiting& waiting : waiting_) waiting.offer = this;
   }
-  bool HoldsDrain() const override { return false; }  // tunnels do not hold a drain
+  // Spliced, it holds a drain like a client session: its agents retire the tunnel once the
+  // streams in it end. Waiting for its ends, it does not (it times out).
+  bool HoldsDrain() const override { return splice_ != nullptr; }
   ~DataPathOffer() override {
     timer_->data = nullptr;
     uv_close(reinterpret_cast<uv_handle_t*>(timer_),
