@@ -34,13 +34,15 @@ namespace {
 struct SignalHandlers {
   uv_signal_t sigterm;
   uv_signal_t sigint;
+  uv_signal_t sighup;
   int received = 0;
   std::function<void(std::function<void()>)> on_drain;
   std::function<void()> on_stop;
+  std::function<void()> on_reload;
 };
 
 void CloseSignalHandlers(SignalHandlers& handlers) {
-  for (uv_signal_t* handle : {&handlers.sigterm, &handlers.sigint}) {
+  for (uv_signal_t* handle : {&handlers.sigterm, &handlers.sigint, &handlers.sighup}) {
     if (!uv_is_closing(reinterpret_cast<uv_handle_t*>(handle))) {
       uv_close(reinterpret_cast<uv_handle_t*>(handle), nullptr);
     }
@@ -67,6 +69,22 @@ void RunWithSignalHandlers(uv_loop_t* loop, SignalHandlers& handlers) {
   };
   uv_signal_start(&handlers.sigterm, on_signal, SIGTERM);
   uv_signal_start(&handlers.sigint, on_signal, SIGINT);
+  uv_signal_init(loop, &handlers.sighup);
+  handlers.sighup.data = &handlers;
+  uv_signal_start(
+      &handlers.sighup,
+      [](uv_signal_t* handle, int) {
+        auto& handlers = *static_cast<SignalHandlers*>(handle->data);
+        if (!handlers.on_reload) {
+          spdlog::warn(
+              "received SIGHUP: this program does not reload its configuration; restart "
+              "it to apply changes");
+          return;
+        }
+        spdlog::info("received SIGHUP, reloading the configuration");
+        handlers.on_reload();
+      },
+      SIGHUP);
   uv_run(loop, UV_RUN_DEFAULT);
 }
 
@@ -80,10 +98,11 @@ void RunUntilSignal(uv_loop_t* loop, std::function<void()> on_stop) {
 
 void RunDrainingOnSignal(uv_loop_t* loop,
                          std::function<void(std::function<void()> stopped)> on_drain,
-                         std::function<void()> on_stop) {
+                         std::function<void()> on_stop, std::function<void()> on_reload) {
   SignalHandlers handlers;
   handlers.on_drain = std::move(on_drain);
   handlers.on_stop = std::move(on_stop);
+  handlers.on_reload = std::move(on_reload);
   RunWithSignalHandlers(loop, handlers);
 }
 

@@ -32,9 +32,11 @@ void RunUntilSignal(uv_loop_t* loop, std::function<void()> on_stop);
 // Runs `loop` until it has nothing left to do. The first SIGTERM or SIGINT runs `on_drain`, which
 // is given a callback to call once the process has stopped (it closes the signal handlers, so the
 // loop can end); a second signal runs `on_stop` (which must stop the process now) and closes them.
+// SIGHUP runs `on_reload`; without one it is logged as having no effect (it does not end the
+// process).
 void RunDrainingOnSignal(uv_loop_t* loop,
                          std::function<void(std::function<void()> stopped)> on_drain,
-                         std::function<void()> on_stop);
+                         std::function<void()> on_stop, std::function<void()> on_reload = nullptr);
 
 // Runs the loop dry and closes it: 0 when every handle was closed, 2 (logged) otherwise.
 int CloseLoop(uv_loop_t* loop);

@@ -242,7 +242,8 @@ void AgentLink::HandleHello(const link::Hello& hello) {
                                    kFeatureSmtpEnvelope) != hello.features().end();
   takes_tunnel_data_ = std::find(hello.features().begin(), hello.features().end(),
                                  kFeatureTunnelData) != hello.features().end();
-  credential_ = worker_.config().FindCredential(credential_name_);
+  credentials_ = worker_.relay().credentials();
+  credential_ = FindCredential(*credentials_, credential_name_);
   if (hello.initial_stream_window() >= 1024) {
     link_.set_peer_stream_window(hello.initial_stream_window());
   }
@@ -506,7 +507,10 @@ Stream* AgentLink::OpenPrepared(link::Open open, StreamHandler& handler) {
 }
 
 void AgentLink::GoAway(std::string_view reason) {
-  if (state_ == State::kReady) link_.SendGoAway(reason);
+  if (state_ != State::kReady) return;
+  // No new stream goes here: the agent's other links (or its replacement link) take them.
+  ReleaseRegistrations();
+  link_.SendGoAway(reason);
 }
 
 }  // namespace rdv

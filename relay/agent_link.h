@@ -50,9 +50,13 @@ class AgentLink : public StreamCarrier,
   // An smtp stream carrying `envelope` (only when takes_smtp_envelope()).
   Stream* OpenSmtpStream(const link::ServiceSpec& service, const TcpConnection& client,
                          link::SmtpEnvelope envelope, StreamHandler& handler);
+  // Releases the link's registrations (no new stream is routed here) and sends GoAway; open
+  // streams go on.
   void GoAway(std::string_view reason);
   void Close(const absl::Status& status);
   uint64_t id() const { return id_; }
+  // The agent proved its credential (and has not been closed since).
+  bool authenticated() const { return state_ == State::kReady; }
 
   // StreamCarrier
   const std::string& credential() const override { return credential_name_; }
@@ -100,6 +104,8 @@ class AgentLink : public StreamCarrier,
   State state_ = State::kHandshake;
   std::string agent_id_;
   std::string credential_name_;
+  // The relay's credentials when the agent said Hello; credential_ points into them.
+  std::shared_ptr<const std::vector<CredentialConfig>> credentials_;
   const CredentialConfig* credential_ = nullptr;
   std::string nonce_;
   uv_timer_t* timer_;

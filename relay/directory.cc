@@ -335,6 +335,27 @@ std::vector<link::ServiceSpec> InMemoryDirectory::TunnelServices() {
   return services;
 }
 
+size_t InMemoryDirectory::ForgetClaims(
+    absl::FunctionRef<bool(const std::string& credential, const link::ServiceSpec& service)> keep) {
+  absl::MutexLock lock(&mu_);
+  size_t forgotten = 0;
+  for (auto it = entries_.begin(); it != entries_.end();) {
+    Entry& entry = it->second;
+    if (keep(entry.credential, entry.service)) {
+      ++it;
+      continue;
+    }
+    if (!entry.healthy.empty()) {
+      entry.healthy.clear();
+      UpdateHealthGauge(entry);
+    }
+    std::erase_if(http_alias_, [&](const auto& alias) { return alias.second == it->first; });
+    it = entries_.erase(it);
+    ++forgotten;
+  }
+  return forgotten;
+}
+
 std::vector<RouteResult> InMemoryDirectory::OtherPairHolders(const std::string& name,
                                                              const std::string& pair_id) {
   absl::MutexLock lock(&mu_);

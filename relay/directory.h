@@ -29,6 +29,7 @@
 #include <string_view>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
@@ -139,6 +140,12 @@ class Directory {
   // valid to use only on its `worker`, and only if it is still listed when used there.
   virtual std::vector<RouteResult> OtherPairHolders(const std::string& name,
                                                     const std::string& pair_id) = 0;
+  // After a configuration reload: forgets every claim for which `keep(credential, service)` is
+  // false (its credential was removed, or no longer grants the name), with its members, whose
+  // links the relay then closes or sends GoAway. Returns how many were forgotten.
+  virtual size_t ForgetClaims(
+      absl::FunctionRef<bool(const std::string& credential, const link::ServiceSpec& service)>
+          keep) = 0;
 };
 
 // Single-relay directory held in memory, shared by the worker loops.
@@ -162,6 +169,9 @@ class InMemoryDirectory : public Directory {
   std::vector<link::ServiceSpec> TunnelServices() override;
   std::vector<RouteResult> OtherPairHolders(const std::string& name,
                                             const std::string& pair_id) override;
+  size_t ForgetClaims(
+      absl::FunctionRef<bool(const std::string& credential, const link::ServiceSpec& service)> keep)
+      override;
 
  private:
   struct Member {  // one link

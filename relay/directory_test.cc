@@ -94,6 +94,26 @@ TEST(DirectoryTest, NamesStayWithTheirCredential) {
   EXPECT_EQ(directory.RouteHttp("www.orang.com", 1, "").carrier, &returning);
 }
 
+TEST(DirectoryTest, ForgottenClaimsFreeTheirNamesAndAliases) {
+  InMemoryDirectory directory("relay.test");
+  FakeCarrier owner("orang", 0), other("other", 0);
+  ASSERT_TRUE(directory.Claim(Http("www.orang.com"), "www", owner).ok());
+  ASSERT_TRUE(directory.Claim(Http("api.orang.com"), "api", owner).ok());
+  directory.Release(owner);  // a claim outlives its links
+  size_t forgotten =
+      directory.ForgetClaims([](const std::string& credential, const link::ServiceSpec& service) {
+        return !(credential == "orang" && service.name() == "www.orang.com");
+      });
+  EXPECT_EQ(forgotten, 1u);
+  EXPECT_EQ(directory.RouteHttp("www.orang.com", 0, "").outcome, RouteResult::Outcome::kUnknown);
+  EXPECT_EQ(directory.RouteHttp("api.orang.com", 0, "").outcome, RouteResult::Outcome::kNoLink);
+  // The name and its alias are free for another credential now; the kept claim is not.
+  EXPECT_TRUE(directory.Claim(Http("www.orang.com"), "www", other).ok());
+  EXPECT_EQ(directory.RouteHttp("www.orang.com", 0, "").carrier, &other);
+  EXPECT_EQ(directory.Claim(Http("api.orang.com"), "", other).code(),
+            absl::StatusCode::kAlreadyExists);
+}
+
 TEST(DirectoryTest, RoundRobinSpreadsOverAllWorkers) {
   // The policy decides across workers; a member on another worker is reached by a hand-off.
   InMemoryDirectory directory("");

@@ -1,8 +1,11 @@
 #include "relay/relay.h"
 
+#include <algorithm>
+#include <string_view>
 #include <thread>
 #include <utility>
 
+#include "absl/strings/str_join.h"
 #include "common/metrics.h"
 #include "common/str_cat.h"
 #include "relay/upstream_link.h"
@@ -40,9 +43,123 @@ void DeclareMetrics() {
             "Tunnel streams whose opener went away before the far end answered");
 }
 
+// Whether `credential` grants the registration `service` (a directory claim; a tcp or udp
+// claim carries its relay port).
+bool Grants(const CredentialConfig& credential, const link::ServiceSpec& service) {
+  const std::string& name = service.name();
+  auto any = [&credential](auto allows) {
+    return std::any_of(credential.grants.begin(), credential.grants.end(), allows);
+  };
+  auto port = static_cast<uint16_t>(service.port());
+  switch (service.kind()) {
+    case link::HTTP:
+      return any([&](const Grant& g) { return g.AllowsHostName(GrantKind::kHttp, name); });
+    case link::TLS:
+      return any([&](const Grant& g) { return g.AllowsHostName(GrantKind::kTls, name); });
+    case link::SMTP:
+      return any([&](const Grant& g) { return g.AllowsHostName(GrantKind::kSmtp, name); });
+    case link::TCP:
+      return any([&](const Grant& g) { return g.AllowsPort(GrantKind::kTcp, name, port); });
+    case link::UDP:
+      return any([&](const Grant& g) { return g.AllowsPort(GrantKind::kUdp, name, port); });
+    case link::PRIVATE:
+      return any([&](const Grant& g) { return g.AllowsTunnelName(GrantKind::kPrivate, name); });
+    case link::PAIR:
+      return any([&](const Grant& g) { return g.AllowsTunnelName(GrantKind::kPair, name); });
+    default:
+      return false;
+  }
+}
+
 }  // namespace
 
-Relay::Relay(RelayConfig config) : config_(std::move(config)) { DeclareMetrics(); }
+Relay::Relay(RelayConfig config)
+    : config_(std::move(config)),
+      credentials_(std::make_shared<const std::vector<CredentialConfig>>(config_.credentials)) {
+  DeclareMetrics();
+}
+
+std::shared_ptr<const std::vector<CredentialConfig>> Relay::credentials() const {
+  absl::MutexLock lock(&credentials_mu_);
+  return credentials_;
+}
+
+void Relay::set_config_path(std::string path) {
+  config_path_ = std::move(path);
+  absl::StatusOr<std::map<std::string, std::string>> sections = LoadConfigSections(config_path_);
+  if (sections.ok()) {
+    running_sections_ = *std::move(sections);
+    running_sections_.erase("credentials");
+  }
+}
+
+void Relay::Reload() {
+  auto reloads = [](std::string_view result) -> Counter& {
+    return CounterOf("rdv_config_reloads_total", "Configuration reloads (SIGHUP) by result",
+                     StrCat("result=\"", result, "\""));
+  };
+  if (drained_.load() != nullptr) {
+    spdlog::warn("reload: ignored while draining");
+    return;
+  }
+  absl::StatusOr<RelayConfig> fresh = LoadRelayConfig(config_path_);
+  absl::StatusOr<std::map<std::string, std::string>> sections =
+      fresh.ok() ? LoadConfigSections(config_path_) : fresh.status();
+  if (!sections.ok()) {
+    reloads("error").Inc();
+    spdlog::error("reload: {}; the running configuration stays", sections.status().message());
+    return;
+  }
+  sections->erase("credentials");
+  std::vector<std::string> pending;  // changed sections that wait for a restart
+  for (const auto& [key, text] : *sections) {
+    auto it = running_sections_.find(key);
+    if (it == running_sections_.end() || it->second != text) pending.push_back(key);
+  }
+  for (const auto& [key, text] : running_sections_) {
+    if (!sections->contains(key)) pending.push_back(key);
+  }
+
+  auto next = std::make_shared<const std::vector<CredentialConfig>>(std::move(fresh->credentials));
+  std::shared_ptr<const std::vector<CredentialConfig>> previous;
+  {
+    absl::MutexLock lock(&credentials_mu_);
+    previous = std::exchange(credentials_, next);
+  }
+  CredentialChanges changes;
+  for (const CredentialConfig& old : *previous) {
+    const CredentialConfig* now = FindCredential(*next, old.name);
+    if (now == nullptr) {
+      changes.removed.insert(old.name);
+    } else if (!SameCredential(old, *now)) {
+      changes.changed.insert(old.name);
+    }
+  }
+  size_t added = 0;
+  for (const CredentialConfig& now : *next) {
+    if (FindCredential(*previous, now.name) == nullptr) ++added;
+  }
+  // Names whose credential no longer grants them are free again (for another credential).
+  size_t forgotten = directory_->ForgetClaims(
+      [&next](const std::string& credential, const link::ServiceSpec& service) {
+        const CredentialConfig* now = FindCredential(*next, credential);
+        return credential.empty() || (now != nullptr && Grants(*now, service));
+      });
+  if (forgotten > 0) NoteTunnelServicesChanged();
+  reloads("ok").Inc();
+  spdlog::info(
+      "reload: {}: credentials: {} added, {} removed, {} changed; {} claimed names released",
+      config_path_, added, changes.removed.size(), changes.changed.size(), forgotten);
+  if (!pending.empty()) {
+    spdlog::warn("reload: changes to {} take effect at the next restart",
+                 absl::StrJoin(pending, ", "));
+  }
+  if (changes.removed.empty() && changes.changed.empty()) return;
+  for (auto& worker : workers_) {
+    RelayWorker* target = worker.get();
+    target->Post([target, changes] { target->ApplyCredentialChanges(changes); });
+  }
+}
 
 Relay::~Relay() {
   upstream_.reset();  // before worker 0, whose loop tasks it uses

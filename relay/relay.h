@@ -53,7 +53,21 @@ class Relay {
   int workers_stopped() const { return workers_stopped_.load(); }
   void Join();
 
+  // The configuration the relay started with. Its credentials are those at start; links
+  // authenticate against credentials(), which a reload replaces.
   const RelayConfig& config() const { return config_; }
+  // Thread-safe: the credentials in force. A link keeps the set it authenticated with (its
+  // credential pointer points into it) for as long as it lives.
+  std::shared_ptr<const std::vector<CredentialConfig>> credentials() const;
+  // From worker 0's loop, on SIGHUP: reads `path` again and validates all of it. Credentials
+  // take effect (new links authenticate against them; the links of a removed credential are
+  // closed, those of a changed one get GoAway, so their agents reconnect at once under the new
+  // terms while open streams finish); other changed sections are named in a warning and wait
+  // for a restart. An invalid file changes nothing. Counted in rdv_config_reloads_total{result}.
+  // `path`'s sections at start are taken by the first call to set_config_path().
+  void Reload();
+  // The file the config came from (for Reload); remembers its sections as running.
+  void set_config_path(std::string path);
   Directory& directory() { return *directory_; }
   SSL_CTX* link_tls_context() const { return identity_.ctx.get(); }
   const std::string& fingerprint() const { return identity_.fingerprint_hex; }
@@ -98,6 +112,11 @@ class Relay {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   RelayConfig config_;
+  std::string config_path_;                              // set_config_path
+  std::map<std::string, std::string> running_sections_;  // but credentials; see Reload
+  mutable absl::Mutex credentials_mu_;
+  std::shared_ptr<const std::vector<CredentialConfig>> credentials_
+      ABSL_GUARDED_BY(credentials_mu_);
   ServerTlsIdentity identity_;
   std::unique_ptr<Directory> directory_;
   // Before the workers: their offers forget their tokens here when they are destroyed.

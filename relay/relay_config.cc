@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <map>
 #include <utility>
@@ -506,10 +507,39 @@ uint16_t UdpEntrypointConfig::FixedPortFor(std::string_view service) const {
 }
 
 const CredentialConfig* RelayConfig::FindCredential(std::string_view name) const {
+  return rdv::FindCredential(credentials, name);
+}
+
+const CredentialConfig* FindCredential(const std::vector<CredentialConfig>& credentials,
+                                       std::string_view name) {
   for (const CredentialConfig& credential : credentials) {
     if (credential.name == name) return &credential;
   }
   return nullptr;
+}
+
+bool SameCredential(const CredentialConfig& a, const CredentialConfig& b) {
+  auto same_grant = [](const Grant& x, const Grant& y) {
+    return x.kind() == y.kind() && x.pattern() == y.pattern();
+  };
+  return a.name == b.name && a.secret == b.secret && a.max_links == b.max_links &&
+         std::equal(a.grants.begin(), a.grants.end(), b.grants.begin(), b.grants.end(),
+                    same_grant) &&
+         a.networks.ToStrings() == b.networks.ToStrings();
+}
+
+absl::StatusOr<std::map<std::string, std::string>> LoadConfigSections(const std::string& path) {
+  std::map<std::string, std::string> sections;
+  try {
+    YAML::Node root = YAML::LoadFile(path);
+    if (!root.IsMap()) return sections;
+    for (const auto& item : root) {
+      sections[item.first.as<std::string>()] = YAML::Dump(item.second);
+    }
+  } catch (const YAML::Exception& e) {
+    return absl::InvalidArgumentError(StrCat(path, ": ", e.what()));
+  }
+  return sections;
 }
 
 absl::StatusOr<RelayConfig> LoadRelayConfig(const std::string& path) {

@@ -8,6 +8,7 @@
 #define RDV_RELAY_RELAY_CONFIG_H_
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -177,8 +178,19 @@ struct RelayConfig {
   const CredentialConfig* FindCredential(std::string_view name) const;
 };
 
+// The credential named `name` in `credentials`, or nullptr.
+const CredentialConfig* FindCredential(const std::vector<CredentialConfig>& credentials,
+                                       std::string_view name);
+// Whether `a` and `b` are the same credential on the same terms: name, secret, grants, source
+// networks and max_links.
+bool SameCredential(const CredentialConfig& a, const CredentialConfig& b);
+
 // Reads and validates `path`. Errors are InvalidArgumentError "path:line: key: problem".
 absl::StatusOr<RelayConfig> LoadRelayConfig(const std::string& path);
+
+// The top-level sections of the YAML file `path` as canonical text, by key: what a reload
+// compares to tell which sections changed. Errors: unreadable file, not YAML.
+absl::StatusOr<std::map<std::string, std::string>> LoadConfigSections(const std::string& path);
 
 // Same for YAML already in memory; `file_name_for_errors` only prefixes messages. Relative
 // secret_file/cert_file/key_file paths are resolved against the working directory.

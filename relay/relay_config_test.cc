@@ -6,6 +6,8 @@
 
 #include <cstdio>
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "common/config_test_support.h"
 #include "gmock/gmock.h"
@@ -419,6 +421,25 @@ TEST(RelayConfigTest, Credentials) {
             "relay.yaml:38: unknown key 'nmae' in 'credentials[1]'");
   EXPECT_EQ(ErrorOf(FullWith("  - name: other\n", "  - secret_file: ''\n")),
             "relay.yaml:38: missing required key 'name' in 'credentials[1]'");
+}
+
+TEST(RelayConfigTest, SameCredentialComparesEveryTerm) {
+  absl::StatusOr<RelayConfig> base = Parse(kFullConfig);
+  ASSERT_TRUE(base.ok()) << base.status();
+  const CredentialConfig& orang = base->credentials[0];
+  EXPECT_TRUE(SameCredential(orang, orang));
+  EXPECT_FALSE(SameCredential(orang, base->credentials[1]));
+  for (auto [from, to] : std::vector<std::pair<std::string_view, std::string_view>>{
+           {"s3cret-s3cret", "s3cret-rotated"},
+           {", \"tcp:db\"]", "]"},
+           {"\"tcp:db\"", "\"tcp:cache\""},
+           {"\"127.0.0.0/8\", ", ""},
+           {"max_links: 8", "max_links: 9"}}) {
+    absl::StatusOr<RelayConfig> changed = Parse(FullWith(from, to));
+    ASSERT_TRUE(changed.ok()) << changed.status();
+    EXPECT_FALSE(SameCredential(orang, changed->credentials[0])) << from << " -> " << to;
+    EXPECT_TRUE(SameCredential(base->credentials[1], changed->credentials[1]));
+  }
 }
 
 TEST(RelayConfigTest, GrantsAndNetworks) {

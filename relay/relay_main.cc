@@ -40,9 +40,10 @@ int main(int argc, char** argv) {
     (*relay)->Shutdown();
     uv_run(loop, UV_RUN_DEFAULT);
   } else {
+    (*relay)->set_config_path(flags.config_path);
     rdv::RunDrainingOnSignal(
         loop, [&relay](std::function<void()> stopped) { (*relay)->Drain(std::move(stopped)); },
-        [&relay] { (*relay)->Shutdown(); });
+        [&relay] { (*relay)->Shutdown(); }, [&relay] { (*relay)->Reload(); });
   }
   (*relay)->Join();
   relay->reset();

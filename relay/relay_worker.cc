@@ -374,6 +374,32 @@ void RelayWorker::CloseIdleSessions() {
   for (RelaySession* session : sessions) session->CloseIfIdle();
 }
 
+void RelayWorker::ApplyCredentialChanges(const CredentialChanges& changes) {
+  std::vector<AgentLink*> removed, changed;
+  for (const auto& [raw, link] : links_) {
+    const std::string& name = raw->credential();
+    if (changes.removed.contains(name)) {
+      removed.push_back(raw);
+    } else if (changes.changed.contains(name)) {
+      (raw->authenticated() ? changed : removed).push_back(raw);
+    }
+  }
+  for (AgentLink* link : changed) {
+    spdlog::info(
+        "agent link {}: credential '{}' changed by a reload; GoAway, the agent {} reconnects",
+        link->id(), link->credential(), link->agent());
+    link->GoAway(StrCat("credential '", link->credential(), "' changed by a configuration reload"));
+  }
+  for (AgentLink* link : removed) {
+    bool gone = changes.removed.contains(link->credential());
+    spdlog::info("agent link {}: credential '{}' {} by a reload; closing the link", link->id(),
+                 link->credential(), gone ? "removed" : "changed during authentication");
+    link->Close(absl::PermissionDeniedError(StrCat("credential '", link->credential(), "' ",
+                                                   gone ? "removed" : "changed",
+                                                   " by a configuration reload")));
+  }
+}
+
 size_t RelayWorker::CountDrainHolders() const {
   size_t holders = tunnel_streams_;
   for (const auto& [raw, session] : sessions_) {

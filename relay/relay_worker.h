@@ -13,6 +13,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -40,6 +41,12 @@ class RelaySession {
   // While draining: a session that holds nothing and can end without losing anything (an HTTP
   // keep-alive connection between requests) closes itself and returns true.
   virtual bool CloseIfIdle() { return false; }
+};
+
+// What a configuration reload changed in the credentials (Relay::Reload), by name.
+struct CredentialChanges {
+  std::set<std::string> removed;
+  std::set<std::string> changed;  // secret, grants, networks or max_links
 };
 
 // A client connection moving to another worker.
@@ -126,6 +133,10 @@ class RelayWorker {
   void RequestDrain(uint64_t deadline_ms);
   // Sessions holding this worker's drain (read on any thread, updated by the worker).
   size_t drain_holders() const { return drain_holders_.load(); }
+  // On this worker's loop, after a reload: closes the links of removed credentials and sends
+  // GoAway on those of changed ones (their agents reconnect under the new terms); a link still
+  // authenticating with either is closed.
+  void ApplyCredentialChanges(const CredentialChanges& changes);
   // On this worker's loop: a tunnel stream bridged here (relay/tunnel_bridge.h) began or ended.
   // Each holds a drain like a client session: its agents retire the tunnel once the streams in
   // it end (docs/protocol.md "GoAway").
