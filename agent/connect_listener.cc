@@ -480,7 +480,8 @@ std::vector<const Tunnel*> ConnectListener::retiring_tunnels() const {
 void ConnectListener::OnTunnelDraining(Tunnel& tunnel) {
   if (&tunnel != tunnel_.get()) return;
   draining_.emplace(&tunnel, std::move(tunnel_));
-  tunnel.Retire("the other end is going away");
+  tunnel.Retire("retired after the other end's GoAway");
+  moving_ = true;
   Dial();
 }
 
@@ -493,7 +494,7 @@ void ConnectListener::OnTunnelClosed(Tunnel& tunnel, const absl::Status& status)
     draining_.erase(it);
   }
   if (tunnel.refused() && moving_) {
-    spdlog::info("tunnel {}: relay refused: {} (moving to another relay; retrying)", Describe(),
+    spdlog::info("tunnel {}: relay refused: {} (the tunnel is moving; retrying)", Describe(),
                  tunnel.refusal());
     moving_ = false;
   } else if (tunnel.refused() && tunnel.refusal() != last_refusal_) {

@@ -99,8 +99,9 @@ class ConnectListener : public Tunnel::Owner {
   bool shutting_down_ = false;
   bool draining_accepts_ = false;  // Drain(): no new connections, no new tunnel
   std::string last_refusal_;       // logged once per change
-  // From OnRelayGoingAway until a tunnel is up again: the first refusal meanwhile (e.g. the far
-  // end has not registered with the next relay yet) is logged as info.
+  // From a retirement (OnRelayGoingAway, OnTunnelDraining) until a tunnel is up again: the
+  // first refusal meanwhile (e.g. the far end has not registered with the next relay yet) is
+  // logged as info.
   bool moving_ = false;
   std::shared_ptr<ConnectListener*> alive_;  // deferred work holds a weak_ptr to this token
 };

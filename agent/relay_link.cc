@@ -85,19 +85,7 @@ void RelayLink::OnStreamRemoved(Link& link) {
   if (retired_) StopIfRetiredAndIdle();
 }
 
-void RelayLink::StopIfRetiredAndIdle() {
-  if (link_ != nullptr && link_->stream_count() > 0) return;
-  std::weak_ptr<RelayLink*> weak = alive_;
-  agent_.tasks().Defer([weak] {
-    if (weak.expired()) return;
-    RelayLink* self = *weak.lock();
-    if (self->state_ == State::kStopped) return;
-    if (self->link_ != nullptr && self->link_->stream_count() > 0) return;
-    spdlog::info("{}: retired link has no stream left; closing it", self->options().log_name);
-    self->LinkClient::Shutdown("link retired after the relay's GoAway");
-    self->agent_.OnRetiredLinkStopped(*self);
-  });
-}
+void RelayLink::OnRetiredLinkStopped() { agent_.OnRetiredLinkStopped(*this); }
 
 size_t RelayLink::ServiceStreamCount() const {
   if (link_ == nullptr) return 0;

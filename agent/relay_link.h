@@ -60,8 +60,7 @@ class RelayLink : public LinkClient {
   bool OnReadyControl(const link::Control& control) override;
   void OnLinkDown(const absl::Status& status, bool was_ready) override;
   void OnPeerGoingAway() override;
-  // Retired and no stream left: shut down (deferred: called from inside the link).
-  void StopIfRetiredAndIdle();
+  void OnRetiredLinkStopped() override;
 
   // Control TunnelData: hands the offer to the Tunnel on that stream (or ignores it, counted).
   void OfferDataPath(const link::TunnelData& offer);

@@ -242,6 +242,20 @@ void LinkClient::Retire() {
   draining_ = true;
 }
 
+void LinkClient::StopIfRetiredAndIdle() {
+  if (link_ != nullptr && link_->stream_count() > 0) return;
+  std::weak_ptr<LinkClient*> weak = alive_;
+  tasks_.Defer([weak] {
+    if (weak.expired()) return;
+    LinkClient* self = *weak.lock();
+    if (self->state_ == State::kStopped) return;
+    if (self->link_ != nullptr && self->link_->stream_count() > 0) return;
+    spdlog::info("{}: retired link has no stream left; closing it", self->options_.log_name);
+    self->LinkClient::Shutdown("link retired after the peer's GoAway");
+    self->OnRetiredLinkStopped();
+  });
+}
+
 void LinkClient::Shutdown(std::string_view reason) {
   if (state_ == State::kReady) {
     link_->SendGoAway(reason);

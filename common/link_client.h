@@ -99,6 +99,11 @@ class LinkClient : public TlsSession::Handler, public LinkTransport, public Link
   // open streams go on. DESIGN 4: reconnect elsewhere. The default keeps the link until it drops
   // and then redials as after any drop.
   virtual void OnPeerGoingAway() {}
+  // After Retire(): shuts the link down once no stream is left on it, logging "<log_name>:
+  // retired link has no stream left; closing it", then runs OnRetiredLinkStopped(). Deferred (it
+  // may be called from inside the link); owners call it on Retire() and from OnStreamRemoved.
+  void StopIfRetiredAndIdle();
+  virtual void OnRetiredLinkStopped() {}
   // For OnStreamOpen: whether streams may be served now. A relay that opens a stream before
   // authenticating us breaks the protocol: the link fails (counted) and this returns false.
   bool AcceptingStreams();

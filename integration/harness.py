@@ -665,6 +665,47 @@ class DataTarget:
         self._bg.run(shut())
 
 
+class FailoverBalancer:
+    """A TCP load balancer in front of relay replicas, as a Kubernetes Service is: each connection
+    goes to the first backend that accepts it, and its bytes are copied both ways."""
+
+    def __init__(self, bg, backends):
+        self.bg = bg
+        self.backends = backends
+        self.server = bg.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
+        self.address = self.server.sockets[0].getsockname()[:2]
+        self.routed = []  # the backend of each connection, in order
+
+    def close(self):
+        async def close():
+            self.server.close()
+            await self.server.wait_closed()
+        self.bg.run(close())
+
+    async def _serve(self, reader, writer):
+        for backend in self.backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(*backend)
+                break
+            except OSError:
+                continue
+        else:
+            writer.close()
+            return
+        self.routed.append(backend)
+
+        async def pump(source, sink):
+            try:
+                while data := await source.read(65536):
+                    sink.write(data)
+                    await sink.drain()
+            except OSError:
+                pass
+            finally:
+                sink.close()
+        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
+
+
 def exchange(addr, to_target, from_target, seed, timeout=60):
     """One X exchange over a fresh connection; asserts both directions arrived byte-exact."""
     with connect(addr, timeout) as sock:

@@ -5,9 +5,12 @@
   relay A              upstream: relay B, credential relay-a, B pinned by fingerprint;
                        credential site-a: pair:*
 
+UpstreamReplicaTest: two replicas of B behind a failover balancer; SIGTERM to one and A's upstream
+link, the agents and a tunnel move to the other while a connection open in the old tunnel finishes.
+
 UpstreamLinkTest: A's link authenticates at B (B's log and metrics, A's gauge), a wrong secret is
 refused at B and retried by A with backoff, a wrong pin never authenticates, A redials when B
-restarts and registers its agents' pairs there again.
+is killed and restarts and registers its agents' pairs there again.
 
 CascadeTunnelTest (agent -> relay A -> relay B <- agent, both ways): a pair served at B and
 connected from A, and a pair served at A (registered at B by A, withdrawn when its agent leaves)
@@ -18,8 +21,10 @@ held at A: refused at B, and B's TunnelNotice reaches the holder at A through A'
 """
 
 import os
+import signal
 import sys
 import textwrap
+import types
 
 sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -28,14 +33,15 @@ import harness  # noqa: E402
 UPSTREAM_SECRET = "relay-a-upstream-secret"
 
 
-def relay_b_yaml(h, name="relay-b", agent_listen="127.0.0.1:0"):
+def relay_b_yaml(h, name="relay-b", agent_listen="127.0.0.1:0", relay_id="relay-b",
+                 listener_extra=""):
     return f"""\
-        relay_id: relay-b
+        relay_id: {relay_id}
         state_dir: {h.path(name + '-state')}
         workers: 2
         log_level: {harness.LOG_LEVEL}
         agent_listener:
-          listen: ["{agent_listen}"]
+          listen: ["{agent_listen}"]{listener_extra}
         admin:
           listen: ["127.0.0.1:0"]
         credentials:
@@ -49,6 +55,7 @@ def relay_b_yaml(h, name="relay-b", agent_listen="127.0.0.1:0"):
 
 
 def relay_a_yaml(h, relay_b, secret=UPSTREAM_SECRET, fingerprint=None, name="relay-a"):
+    """`relay_b`: the upstream, or anything with its address("agent") and fingerprint."""
     return f"""\
         relay_id: relay-a
         state_dir: {h.path(name + '-state')}
@@ -163,7 +170,7 @@ class UpstreamLinkTest(harness.IntegrationTest):
         relay_a = h.relay(relay_a_yaml(h, relay_b), name="relay-a")
         relay_a.wait_line(UP_AT_A)
         mark = relay_a.mark()
-        relay_b.stop()
+        relay_b.kill()  # a crash: the link drops (a drain's GoAway is UpstreamReplicaTest's)
         relay_a.wait_line(harness.log_message(r"upstream link down: "), start=mark)
         relay_a.wait_metric("rdv_upstream_relay_up", lambda v: v == 0)
         self.assertEqual(relay_a.metric("rdv_upstream_relay_drops_total"), 1)
@@ -187,6 +194,64 @@ class UpstreamLinkTest(harness.IntegrationTest):
         relay_b.stop()
         relay_b2 = h.relay(relay_b_yaml(h, agent_listen=b_agent), name="relay-b")
         relay_b2.wait_line(registered_at_b("pair", "kept"), timeout=20)
+
+
+class UpstreamReplicaTest(harness.IntegrationTest):
+    """Two replicas of the upstream relay behind one address (a failover balancer, as a
+    Kubernetes Service): SIGTERM to replica b1 and relay A dials a new upstream link at once,
+    which reaches b2; the agent serving at b moves there too, the connecting agent at A moves its
+    tunnel to b2 for new connections while the connection open in the old tunnel goes on; once
+    it closes, b1 exits and A closes its retired upstream link."""
+
+    def test_upstream_going_away_moves_the_cascade(self):
+        h = self.fresh_harness()
+        target = h.data_target()
+        relay_b1 = h.relay(relay_b_yaml(h, name="relay-b1", relay_id="relay-b1"), name="relay-b1")
+        state = h.path("relay-b1-state")
+        relay_b2 = h.relay(relay_b_yaml(
+            h, name="relay-b2", relay_id="relay-b2",
+            listener_extra=(f"\n          cert_file: {state}/relay-cert.pem"
+                            f"\n          key_file: {state}/relay-key.pem")), name="relay-b2")
+        balancer = harness.FailoverBalancer(h.bg, [relay_b1.address("agent"),
+                                                   relay_b2.address("agent")])
+        self.addCleanup(balancer.close)
+        front = types.SimpleNamespace(address=lambda role: balancer.address,
+                                      fingerprint=relay_b1.fingerprint)
+        relay_a = h.relay(relay_a_yaml(h, front), name="relay-a")
+        relay_a.wait_line(harness.log_message(r"upstream link: authenticated at relay relay-b1"))
+        server = h.agent(agent_yaml(front, "serve-at-b", "site-b",
+                                    serving("pair", "moving", target.target())), name="serve-at-b")
+        server.wait_registered("moving", "pair")
+        port = harness.free_port()
+        connector = h.agent(agent_yaml(relay_a, "connect-at-a", "site-a",
+                                       connecting("pair", "moving", port)), name="connect-at-a")
+        connector.wait_line(harness.log_message(
+            r"tunnel pair moving up: peer serve-at-b via relay-a,relay-b1 \(psk\)"), timeout=20)
+        old = harness.EchoStream(("127.0.0.1", port), seed=41)
+        old.wait_progress(1 << 20)
+
+        mark_a, mark_c = relay_a.mark(), connector.mark()
+        relay_b1.send_signal(signal.SIGTERM)
+        relay_a.wait_line(harness.log_message(
+            r"upstream link: the upstream relay is going away; dialing a new link"), start=mark_a)
+        relay_a.wait_line(harness.log_message(r"upstream link: authenticated at relay relay-b2"),
+                          start=mark_a)
+        connector.wait_line(harness.log_message(
+            r"tunnel pair moving up: peer serve-at-b via relay-a,relay-b2 \(psk\)"),
+            start=mark_c, timeout=20)
+        new = harness.EchoStream(("127.0.0.1", port), seed=42)
+        new.wait_progress(1 << 20)
+        old.wait_progress(old.bytes_ok + (1 << 20))
+        self.assertTrue(relay_b1.alive(), "relay b1 stopped while a tunnel stream was open")
+        relay_a.wait_metric("rdv_upstream_relay_up", lambda v: v == 1)
+        old.stop()
+        self.assertEqual(relay_b1.wait(20), 0)
+        relay_a.wait_line(harness.log_message(
+            r"upstream link: retired link has no stream left; closing it"), start=mark_a)
+        new.wait_progress(new.bytes_ok + (1 << 20))
+        new.stop()
+        self.assertEqual(relay_a.metric("rdv_upstream_relay_up"), 1)
+        self.assertEqual(relay_a.metric("rdv_upstream_relay_drops_total"), 0)
 
 
 class CascadeTunnelTest(harness.IntegrationTest):

@@ -23,7 +23,6 @@ through b for new connections while a connection open in the old tunnel goes on;
 old tunnel is closed and a exits 0.
 """
 
-import asyncio
 import os
 import signal
 import sys
@@ -257,47 +256,6 @@ class RelayDrainTest(RelayTestBase):
             echo.stop()
 
 
-class FailoverBalancer:
-    """A TCP load balancer in front of relay replicas, as a Kubernetes Service is: each connection
-    goes to the first backend that accepts it, and its bytes are copied both ways."""
-
-    def __init__(self, bg, backends):
-        self.bg = bg
-        self.backends = backends
-        self.server = bg.run(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.address = self.server.sockets[0].getsockname()[:2]
-        self.routed = []  # the backend of each connection, in order
-
-    def close(self):
-        async def close():
-            self.server.close()
-            await self.server.wait_closed()
-        self.bg.run(close())
-
-    async def _serve(self, reader, writer):
-        for backend in self.backends:
-            try:
-                up_reader, up_writer = await asyncio.open_connection(*backend)
-                break
-            except OSError:
-                continue
-        else:
-            writer.close()
-            return
-        self.routed.append(backend)
-
-        async def pump(source, sink):
-            try:
-                while data := await source.read(65536):
-                    sink.write(data)
-                    await sink.drain()
-            except OSError:
-                pass
-            finally:
-                sink.close()
-        await asyncio.gather(pump(reader, up_writer), pump(up_reader, writer))
-
-
 class RelayReplicaTest(RelayTestBase):
     """Two relay replicas behind one address: the agent dials again when its relay drains."""
 
@@ -314,7 +272,7 @@ class RelayReplicaTest(RelayTestBase):
             f"cert_file: {state}/relay-cert.pem", f"key_file: {state}/relay-key.pem")),
             name="relay-b")
         self.assertEqual(relay_b.fingerprint, relay_a.fingerprint)
-        balancer = FailoverBalancer(h.bg, [relay_a.address("agent"), relay_b.address("agent")])
+        balancer = harness.FailoverBalancer(h.bg, [relay_a.address("agent"), relay_b.address("agent")])
         self.addCleanup(balancer.close)
         agent = h.agent(self.agent_config(balancer.address, relay_a.fingerprint), name="agent")
         agent.wait_links_up(2)
@@ -364,7 +322,7 @@ class RelayReplicaTest(RelayTestBase):
         relay_b = h.relay(self.relay_config(h, "relay-b", harness.free_port(), listener_lines=(
             f"cert_file: {state}/relay-cert.pem", f"key_file: {state}/relay-key.pem")),
             name="relay-b")
-        balancer = FailoverBalancer(h.bg, [relay_a.address("agent"), relay_b.address("agent")])
+        balancer = harness.FailoverBalancer(h.bg, [relay_a.address("agent"), relay_b.address("agent")])
         self.addCleanup(balancer.close)
         serving = self.pair_agent(h, "agent-site", balancer.address, relay_a.fingerprint, f"""\
             services:

@@ -162,7 +162,9 @@ void Relay::Reload() {
 }
 
 Relay::~Relay() {
+  current_upstream_.store(nullptr);
   upstream_.reset();  // before worker 0, whose loop tasks it uses
+  retired_upstreams_.clear();
   workers_.clear();
   absl::MutexLock lock(&mu_);
   udp_ports_.clear();  // after the workers: their sessions point at the ports
@@ -188,6 +190,7 @@ absl::StatusOr<std::unique_ptr<Relay>> Relay::Create(RelayConfig config, uv_loop
         UpstreamLink::Create(*relay->workers_[0], *relay->config_.upstream);
     if (!upstream.ok()) return upstream.status();
     relay->upstream_ = *std::move(upstream);
+    relay->current_upstream_.store(relay->upstream_.get(), std::memory_order_release);
   }
   return relay;
 }
@@ -289,6 +292,7 @@ void Relay::Drain(std::function<void()> on_stopped) {
       "ms (shutdown_grace_ms); a second signal stops now",
       grace_ms);
   on_stopped_ = std::move(on_stopped);
+  stopping_ = true;  // the upstream link stays up for what drains, but is not replaced
   auto* async = new uv_async_t;
   uv_async_init(workers_[0]->loop(), async, [](uv_async_t* handle) {
     auto* relay = static_cast<Relay*>(handle->data);
@@ -296,7 +300,7 @@ void Relay::Drain(std::function<void()> on_stopped) {
     uv_close(reinterpret_cast<uv_handle_t*>(handle),
              [](uv_handle_t* h) { delete reinterpret_cast<uv_async_t*>(h); });
     spdlog::info("drained: every worker stopped");
-    if (relay->upstream_) relay->upstream_->Stop();
+    relay->StopUpstreams();
     if (relay->on_stopped_) std::exchange(relay->on_stopped_, nullptr)();
   });
   async->data = this;
@@ -312,8 +316,14 @@ void Relay::WorkerStopped() {
   if (uv_async_t* async = drained_.load()) uv_async_send(async);
 }
 
-void Relay::Shutdown() {
+void Relay::StopUpstreams() {
+  stopping_ = true;
   if (upstream_) upstream_->Stop();
+  for (auto& retired : retired_upstreams_) retired->Stop();
+}
+
+void Relay::Shutdown() {
+  StopUpstreams();
   for (auto& worker : workers_) worker->RequestStop();
 }
 
@@ -524,11 +534,34 @@ std::vector<std::string> Relay::RoutesFor(const link::ServiceSpec& service,
 }
 
 StreamCarrier* Relay::upstream() {
-  return upstream_ && upstream_->authenticated() ? upstream_.get() : nullptr;
+  UpstreamLink* link = current_upstream_.load(std::memory_order_acquire);
+  return link != nullptr && link->authenticated() ? link : nullptr;
 }
 
 void Relay::NoteTunnelServicesChanged() {
-  if (upstream_) upstream_->NoteTunnelServicesChanged();
+  if (UpstreamLink* link = current_upstream_.load(std::memory_order_acquire)) {
+    link->NoteTunnelServicesChanged();
+  }
+}
+
+void Relay::ReplaceUpstream(UpstreamLink& link) {
+  if (stopping_ || &link != upstream_.get()) return;
+  absl::StatusOr<std::unique_ptr<UpstreamLink>> next =
+      UpstreamLink::Create(*workers_[0], *config_.upstream);
+  if (!next.ok()) {
+    spdlog::error("upstream link: the upstream relay is going away, and no new link: {}",
+                  next.status().message());
+    return;
+  }
+  spdlog::info(
+      "upstream link: the upstream relay is going away; dialing a new link to {}; open tunnel "
+      "streams finish on the old one",
+      FormatHostPort(config_.upstream->relay));
+  retired_upstreams_.push_back(std::move(upstream_));
+  upstream_ = *std::move(next);
+  current_upstream_.store(upstream_.get(), std::memory_order_release);
+  upstream_->Start();
+  retired_upstreams_.back()->Retire();
 }
 
 }  // namespace rdv

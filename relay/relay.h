@@ -99,12 +99,19 @@ class Relay {
   // Thread-safe: a PRIVATE or PAIR registration was made or released here; the upstream link
   // re-syncs what it registered upstream with Directory::TunnelServices().
   void NoteTunnelServicesChanged();
+  // From worker 0's loop: the upstream relay sent GoAway on `link`, the current upstream link.
+  // A new link to the same address takes its place at once (behind a load balancer it reaches
+  // another replica) and registers our tunnel services there; `link` is retired: its open
+  // tunnel streams finish on it, then it closes. Nothing while stopping or draining.
+  void ReplaceUpstream(UpstreamLink& link);
 
   // Tunnel data path tokens offered and not yet used or expired (relay/tunnel_data_path.h).
   DataPathRegistry& data_paths() { return data_paths_; }
 
  private:
   Relay(RelayConfig config);
+  // Stops the upstream link and the retired ones; no replacement from now on.
+  void StopUpstreams();
   absl::Status ListenEverywhere(const std::vector<HostPort>& addresses, const std::string& role);
   absl::Status BindTcpService(const std::string& service, uint16_t port, RelayWorker& worker)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -125,6 +132,13 @@ class Relay {
   // On worker 0's loop; set by Create() before any worker thread runs, destroyed after they
   // stopped, so reading the pointer from any thread is safe.
   std::unique_ptr<UpstreamLink> upstream_;
+  // upstream_.get(), for other threads: ReplaceUpstream swaps upstream_ on worker 0.
+  std::atomic<UpstreamLink*> current_upstream_{nullptr};
+  // Replaced upstream links (ReplaceUpstream), on worker 0's loop. Kept until the relay is
+  // destroyed, closed once idle: another worker may have just read the pointer (one object per
+  // upstream GoAway).
+  std::vector<std::unique_ptr<UpstreamLink>> retired_upstreams_;
+  bool stopping_ = false;  // Shutdown or Drain began: no replacement
   // The first port of each entrypoint ("http", "tls", ...), for the routes agents are told.
   // Written by Start() before any worker thread runs.
   std::map<std::string, uint16_t> entry_ports_;

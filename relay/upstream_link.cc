@@ -80,6 +80,20 @@ void UpstreamLink::Stop() {
   Shutdown("relay shutting down");
 }
 
+void UpstreamLink::Retire() {
+  retired_ = true;
+  authenticated_.store(false, std::memory_order_release);  // the replacement owns the gauge
+  LinkClient::Retire();
+  StopIfRetiredAndIdle();
+}
+
+void UpstreamLink::OnPeerGoingAway() { worker_.relay().ReplaceUpstream(*this); }
+
+void UpstreamLink::OnStreamRemoved(Link& link) {
+  open_streams_ = link.stream_count();
+  if (retired_) StopIfRetiredAndIdle();
+}
+
 void UpstreamLink::OnLinkReady() {
   authenticated_.store(true, std::memory_order_release);
   UpstreamUp().Set(1);
@@ -92,7 +106,7 @@ void UpstreamLink::OnLinkReady() {
 }
 
 void UpstreamLink::OnLinkDown(const absl::Status& status, bool was_ready) {
-  if (!was_ready) return;
+  if (!was_ready || retired_) return;
   authenticated_.store(false, std::memory_order_release);
   UpstreamUp().Set(0);
   CounterOf("rdv_upstream_relay_drops_total",
@@ -106,6 +120,10 @@ void UpstreamLink::NoteTunnelServicesChanged() {
   worker_.Post([this] {
     // Cleared before reading the directory: a change noted from now on posts another sync.
     sync_posted_.store(false);
+    if (retired_) {
+      worker_.relay().NoteTunnelServicesChanged();  // replaced meanwhile: the new link syncs
+      return;
+    }
     SyncTunnelServices();
   });
 }

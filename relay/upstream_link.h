@@ -41,6 +41,10 @@ class UpstreamLink : public LinkClient, public StreamCarrier {
 
   // On the loop: GoAway when up, close, no redial.
   void Stop();
+  // On the loop, after the upstream's GoAway once the relay dialed a replacement: no longer the
+  // relay's upstream, not redialed; its open tunnel streams go on, and it closes when none is
+  // left (or when the upstream closes it).
+  void Retire();
   // Thread-safe: authenticated upstream right now.
   bool authenticated() const { return authenticated_.load(std::memory_order_acquire); }
   // Thread-safe: our tunnel services changed; re-sync them upstream on the link's loop
@@ -56,7 +60,7 @@ class UpstreamLink : public LinkClient, public StreamCarrier {
 
   // LinkHandler
   void OnStreamOpen(Link& link, Stream& stream, const link::Open& open) override;
-  void OnStreamRemoved(Link& link) override { open_streams_ = link.stream_count(); }
+  void OnStreamRemoved(Link& link) override;
 
  private:
   UpstreamLink(RelayWorker& worker, SslCtxPtr tls_context, LinkClientOptions options);
@@ -65,6 +69,8 @@ class UpstreamLink : public LinkClient, public StreamCarrier {
   void OnLinkReady() override;
   bool OnReadyControl(const link::Control& control) override;
   void OnLinkDown(const absl::Status& status, bool was_ready) override;
+  // DESIGN 4 "reconnect elsewhere": the relay dials a replacement (Relay::ReplaceUpstream).
+  void OnPeerGoingAway() override;
 
   // Sends Register / Unregister so that what is registered upstream matches TunnelServices().
   void SyncTunnelServices();
@@ -77,6 +83,7 @@ class UpstreamLink : public LinkClient, public StreamCarrier {
   std::atomic<bool> authenticated_{false};
   std::atomic<bool> sync_posted_{false};
   std::atomic<size_t> open_streams_{0};
+  bool retired_ = false;
   // What this link registered upstream (sent, answered or not), by RegistrationKey.
   std::map<std::string, link::ServiceSpec> registered_;
 };
