@@ -336,11 +336,9 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
                                                       : GrantKind::kSmtp;
     name = NormalizeHost(spec.name());
     if (!IsValidHostPattern(name)) return refuse("invalid", "invalid host name");
-    bool granted = false;
-    for (const Grant& grant : credential_->grants) {
-      granted |= grant.AllowsHostName(grant_kind, name);
+    if (!credential_->Grants(grant_kind, name)) {
+      return refuse("not_granted", "name not granted to this credential");
     }
-    if (!granted) return refuse("not_granted", "name not granted to this credential");
     if (spec.kind() == link::TLS && !worker_.config().tls) {
       return refuse("no_entrypoint", "this relay has no tls entrypoint");
     }
@@ -380,11 +378,9 @@ link::Registered AgentLink::RegisterOne(const link::ServiceSpec& spec) {
     } else {
       result.mutable_service()->clear_pair_id();
     }
-    bool granted = false;
-    for (const Grant& grant : credential_->grants) {
-      granted |= grant.AllowsTunnelName(grant_kind, name);
+    if (!credential_->Grants(grant_kind, name)) {
+      return refuse("not_granted", "name not granted to this credential");
     }
-    if (!granted) return refuse("not_granted", "name not granted to this credential");
     result.mutable_service()->set_port(0);
     result.mutable_service()->clear_alias();
     result.mutable_service()->set_rewrite_html(false);

@@ -46,29 +46,33 @@ void DeclareMetrics() {
 // Whether `credential` grants the registration `service` (a directory claim; a tcp or udp
 // claim carries its relay port).
 bool Grants(const CredentialConfig& credential, const link::ServiceSpec& service) {
-  const std::string& name = service.name();
-  auto any = [&credential](auto allows) {
-    return std::any_of(credential.grants.begin(), credential.grants.end(), allows);
-  };
-  auto port = static_cast<uint16_t>(service.port());
+  GrantKind kind;
   switch (service.kind()) {
     case link::HTTP:
-      return any([&](const Grant& g) { return g.AllowsHostName(GrantKind::kHttp, name); });
+      kind = GrantKind::kHttp;
+      break;
     case link::TLS:
-      return any([&](const Grant& g) { return g.AllowsHostName(GrantKind::kTls, name); });
+      kind = GrantKind::kTls;
+      break;
     case link::SMTP:
-      return any([&](const Grant& g) { return g.AllowsHostName(GrantKind::kSmtp, name); });
+      kind = GrantKind::kSmtp;
+      break;
     case link::TCP:
-      return any([&](const Grant& g) { return g.AllowsPort(GrantKind::kTcp, name, port); });
+      kind = GrantKind::kTcp;
+      break;
     case link::UDP:
-      return any([&](const Grant& g) { return g.AllowsPort(GrantKind::kUdp, name, port); });
+      kind = GrantKind::kUdp;
+      break;
     case link::PRIVATE:
-      return any([&](const Grant& g) { return g.AllowsTunnelName(GrantKind::kPrivate, name); });
+      kind = GrantKind::kPrivate;
+      break;
     case link::PAIR:
-      return any([&](const Grant& g) { return g.AllowsTunnelName(GrantKind::kPair, name); });
+      kind = GrantKind::kPair;
+      break;
     default:
       return false;
   }
+  return credential.Grants(kind, service.name(), static_cast<uint16_t>(service.port()));
 }
 
 }  // namespace

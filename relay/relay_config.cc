@@ -518,6 +518,25 @@ const CredentialConfig* FindCredential(const std::vector<CredentialConfig>& cred
   return nullptr;
 }
 
+bool CredentialConfig::Grants(GrantKind kind, std::string_view name, uint16_t port) const {
+  return std::any_of(grants.begin(), grants.end(), [&](const Grant& grant) {
+    switch (kind) {
+      case GrantKind::kHttp:
+      case GrantKind::kTls:
+      case GrantKind::kSmtp:
+        return grant.AllowsHostName(kind, name);
+      case GrantKind::kTcp:
+      case GrantKind::kUdp:
+        return grant.AllowsPort(kind, name, port);
+      case GrantKind::kPair:
+      case GrantKind::kPrivate:
+      case GrantKind::kConnect:
+        return grant.AllowsTunnelName(kind, name);
+    }
+    return false;
+  });
+}
+
 bool SameCredential(const CredentialConfig& a, const CredentialConfig& b) {
   auto same_grant = [](const Grant& x, const Grant& y) {
     return x.kind() == y.kind() && x.pattern() == y.pattern();

@@ -129,6 +129,9 @@ struct CredentialConfig {
   bool AllowsSource(const sockaddr* source) const {
     return networks.empty() || networks.Contains(source);
   }
+  // Whether a grant covers `name` of `kind`: a host name (http, tls, smtp), a service name on
+  // relay `port` (tcp, udp; 0 = not chosen yet) or a tunnel name (pair, private, connect).
+  bool Grants(GrantKind kind, std::string_view name, uint16_t port = 0) const;
 };
 
 // Cascaded relays (docs/protocol.md "Cascaded relays"): the relay this one dials as if it were

@@ -488,11 +488,7 @@ void RouteTunnel(RelayWorker& worker, Stream& stream, const link::Open& open,
   }
   if (origin.credential != nullptr) {
     GrantKind needed = asked.kind() == link::PAIR ? GrantKind::kPair : GrantKind::kConnect;
-    bool granted = false;
-    for (const Grant& grant : origin.credential->grants) {
-      granted |= grant.AllowsTunnelName(needed, asked.name());
-    }
-    if (!granted) {
+    if (!origin.credential->Grants(needed, asked.name())) {
       refuse("not_granted", "not granted", link::NOT_ALLOWED,
              StrCat(" (credential '", origin.credential->name, "' has no grant for ",
                     GrantKindName(needed), ":", asked.name(), ")"));
