@@ -1,5 +1,7 @@
-// SecureChannel: OpenSSL over a BIO of our own that reads `cipher_in_` and appends to
-// `cipher_out_` (no memory-BIO copies or allocations per record).
+// SecureChannel: OpenSSL's handshake over a BIO of our own that reads `cipher_in_` and appends
+// to `cipher_out_` (no memory-BIO copies or allocations per record); after it, TlsRecordLayer
+// seals and opens the records between the caller's buffers and ours (both ends are Rendezvous).
+// Should it decline, OpenSSL keeps them through the same BIO.
 //
 // 1. OnCiphertext hands the pipe's bytes to OpenSSL in place (`cipher_in_` keeps only what it
 //    left, or what arrives while Pump runs), Send appends plaintext to `plain_out_`, Close asks
@@ -30,9 +32,11 @@
 #include <utility>
 
 #include "absl/strings/escaping.h"
+#include "common/metrics.h"
 #include "common/str_cat.h"
 #include "common/tcp_connection.h"
 #include "common/tls.h"
+#include "common/tls_record_layer.h"
 
 namespace rdv {
 namespace {
@@ -41,7 +45,7 @@ constexpr std::string_view kPairIdLabel = "rdv-pair-id-v1";
 constexpr std::string_view kTunnelPskLabel = "rdv-tunnel-psk-v1";
 constexpr std::string_view kPskIdentity = "rdv-tunnel";
 constexpr size_t kPskSize = 32;
-constexpr size_t kMaxRecordPlaintext = 16 * 1024;
+constexpr size_t kMaxRecordPlaintext = TlsRecordLayer::kMaxPlaintext;
 // Plaintext handed to OnPlaintext at once: many records, so that the consumer (a nested link)
 // sees whole frames rather than 16 KiB pieces.
 constexpr size_t kPlaintextChunk = 256 * 1024;
@@ -151,8 +155,15 @@ class SecureChannelImpl : public SecureChannel {
 
   void Queue(std::string_view plaintext) override {
     if (closed_ || close_requested_) return;
-    if (secured_ && !pumping_ && !flushing_ &&
-        plain_out_.size() + plaintext.size() >= 2 * kMaxRecordPlaintext) {
+    if (records_ != nullptr) {
+      // Whole records are sealed straight from what waits and the caller's bytes, behind the
+      // records already sealed; they leave at the next Flush.
+      if (!records_->SealWholeRecords(plain_out_, plaintext, cipher_out_)) {
+        Fail(absl::InternalError(records_->error()));
+        return;
+      }
+    } else if (secured_ && !pumping_ && !flushing_ &&
+               plain_out_.size() + plaintext.size() >= 2 * kMaxRecordPlaintext) {
       // Enough for whole records: top what waits up to one, then encrypt whole records from
       // the caller's bytes; only the tail is copied. The records wait for Flush like the
       // plaintext would have, so that they still leave in one SendCiphertext.
@@ -194,6 +205,7 @@ class SecureChannelImpl : public SecureChannel {
   }
 
   bool secured() const override { return secured_ && !closed_; }
+  bool user_space_records() const override { return records_ != nullptr; }
 
  private:
   static int PskUseSession(SSL* ssl, const EVP_MD* md, const unsigned char** id, size_t* id_length,
@@ -209,6 +221,7 @@ class SecureChannelImpl : public SecureChannel {
   bool HasWork() const;
   void DriveHandshake();
   void ReadRecords();
+  void OpenRecords();  // ReadRecords once TlsRecordLayer has the records
   void WriteRecords();
   // SSL_write of `plaintext` in records into `cipher_out_`; false (the channel failed) on error.
   bool EncryptPlaintext(std::string_view plaintext);
@@ -224,6 +237,7 @@ class SecureChannelImpl : public SecureChannel {
   SSL_CTX* ctx_ = nullptr;
   SSL* ssl_ = nullptr;
   SSL_SESSION* psk_session_ = nullptr;
+  std::unique_ptr<TlsRecordLayer> records_;  // after the handshake
   std::string cipher_in_;  // ciphertext from the pipe; OpenSSL reads it from the offset
   size_t cipher_in_offset_ = 0;
   std::string_view borrowed_in_;  // the caller's ciphertext during OnCiphertext, read first
@@ -277,6 +291,7 @@ absl::Status SecureChannelImpl::Init() {
   SSL_CTX_set_session_cache_mode(ctx_, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_options(ctx_, SSL_OP_NO_TICKET);
   if (!options_.is_client) SSL_CTX_set_num_tickets(ctx_, 0);
+  TlsRecordLayer::CaptureSecrets(ctx_);
   if (SSL_CTX_set_ciphersuites(ctx_, psk_mode ? kPskCipherSuite : kCertificateCipherSuites) != 1) {
     return absl::InternalError("cannot set TLS 1.3 cipher suites: " + OpenSslErrors());
   }
@@ -314,6 +329,7 @@ absl::Status SecureChannelImpl::Init() {
   ssl_ = SSL_new(ctx_);
   if (ssl_ == nullptr) return absl::InternalError("SSL_new failed: " + OpenSslErrors());
   SSL_set_app_data(ssl_, this);
+  TlsRecordLayer::Watch(ssl_);
   BIO* bio = BIO_new(PipeBioMethod());
   if (bio == nullptr) return absl::InternalError("BIO_new failed: " + OpenSslErrors());
   BIO_set_data(bio, this);
@@ -457,7 +473,11 @@ void SecureChannelImpl::Pump() {
     if (closed_) break;
     if (close_requested_ && !close_sent_ && plain_out_.empty()) {
       close_sent_ = true;
-      SSL_shutdown(ssl_);
+      if (records_ != nullptr) {
+        records_->SealCloseNotify(cipher_out_);
+      } else {
+        SSL_shutdown(ssl_);
+      }
       FlushCiphertext();
     }
   } while (HasWork());
@@ -488,6 +508,7 @@ void SecureChannelImpl::DriveHandshake() {
         "TLS handshake failed: the pre-shared key was not used by the peer"));
     return;
   }
+  records_ = TlsRecordLayer::TakeOverOrKeepOpenSsl(ssl_, "tunnel");
   secured_ = true;
   handler_.OnSecured();
 }
@@ -537,8 +558,63 @@ absl::Status SecureChannelImpl::HandshakeError(int ssl_error) {
   return absl::PermissionDeniedError(StrCat("TLS handshake failed: ", why, " (", errors, ")"));
 }
 
+void SecureChannelImpl::OpenRecords() {
+  // Records are opened where they are (the caller's borrowed bytes, then `cipher_in_`) into
+  // `plain_in_`, several at a time.
+  char* buffer = plain_in_.get();
+  size_t filled = 0;
+  auto deliver = [&] {
+    FlushCiphertext();  // our KeyUpdate answer, if any
+    if (filled > 0 && !closed_) {
+      std::string_view plaintext(buffer, filled);
+      WriteBatch batch(plaintext);
+      handler_.OnPlaintext(plaintext);
+    }
+    filled = 0;
+  };
+  while (!closed_) {
+    if (kPlaintextChunk - filled < TlsRecordLayer::kMaxOpenedPerRecord) {
+      deliver();
+      continue;
+    }
+    const bool borrowed = !borrowed_in_.empty();
+    std::string_view input =
+        borrowed ? borrowed_in_ : std::string_view(cipher_in_).substr(cipher_in_offset_);
+    TlsRecordLayer::Opened opened =
+        records_->Open(input, buffer + filled, kPlaintextChunk - filled, cipher_out_);
+    if (borrowed) {
+      borrowed_in_.remove_prefix(opened.consumed);
+    } else {
+      cipher_in_offset_ += opened.consumed;
+    }
+    filled += opened.produced;
+    if (!opened.status.ok() || opened.peer_closed) {
+      deliver();  // what came before the bad record or the close is the peer's
+      if (opened.alert != 0 && !closed_ && records_->SealAlert(opened.alert, cipher_out_)) {
+        FlushCiphertext();
+      }
+      Fail(opened.peer_closed
+               ? absl::OkStatus()
+               : absl::DataLossError(StrCat("TLS record error: ", opened.status.message())));
+      return;
+    }
+    if (opened.consumed > 0) continue;
+    if (borrowed && cipher_in_offset_ < cipher_in_.size()) {
+      // The record cut at the end of the borrowed bytes goes on in what arrived meanwhile.
+      KeepBorrowedRest();
+      continue;
+    }
+    break;
+  }
+  deliver();
+}
+
 void SecureChannelImpl::ReadRecords() {
   if (plain_in_ == nullptr) plain_in_ = std::make_unique<char[]>(kPlaintextChunk);
+  if (records_ != nullptr) {
+    OpenRecords();
+    return;
+  }
   char* buffer = plain_in_.get();
   size_t filled = 0;
   // Several records go to the handler at once; the buffer is reused only after it returned.
@@ -584,6 +660,11 @@ void SecureChannelImpl::WriteRecords() {
 }
 
 bool SecureChannelImpl::EncryptPlaintext(std::string_view plaintext) {
+  if (records_ != nullptr && !closed_) {
+    if (records_->Seal(plaintext, cipher_out_)) return true;
+    Fail(absl::InternalError(records_->error()));
+    return false;
+  }
   while (!closed_ && !plaintext.empty()) {
     size_t n = std::min(plaintext.size(), kMaxRecordPlaintext);
     int written = SSL_write(ssl_, plaintext.data(), static_cast<int>(n));

@@ -85,6 +85,8 @@ class SecureChannel {
   // handshake without sending anything and without calling the handler.
   virtual void Close() = 0;
   virtual bool secured() const = 0;
+  // True once the records are sealed and opened by TlsRecordLayer rather than OpenSSL.
+  virtual bool user_space_records() const = 0;
 };
 
 }  // namespace rdv

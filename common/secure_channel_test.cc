@@ -237,6 +237,8 @@ class SecureChannelTest : public ::testing::Test {
   void ExpectBothSecured() {
     EXPECT_TRUE(client_.channel->secured());
     EXPECT_TRUE(server_.channel->secured());
+    EXPECT_TRUE(client_.channel->user_space_records());
+    EXPECT_TRUE(server_.channel->user_space_records());
     EXPECT_EQ(client_.secured_calls, 1);
     EXPECT_EQ(server_.secured_calls, 1);
     EXPECT_FALSE(client_.closed.has_value()) << *client_.closed;

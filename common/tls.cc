@@ -19,7 +19,7 @@
 namespace rdv {
 namespace {
 
-constexpr size_t kMaxRecordPlaintext = 16 * 1024;
+constexpr size_t kMaxRecordPlaintext = TlsRecordLayer::kMaxPlaintext;
 // Small flushes in a row after which an idle link gives its bulk-sized write buffer back.
 constexpr int kSmallFlushesBeforeRelease = 16;
 // AES-128-GCM first: as strong as links need and markedly cheaper per byte than AES-256 on
@@ -171,6 +171,7 @@ absl::StatusOr<ServerTlsIdentity> CreateLinkServerContext(const std::string& cer
   SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
   SSL_CTX_set_alpn_select_cb(ctx, SelectAlpn, nullptr);
   SSL_CTX_set_ciphersuites(ctx, kLinkCipherSuites);
+  TlsRecordLayer::CaptureSecrets(ctx);
   if (SSL_CTX_use_certificate_chain_file(ctx, cert_path.c_str()) != 1) {
     return absl::InvalidArgumentError(
         StrCat("cannot load certificate ", cert_path, ": ", OpenSslErrors()));
@@ -191,6 +192,7 @@ absl::StatusOr<SslCtxPtr> CreateLinkClientContext(const std::string& ca_file) {
   static const unsigned char kWire[] = {5, 'r', 'd', 'v', '/', '1'};
   SSL_CTX_set_alpn_protos(ctx.get(), kWire, sizeof(kWire));
   SSL_CTX_set_ciphersuites(ctx.get(), kLinkCipherSuites);
+  TlsRecordLayer::CaptureSecrets(ctx.get());
   if (!ca_file.empty()) {
     if (SSL_CTX_load_verify_locations(ctx.get(), ca_file.c_str(), nullptr) != 1) {
       return absl::InvalidArgumentError(
@@ -221,6 +223,8 @@ std::unique_ptr<TlsSession> TlsSession::Create(std::unique_ptr<TcpConnection> tc
       if (expected_fingerprint.empty()) SSL_set1_host(ssl, server_name.c_str());
     }
   }
+  // Links (both ends ours) hand their records to TlsRecordLayer after the handshake.
+  if (require_link_alpn) TlsRecordLayer::Watch(ssl);
   std::unique_ptr<TlsSession> session(
       new TlsSession(std::move(tcp), ssl, tasks, std::move(expected_fingerprint)));
   session->require_link_alpn_ = require_link_alpn;
@@ -257,6 +261,9 @@ void TlsSession::Start(Handler& handler) {
 absl::StatusOr<TlsSession::Detached> TlsSession::Detach() {
   if (closed_) return absl::FailedPreconditionError("TLS session closed");
   if (!handshake_done_) return absl::FailedPreconditionError("TLS handshake not finished");
+  if (records_ != nullptr) {
+    return absl::FailedPreconditionError("a link's TLS session does not move between loops");
+  }
   FlushNow();
   if (closed_ || !plain_out_.empty() || !cipher_out_.empty() || tcp_->queued_bytes() != 0) {
     return absl::UnavailableError("TLS session still has bytes queued");
@@ -317,6 +324,7 @@ void TlsSession::DriveHandshake() {
       Fail(absl::PermissionDeniedError("peer did not negotiate ALPN rdv/1"));
       return;
     }
+    if (require_link_alpn_) records_ = TlsRecordLayer::TakeOverOrKeepOpenSsl(ssl_, "link");
     if (handler_) handler_->OnTlsReady();
     return;
   }
@@ -345,18 +353,15 @@ void TlsSession::OnRead(std::string_view data) {
       return;
     }
   }
+  if (records_ != nullptr) {
+    std::string_view rest = std::exchange(input_, std::string_view());
+    OpenRecords(rest);
+    return;
+  }
   // Decrypt several records before handing them on, so the handler sees (and writes onward)
   // large chunks rather than one 16 KiB record at a time.
   size_t filled = 0;
-  auto deliver = [&] {
-    if (filled > 0 && handler_ && !closed_) {
-      // The frames' payloads for one socket leave in one write when the handler is done.
-      std::string_view plaintext(tls_read_buffer, filled);
-      WriteBatch batch(plaintext);
-      handler_->OnTlsData(plaintext);
-    }
-    filled = 0;
-  };
+  auto deliver = [&] { Deliver(filled); };
   while (!closed_) {
     int n = SSL_read(ssl_, tls_read_buffer + filled,
                      static_cast<int>(sizeof(tls_read_buffer) - filled));
@@ -385,6 +390,50 @@ void TlsSession::OnRead(std::string_view data) {
   if (!closed_ && data.size() < 4096) SSL_free_buffers(ssl_);
 }
 
+void TlsSession::Deliver(size_t& filled) {
+  if (filled > 0 && handler_ && !closed_) {
+    // The frames' payloads for one socket leave in one write when the handler is done.
+    std::string_view plaintext(tls_read_buffer, filled);
+    WriteBatch batch(plaintext);
+    handler_->OnTlsData(plaintext);
+  }
+  filled = 0;
+}
+
+void TlsSession::OpenRecords(std::string_view data) {
+  // Records are opened where the socket read them, into the thread's plaintext buffer, several
+  // at a time; only a record cut by the end of the read is copied (to `carry_`).
+  size_t filled = 0;
+  auto deliver = [&] { Deliver(filled); };
+  const size_t reply_before = cipher_out_.size();
+  while (!closed_) {
+    if (sizeof(tls_read_buffer) - filled < TlsRecordLayer::kMaxOpenedPerRecord) deliver();
+    if (closed_) return;
+    TlsRecordLayer::Opened opened = records_->Open(data, tls_read_buffer + filled,
+                                                   sizeof(tls_read_buffer) - filled, cipher_out_);
+    data.remove_prefix(opened.consumed);
+    filled += opened.produced;
+    if (!opened.status.ok() || opened.peer_closed) {
+      deliver();  // what came before the bad record or the close is the peer's
+      if (opened.alert != 0 && !closed_ && records_->SealAlert(opened.alert, cipher_out_)) {
+        plain_out_.clear();  // nothing after the alert
+        FlushNow();
+      }
+      if (closed_) return;
+      if (opened.peer_closed) {
+        Fail(absl::CancelledError("peer closed the TLS session"));
+      } else {
+        Fail(absl::DataLossError(StrCat("TLS error: ", opened.status.message())));
+      }
+      return;
+    }
+    if (opened.consumed == 0) break;  // the rest is a record cut short
+  }
+  if (cipher_out_.size() > reply_before) ScheduleFlush();  // our KeyUpdate answer
+  deliver();
+  if (!closed_ && !data.empty()) carry_.assign(data);
+}
+
 void TlsSession::OnEof() {
   Fail(handshake_done_ ? absl::CancelledError("connection closed by peer")
                        : absl::UnavailableError("connection closed during the TLS handshake"));
@@ -398,7 +447,16 @@ void TlsSession::OnDrained() {
 
 void TlsSession::Send(std::string_view plaintext) {
   if (closed_) return;
-  if (handshake_done_ && plain_out_.size() + plaintext.size() >= kMaxRecordPlaintext) {
+  if (handshake_done_ && records_ != nullptr) {
+    // Whole records are sealed straight from what waits and the caller's bytes; only a small
+    // tail is copied to wait for the end-of-iteration flush.
+    const size_t sealed_before = cipher_out_.size();
+    if (!records_->SealWholeRecords(plain_out_, plaintext, cipher_out_)) {
+      Fail(absl::InternalError(records_->error()));
+      return;
+    }
+    if (cipher_out_.size() > sealed_before) ScheduleFlush();
+  } else if (handshake_done_ && plain_out_.size() + plaintext.size() >= kMaxRecordPlaintext) {
     // Enough for full records: top up what is pending to one record, then encrypt whole records
     // straight from the caller's bytes; only the tail waits for the end-of-iteration flush.
     size_t top_up =
@@ -424,6 +482,11 @@ void TlsSession::ScheduleFlush() {
 }
 
 bool TlsSession::WriteRecords(std::string_view plaintext) {
+  if (records_ != nullptr) {
+    if (records_->Seal(plaintext, cipher_out_)) return true;
+    Fail(absl::InternalError(records_->error()));
+    return false;
+  }
   while (!plaintext.empty()) {
     size_t n = std::min(kMaxRecordPlaintext, plaintext.size());
     int rc = SSL_write(ssl_, plaintext.data(), static_cast<int>(n));

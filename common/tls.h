@@ -4,7 +4,9 @@
 // Write path: Send() appends plaintext; once per loop iteration (uv_check) the session encrypts
 // everything pending in records of up to 16 KiB. That coalesces the many small frames a link
 // produces; bulk data fills whole records at once and is encrypted from the caller's bytes.
-// Ciphertext goes through a BIO of our own straight between the socket and OpenSSL's buffers.
+// OpenSSL runs the handshake through a BIO of our own; on links both ends are ours, and the
+// records after it are sealed and opened by TlsRecordLayer, straight between the socket's
+// buffers and the caller's (no copies through OpenSSL's record buffers).
 #ifndef RDV_COMMON_TLS_H_
 #define RDV_COMMON_TLS_H_
 
@@ -21,6 +23,7 @@
 #include "absl/status/statusor.h"
 #include "common/loop_tasks.h"
 #include "common/tcp_connection.h"
+#include "common/tls_record_layer.h"
 
 namespace rdv {
 
@@ -94,6 +97,8 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   void ResumeReading() { tcp_->ResumeReading(); }
   void Close();
   bool closed() const { return closed_; }
+  // True once the records are sealed and opened by TlsRecordLayer rather than OpenSSL.
+  bool user_space_records() const { return records_ != nullptr; }
   TcpConnection& tcp() { return *tcp_; }
   // RFC 5705 exporter bound to this session (for channel-bound authentication).
   std::string ExportKeyingMaterial(std::string_view label) const;
@@ -111,6 +116,9 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   TlsSession(std::unique_ptr<TcpConnection> tcp, SSL* ssl, LoopTasks& tasks,
              std::string expected_fingerprint);
   void DriveHandshake();
+  void OpenRecords(std::string_view data);  // OnRead once TlsRecordLayer has the records
+  // Hands the first `filled` bytes of the thread's plaintext buffer to the handler; zeroes it.
+  void Deliver(size_t& filled);
   bool WriteRecords(std::string_view plaintext);  // false: the session failed
   void ScheduleFlush();
   static BIO_METHOD* SocketBioMethod();
@@ -120,8 +128,9 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
 
   std::unique_ptr<TcpConnection> tcp_;
   SSL* ssl_;
-  std::string_view input_;  // ciphertext of the current read, consumed by BioRead
-  std::string carry_;       // ciphertext left over when reading stopped early
+  std::unique_ptr<TlsRecordLayer> records_;  // links, after the handshake
+  std::string_view input_;                   // ciphertext of the current read, consumed by BioRead
+  std::string carry_;                        // ciphertext left over when reading stopped early
   LoopTasks& tasks_;
   std::string expected_fingerprint_;
   Handler* handler_ = nullptr;

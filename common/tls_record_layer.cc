@@ -1,0 +1,452 @@
+// TlsRecordLayer: RFC 8446 records over EVP AEAD contexts.
+//
+// 1. Watch/CaptureSecrets: OpenSSL's keylog callback hands each watched connection its
+//    CLIENT_/SERVER_TRAFFIC_SECRET_0; they wait in the SSL's ex_data until TakeOver.
+// 2. TakeOver: checks that OpenSSL has neither read ahead nor written an application record
+//    (a server sends no session tickets), derives key and IV per direction (HKDF-Expand-Label,
+//    RFC 8446 §7.3) and wipes the reported secrets.
+// 3. Seal: per record, nonce = IV ^ sequence, the header as AAD, the plaintext pieces and the
+//    inner content type encrypted straight into the output, the tag after them.
+// 4. Open: per complete record, the same in reverse into the caller's buffer; the inner content
+//    type (after any zero padding) decides: data, alert or post-handshake message.
+#include "common/tls_record_layer.h"
+
+#include <openssl/core_names.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/kdf.h>
+
+#include <algorithm>
+#include <cstring>
+#include <utility>
+
+#include "absl/strings/escaping.h"
+#include "common/metrics.h"
+#include "common/str_cat.h"
+#include "common/tls.h"
+#include "spdlog/spdlog.h"
+
+namespace rdv {
+namespace {
+
+constexpr unsigned char kApplicationData = 23;
+constexpr unsigned char kAlert = 21;
+constexpr unsigned char kHandshake = 22;
+constexpr unsigned char kNewSessionTicket = 4;
+constexpr unsigned char kKeyUpdate = 24;
+constexpr unsigned char kCloseNotify = 0;
+constexpr unsigned char kUserCanceled = 90;
+constexpr unsigned char kUnexpectedMessage = 10;
+constexpr unsigned char kBadRecordMac = 20;
+constexpr unsigned char kRecordOverflow = 22;
+constexpr unsigned char kDecodeError = 50;
+// RFC 8446 §5.2: a TLSCiphertext may carry up to 2^14 + 256 bytes.
+constexpr size_t kMaxCiphertext = TlsRecordLayer::kMaxPlaintext + 256;
+constexpr size_t kIvSize = 12;
+
+// The secrets OpenSSL reported for a watched connection, until TakeOver takes them.
+struct ReportedSecrets {
+  std::string client;
+  std::string server;
+  ~ReportedSecrets() {
+    OPENSSL_cleanse(client.data(), client.size());
+    OPENSSL_cleanse(server.data(), server.size());
+  }
+};
+
+void FreeReportedSecrets(void*, void* secrets, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<ReportedSecrets*>(secrets);
+}
+
+int SecretsIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, FreeReportedSecrets);
+  return index;
+}
+
+// "CLIENT_TRAFFIC_SECRET_0 <client random> <secret>", both in hex; other labels are ignored.
+void OnKeylogLine(const SSL* ssl, const char* line) {
+  auto* secrets = static_cast<ReportedSecrets*>(SSL_get_ex_data(ssl, SecretsIndex()));
+  if (secrets == nullptr) return;
+  std::string_view text(line);
+  std::string* target = nullptr;
+  if (text.starts_with("CLIENT_TRAFFIC_SECRET_0 ")) {
+    target = &secrets->client;
+  } else if (text.starts_with("SERVER_TRAFFIC_SECRET_0 ")) {
+    target = &secrets->server;
+  } else {
+    return;
+  }
+  size_t last_space = text.rfind(' ');
+  if (last_space == std::string_view::npos) return;
+  *target = absl::HexStringToBytes(AbslView(text.substr(last_space + 1)));
+}
+
+// HKDF-Expand-Label(secret, label, "", length) of RFC 8446 §7.1.
+bool ExpandLabel(const EVP_MD* digest, const unsigned char* secret, size_t secret_size,
+                 std::string_view label, unsigned char* out, size_t length) {
+  static EVP_KDF* const kHkdf = EVP_KDF_fetch(nullptr, "HKDF", nullptr);
+  if (kHkdf == nullptr) return false;
+  std::string info;
+  info.push_back(static_cast<char>(length >> 8));
+  info.push_back(static_cast<char>(length & 0xff));
+  info.push_back(static_cast<char>(6 + label.size()));
+  info.append("tls13 ");
+  info.append(label);
+  info.push_back(0);  // empty context
+  EVP_KDF_CTX* ctx = EVP_KDF_CTX_new(kHkdf);
+  if (ctx == nullptr) return false;
+  int mode = EVP_KDF_HKDF_MODE_EXPAND_ONLY;
+  OSSL_PARAM params[] = {
+      OSSL_PARAM_construct_int(OSSL_KDF_PARAM_MODE, &mode),
+      OSSL_PARAM_construct_utf8_string(OSSL_KDF_PARAM_DIGEST,
+                                       const_cast<char*>(EVP_MD_get0_name(digest)), 0),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_KEY, const_cast<unsigned char*>(secret),
+                                        secret_size),
+      OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_INFO, info.data(), info.size()),
+      OSSL_PARAM_construct_end()};
+  bool ok = EVP_KDF_derive(ctx, out, length, params) == 1;
+  EVP_KDF_CTX_free(ctx);
+  return ok;
+}
+
+void WriteHeader(unsigned char* header, size_t ciphertext_length) {
+  header[0] = kApplicationData;  // the outer type of every protected record
+  header[1] = 0x03;
+  header[2] = 0x03;
+  header[3] = static_cast<unsigned char>(ciphertext_length >> 8);
+  header[4] = static_cast<unsigned char>(ciphertext_length & 0xff);
+}
+
+}  // namespace
+
+void TlsRecordLayer::CaptureSecrets(SSL_CTX* ctx) {
+  SSL_CTX_set_keylog_callback(ctx, OnKeylogLine);
+}
+
+void TlsRecordLayer::Watch(SSL* ssl) {
+  if (SSL_get_ex_data(ssl, SecretsIndex()) == nullptr) {
+    SSL_set_ex_data(ssl, SecretsIndex(), new ReportedSecrets());
+  }
+}
+
+absl::StatusOr<std::unique_ptr<TlsRecordLayer>> TlsRecordLayer::TakeOver(SSL* ssl) {
+  auto* secrets = static_cast<ReportedSecrets*>(SSL_get_ex_data(ssl, SecretsIndex()));
+  // Whatever happens, OpenSSL's report is not kept.
+  std::unique_ptr<ReportedSecrets> owned(secrets);
+  SSL_set_ex_data(ssl, SecretsIndex(), nullptr);
+  if (SSL_version(ssl) != TLS1_3_VERSION || !SSL_is_init_finished(ssl)) {
+    return absl::FailedPreconditionError("not an established TLS 1.3 connection");
+  }
+  if (secrets == nullptr || secrets->client.empty() || secrets->server.empty()) {
+    return absl::FailedPreconditionError(
+        "the traffic secrets were not reported (Watch and CaptureSecrets before the handshake)");
+  }
+  if (SSL_has_pending(ssl)) {
+    return absl::FailedPreconditionError("OpenSSL already holds record bytes of the peer");
+  }
+  if (SSL_is_server(ssl) && SSL_get_num_tickets(ssl) != 0) {
+    return absl::FailedPreconditionError(
+        "the server sends session tickets, records OpenSSL writes on its own");
+  }
+  const SSL_CIPHER* suite = SSL_get_current_cipher(ssl);
+  const EVP_MD* digest = suite ? SSL_CIPHER_get_handshake_digest(suite) : nullptr;
+  int nid = suite ? SSL_CIPHER_get_cipher_nid(suite) : NID_undef;
+  if (digest == nullptr ||
+      (nid != NID_aes_128_gcm && nid != NID_aes_256_gcm && nid != NID_chacha20_poly1305)) {
+    return absl::FailedPreconditionError(
+        StrCat("cipher suite ", suite ? SSL_CIPHER_get_name(suite) : "(none)", " not supported"));
+  }
+  const EVP_CIPHER* cipher = EVP_get_cipherbynid(nid);
+  if (cipher == nullptr) return absl::InternalError("AEAD not available: " + OpenSslErrors());
+  std::unique_ptr<TlsRecordLayer> layer(new TlsRecordLayer(cipher, digest));
+  if (secrets->client.size() != layer->secret_size_ ||
+      secrets->server.size() != layer->secret_size_) {
+    return absl::InternalError("reported traffic secrets have the wrong size");
+  }
+  const bool server = SSL_is_server(ssl) == 1;
+  const std::string& mine = server ? secrets->server : secrets->client;
+  const std::string& theirs = server ? secrets->client : secrets->server;
+  if (absl::Status status =
+          layer->Install(layer->write_, reinterpret_cast<const unsigned char*>(mine.data()), true);
+      !status.ok()) {
+    return status;
+  }
+  if (absl::Status status = layer->Install(
+          layer->read_, reinterpret_cast<const unsigned char*>(theirs.data()), false);
+      !status.ok()) {
+    return status;
+  }
+  return layer;
+}
+
+std::unique_ptr<TlsRecordLayer> TlsRecordLayer::TakeOverOrKeepOpenSsl(SSL* ssl,
+                                                                      std::string_view connection) {
+  absl::StatusOr<std::unique_ptr<TlsRecordLayer>> layer = TakeOver(ssl);
+  if (layer.ok()) return std::move(*layer);
+  CounterOf("rdv_tls_user_space_records_declined_total",
+            "TLS connections whose records stayed with OpenSSL (TlsRecordLayer declined them)")
+      .Inc();
+  spdlog::warn("{} TLS records stay with OpenSSL: {}", connection, layer.status().message());
+  return nullptr;
+}
+
+TlsRecordLayer::TlsRecordLayer(const EVP_CIPHER* cipher, const EVP_MD* digest)
+    : cipher_(cipher),
+      digest_(digest),
+      secret_size_(static_cast<size_t>(EVP_MD_get_size(digest))),
+      key_size_(static_cast<size_t>(EVP_CIPHER_get_key_length(cipher))) {}
+
+TlsRecordLayer::~TlsRecordLayer() {
+  for (Direction* direction : {&read_, &write_}) {
+    EVP_CIPHER_CTX_free(direction->ctx);
+    OPENSSL_cleanse(direction->secret, sizeof(direction->secret));
+    OPENSSL_cleanse(direction->iv, sizeof(direction->iv));
+  }
+}
+
+absl::Status TlsRecordLayer::Install(Direction& direction, const unsigned char* secret,
+                                     bool encrypt) {
+  unsigned char key[EVP_MAX_KEY_LENGTH];
+  if (!ExpandLabel(digest_, secret, secret_size_, "key", key, key_size_) ||
+      !ExpandLabel(digest_, secret, secret_size_, "iv", direction.iv, kIvSize)) {
+    return absl::InternalError("TLS key derivation failed: " + OpenSslErrors());
+  }
+  if (direction.ctx == nullptr) direction.ctx = EVP_CIPHER_CTX_new();
+  bool ok = direction.ctx != nullptr &&
+            EVP_CipherInit_ex(direction.ctx, cipher_, nullptr, key, nullptr, encrypt ? 1 : 0) == 1;
+  OPENSSL_cleanse(key, sizeof(key));
+  if (!ok) return absl::InternalError("AEAD setup failed: " + OpenSslErrors());
+  if (direction.secret != secret) std::memcpy(direction.secret, secret, secret_size_);
+  direction.sequence = 0;
+  return absl::OkStatus();
+}
+
+absl::Status TlsRecordLayer::NextKey(Direction& direction, bool encrypt) {
+  unsigned char next[EVP_MAX_MD_SIZE];
+  if (!ExpandLabel(digest_, direction.secret, secret_size_, "traffic upd", next, secret_size_)) {
+    return absl::InternalError("TLS key update failed: " + OpenSslErrors());
+  }
+  absl::Status status = Install(direction, next, encrypt);
+  OPENSSL_cleanse(next, sizeof(next));
+  return status;
+}
+
+void TlsRecordLayer::Nonce(const Direction& direction, unsigned char* nonce) const {
+  std::memcpy(nonce, direction.iv, kIvSize);
+  for (int i = 0; i < 8; ++i) {
+    nonce[kIvSize - 1 - i] ^= static_cast<unsigned char>(direction.sequence >> (8 * i));
+  }
+}
+
+bool TlsRecordLayer::Failed(std::string message) {
+  error_ = std::move(message);
+  ERR_clear_error();
+  return false;
+}
+
+bool TlsRecordLayer::SealRecord(unsigned char content_type, std::string_view first,
+                                std::string_view second, std::string& out) {
+  const size_t length = first.size() + second.size() + 1 + kTagSize;
+  const size_t at = out.size();
+  out.resize(at + kHeaderSize + length);
+  auto* header = reinterpret_cast<unsigned char*>(out.data() + at);
+  WriteHeader(header, length);
+  unsigned char* cursor = header + kHeaderSize;
+  unsigned char nonce[kIvSize];
+  Nonce(write_, nonce);
+  EVP_CIPHER_CTX* ctx = write_.ctx;
+  int n = 0;
+  bool ok = EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
+            EVP_EncryptUpdate(ctx, nullptr, &n, header, kHeaderSize) == 1;
+  for (std::string_view piece :
+       {first, second, std::string_view(reinterpret_cast<const char*>(&content_type), 1)}) {
+    if (!ok || piece.empty()) continue;
+    ok = EVP_EncryptUpdate(ctx, cursor, &n, reinterpret_cast<const unsigned char*>(piece.data()),
+                           static_cast<int>(piece.size())) == 1;
+    cursor += n;
+  }
+  ok = ok && EVP_EncryptFinal_ex(ctx, cursor, &n) == 1;
+  cursor += ok ? n : 0;
+  ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, kTagSize, cursor) == 1 &&
+       cursor + kTagSize == header + kHeaderSize + length;
+  if (!ok) {
+    out.resize(at);
+    return Failed("TLS record sealing failed: " + OpenSslErrors());
+  }
+  ++write_.sequence;
+  return true;
+}
+
+bool TlsRecordLayer::SealKeyUpdate(bool request_update, std::string& out) {
+  const char message[5] = {static_cast<char>(kKeyUpdate), 0, 0, 1,
+                           static_cast<char>(request_update ? 1 : 0)};
+  if (!SealRecord(kHandshake, std::string_view(message, sizeof(message)), {}, out)) return false;
+  if (absl::Status status = NextKey(write_, true); !status.ok()) {
+    return Failed(std::string(status.message()));
+  }
+  ++key_updates_sent_;
+  return true;
+}
+
+bool TlsRecordLayer::Seal(std::string_view first, std::string_view second, size_t length,
+                          std::string& out) {
+  first = first.substr(0, std::min(first.size(), length));
+  second = second.substr(0, std::min(second.size(), length - first.size()));
+  size_t records = (first.size() + second.size() + kMaxPlaintext - 1) / kMaxPlaintext;
+  out.reserve(out.size() + first.size() + second.size() + records * kOverhead);
+  while (!first.empty() || !second.empty()) {
+    if (write_.sequence >= records_per_key_ && !SealKeyUpdate(false, out)) return false;
+    size_t from_first = std::min(first.size(), kMaxPlaintext);
+    size_t from_second = std::min(second.size(), kMaxPlaintext - from_first);
+    if (!SealRecord(kApplicationData, first.substr(0, from_first), second.substr(0, from_second),
+                    out)) {
+      return false;
+    }
+    first.remove_prefix(from_first);
+    second.remove_prefix(from_second);
+  }
+  return true;
+}
+
+bool TlsRecordLayer::SealWholeRecords(std::string& pending, std::string_view& more,
+                                      std::string& out) {
+  const size_t total = pending.size() + more.size();
+  if (total < kMaxPlaintext) return true;
+  size_t now = total - total % kMaxPlaintext;
+  if (total - now >= kSealTailAtOnce) now = total;
+  if (!Seal(pending, more, now, out)) return false;
+  const size_t from_pending = std::min(now, pending.size());
+  pending.erase(0, from_pending);
+  more.remove_prefix(now - from_pending);
+  return true;
+}
+
+bool TlsRecordLayer::SealCloseNotify(std::string& out) {
+  const char alert[2] = {1, static_cast<char>(kCloseNotify)};  // warning, close_notify
+  return SealRecord(kAlert, std::string_view(alert, sizeof(alert)), {}, out);
+}
+
+bool TlsRecordLayer::SealAlert(unsigned char description, std::string& out) {
+  const char alert[2] = {2, static_cast<char>(description)};  // fatal
+  return SealRecord(kAlert, std::string_view(alert, sizeof(alert)), {}, out);
+}
+
+absl::Status TlsRecordLayer::HandlePostHandshake(std::string_view messages, std::string& reply) {
+  while (!messages.empty()) {
+    if (messages.size() < 4) {
+      return absl::DataLossError("TLS record: truncated post-handshake message");
+    }
+    const auto type = static_cast<unsigned char>(messages[0]);
+    const size_t length = (static_cast<size_t>(static_cast<unsigned char>(messages[1])) << 16) |
+                          (static_cast<size_t>(static_cast<unsigned char>(messages[2])) << 8) |
+                          static_cast<unsigned char>(messages[3]);
+    if (messages.size() - 4 < length) {
+      return absl::DataLossError(
+          "TLS record: a post-handshake message split across records (not supported)");
+    }
+    std::string_view body = messages.substr(4, length);
+    messages.remove_prefix(4 + length);
+    if (type == kNewSessionTicket) continue;  // links and tunnels never resume
+    if (type != kKeyUpdate) {
+      return absl::DataLossError(
+          StrCat("TLS record: unexpected post-handshake message type ", static_cast<int>(type)));
+    }
+    if (body.size() != 1 || static_cast<unsigned char>(body[0]) > 1) {
+      return absl::DataLossError("TLS record: malformed KeyUpdate");
+    }
+    if (!messages.empty()) {
+      return absl::DataLossError("TLS record: data after a KeyUpdate in the same record");
+    }
+    if (absl::Status status = NextKey(read_, false); !status.ok()) return status;
+    ++key_updates_received_;
+    if (body[0] == 1 && !SealKeyUpdate(false, reply)) return absl::InternalError(error_);
+  }
+  return absl::OkStatus();
+}
+
+TlsRecordLayer::Opened TlsRecordLayer::Open(std::string_view ciphertext, char* plaintext,
+                                            size_t capacity, std::string& reply) {
+  Opened opened;
+  auto fail = [&opened](unsigned char alert, absl::Status status) {
+    opened.alert = alert;
+    opened.status = std::move(status);
+    return opened;
+  };
+  while (ciphertext.size() - opened.consumed >= kHeaderSize) {
+    const auto* header =
+        reinterpret_cast<const unsigned char*>(ciphertext.data() + opened.consumed);
+    const size_t length = (static_cast<size_t>(header[3]) << 8) | header[4];
+    if (header[0] != kApplicationData || header[1] != 0x03 || header[2] != 0x03) {
+      return fail(kUnexpectedMessage,
+                  absl::DataLossError(StrCat(
+                      "TLS record: unexpected record type ", static_cast<int>(header[0]),
+                      " version ", static_cast<int>(header[1]), ".", static_cast<int>(header[2]))));
+    }
+    if (length > kMaxCiphertext || length < 1 + kTagSize) {
+      return fail(kRecordOverflow,
+                  absl::DataLossError(StrCat("TLS record: bad record length ", length)));
+    }
+    if (ciphertext.size() - opened.consumed - kHeaderSize < length) break;  // cut short
+    const size_t inner_length = length - kTagSize;
+    if (capacity - opened.produced < inner_length) break;  // the caller delivers first
+    auto* out = reinterpret_cast<unsigned char*>(plaintext + opened.produced);
+    const unsigned char* body = header + kHeaderSize;
+    unsigned char nonce[kIvSize];
+    Nonce(read_, nonce);
+    EVP_CIPHER_CTX* ctx = read_.ctx;
+    int n = 0;
+    int final_n = 0;
+    bool ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
+              EVP_DecryptUpdate(ctx, nullptr, &n, header, kHeaderSize) == 1 &&
+              EVP_DecryptUpdate(ctx, out, &n, body, static_cast<int>(inner_length)) == 1 &&
+              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kTagSize,
+                                  const_cast<unsigned char*>(body + inner_length)) == 1 &&
+              EVP_DecryptFinal_ex(ctx, out + n, &final_n) == 1;
+    ERR_clear_error();
+    if (!ok || static_cast<size_t>(n + final_n) != inner_length) {
+      return fail(kBadRecordMac,
+                  absl::DataLossError(StrCat("TLS record ", read_.sequence,
+                                             ": authentication failed (corrupt or forged)")));
+    }
+    ++read_.sequence;
+    opened.consumed += kHeaderSize + length;
+    // The inner content type is the last non-zero byte; zeros after it are padding.
+    size_t end = inner_length;
+    while (end > 0 && out[end - 1] == 0) --end;
+    if (end == 0) {
+      return fail(kUnexpectedMessage, absl::DataLossError("TLS record: no content type"));
+    }
+    const unsigned char type = out[end - 1];
+    const size_t content = end - 1;
+    if (type == kApplicationData) {
+      opened.produced += content;
+      continue;
+    }
+    std::string_view bytes(reinterpret_cast<const char*>(out), content);
+    if (type == kAlert) {
+      if (content != 2) {
+        return fail(kDecodeError, absl::DataLossError("TLS record: malformed alert"));
+      }
+      const auto description = static_cast<unsigned char>(bytes[1]);
+      if (description == kUserCanceled) continue;  // a close_notify follows
+      if (description == kCloseNotify) {
+        opened.peer_closed = true;
+        return opened;
+      }
+      return fail(
+          0, absl::DataLossError(StrCat("peer sent TLS alert ", static_cast<int>(description))));
+    }
+    if (type == kHandshake) {
+      if (absl::Status status = HandlePostHandshake(bytes, reply); !status.ok()) {
+        return fail(kUnexpectedMessage, status);
+      }
+      continue;
+    }
+    return fail(kUnexpectedMessage,
+                absl::DataLossError(
+                    StrCat("TLS record: unexpected content type ", static_cast<int>(type))));
+  }
+  return opened;
+}
+
+}  // namespace rdv
