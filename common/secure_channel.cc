@@ -241,8 +241,8 @@ class SecureChannelImpl : public SecureChannel {
   std::string cipher_in_;  // ciphertext from the pipe; OpenSSL reads it from the offset
   size_t cipher_in_offset_ = 0;
   std::string_view borrowed_in_;  // the caller's ciphertext during OnCiphertext, read first
-  std::string cipher_out_;        // records OpenSSL wrote, waiting for FlushCiphertext
-  std::string cipher_flushing_;   // the records being handed to SendCiphertext
+  RecordBuffer cipher_out_;       // sealed records, waiting for FlushCiphertext
+  RecordBuffer cipher_flushing_;  // the records being handed to SendCiphertext
   bool flushing_ = false;
   std::unique_ptr<char[]> plain_in_;  // kPlaintextChunk bytes, once secured
   std::string plain_out_;             // plaintext waiting for the handshake or for Pump

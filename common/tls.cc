@@ -520,7 +520,7 @@ void TlsSession::FlushNow() {
   } else if (cipher_out_.capacity() > kMaxRecordPlaintext * 4 &&
              ++small_flushes_ >= kSmallFlushesBeforeRelease) {
     small_flushes_ = 0;
-    std::string().swap(cipher_out_);
+    RecordBuffer().swap(cipher_out_);
   }
   // The kernel took everything at once: no write callback will report the drain, so report it
   // here (a link holding DATA back for the watermark resumes on it).

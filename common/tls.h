@@ -134,9 +134,9 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   LoopTasks& tasks_;
   std::string expected_fingerprint_;
   Handler* handler_ = nullptr;
-  std::string plain_out_;   // plaintext waiting to be sealed
-  std::string cipher_out_;  // sealed records waiting for FlushNow
-  int small_flushes_ = 0;   // small flushes in a row, while cipher_out_ is bulk-sized
+  std::string plain_out_;    // plaintext waiting to be sealed
+  RecordBuffer cipher_out_;  // sealed records waiting for FlushNow
+  int small_flushes_ = 0;    // small flushes in a row, while cipher_out_ is bulk-sized
   bool require_link_alpn_ = true;
   bool handshake_done_ = false;
   bool closed_ = false;

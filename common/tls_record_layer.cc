@@ -119,6 +119,31 @@ void WriteHeader(unsigned char* header, size_t ciphertext_length) {
 
 }  // namespace
 
+char* RecordBuffer::Extend(size_t n) {
+  if (capacity_ - size_ < n) reserve(std::max(size_ + n, 2 * capacity_));
+  char* at = data_.get() + size_;
+  size_ += n;
+  return at;
+}
+
+void RecordBuffer::reserve(size_t n) {
+  if (n <= capacity_) return;
+  auto bigger = std::make_unique_for_overwrite<char[]>(n);
+  if (size_ > 0) std::memcpy(bigger.get(), data_.get(), size_);
+  data_ = std::move(bigger);
+  capacity_ = n;
+}
+
+void RecordBuffer::append(const char* bytes, size_t n) {
+  if (n > 0) std::memcpy(Extend(n), bytes, n);
+}
+
+void RecordBuffer::swap(RecordBuffer& other) noexcept {
+  std::swap(data_, other.data_);
+  std::swap(size_, other.size_);
+  std::swap(capacity_, other.capacity_);
+}
+
 void TlsRecordLayer::CaptureSecrets(SSL_CTX* ctx) {
   SSL_CTX_set_keylog_callback(ctx, OnKeylogLine);
 }
@@ -245,11 +270,10 @@ bool TlsRecordLayer::Failed(std::string message) {
 }
 
 bool TlsRecordLayer::SealRecord(unsigned char content_type, std::string_view first,
-                                std::string_view second, std::string& out) {
+                                std::string_view second, RecordBuffer& out) {
   const size_t length = first.size() + second.size() + 1 + kTagSize;
   const size_t at = out.size();
-  out.resize(at + kHeaderSize + length);
-  auto* header = reinterpret_cast<unsigned char*>(out.data() + at);
+  auto* header = reinterpret_cast<unsigned char*>(out.Extend(kHeaderSize + length));
   WriteHeader(header, length);
   unsigned char* cursor = header + kHeaderSize;
   unsigned char nonce[kIvSize];
@@ -270,14 +294,14 @@ bool TlsRecordLayer::SealRecord(unsigned char content_type, std::string_view fir
   ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, kTagSize, cursor) == 1 &&
        cursor + kTagSize == header + kHeaderSize + length;
   if (!ok) {
-    out.resize(at);
+    out.Truncate(at);
     return Failed("TLS record sealing failed: " + OpenSslErrors());
   }
   ++write_.sequence;
   return true;
 }
 
-bool TlsRecordLayer::SealKeyUpdate(bool request_update, std::string& out) {
+bool TlsRecordLayer::SealKeyUpdate(bool request_update, RecordBuffer& out) {
   const char message[5] = {static_cast<char>(kKeyUpdate), 0, 0, 1,
                            static_cast<char>(request_update ? 1 : 0)};
   if (!SealRecord(kHandshake, std::string_view(message, sizeof(message)), {}, out)) return false;
@@ -289,7 +313,7 @@ bool TlsRecordLayer::SealKeyUpdate(bool request_update, std::string& out) {
 }
 
 bool TlsRecordLayer::Seal(std::string_view first, std::string_view second, size_t length,
-                          std::string& out) {
+                          RecordBuffer& out) {
   first = first.substr(0, std::min(first.size(), length));
   second = second.substr(0, std::min(second.size(), length - first.size()));
   size_t records = (first.size() + second.size() + kMaxPlaintext - 1) / kMaxPlaintext;
@@ -309,7 +333,7 @@ bool TlsRecordLayer::Seal(std::string_view first, std::string_view second, size_
 }
 
 bool TlsRecordLayer::SealWholeRecords(std::string& pending, std::string_view& more,
-                                      std::string& out) {
+                                      RecordBuffer& out) {
   const size_t total = pending.size() + more.size();
   if (total < kMaxPlaintext) return true;
   size_t now = total - total % kMaxPlaintext;
@@ -321,17 +345,17 @@ bool TlsRecordLayer::SealWholeRecords(std::string& pending, std::string_view& mo
   return true;
 }
 
-bool TlsRecordLayer::SealCloseNotify(std::string& out) {
+bool TlsRecordLayer::SealCloseNotify(RecordBuffer& out) {
   const char alert[2] = {1, static_cast<char>(kCloseNotify)};  // warning, close_notify
   return SealRecord(kAlert, std::string_view(alert, sizeof(alert)), {}, out);
 }
 
-bool TlsRecordLayer::SealAlert(unsigned char description, std::string& out) {
+bool TlsRecordLayer::SealAlert(unsigned char description, RecordBuffer& out) {
   const char alert[2] = {2, static_cast<char>(description)};  // fatal
   return SealRecord(kAlert, std::string_view(alert, sizeof(alert)), {}, out);
 }
 
-absl::Status TlsRecordLayer::HandlePostHandshake(std::string_view messages, std::string& reply) {
+absl::Status TlsRecordLayer::HandlePostHandshake(std::string_view messages, RecordBuffer& reply) {
   while (!messages.empty()) {
     if (messages.size() < 4) {
       return absl::DataLossError("TLS record: truncated post-handshake message");
@@ -365,7 +389,7 @@ absl::Status TlsRecordLayer::HandlePostHandshake(std::string_view messages, std:
 }
 
 TlsRecordLayer::Opened TlsRecordLayer::Open(std::string_view ciphertext, char* plaintext,
-                                            size_t capacity, std::string& reply) {
+                                            size_t capacity, RecordBuffer& reply) {
   Opened opened;
   auto fail = [&opened](unsigned char alert, absl::Status status) {
     opened.alert = alert;
@@ -402,8 +426,8 @@ TlsRecordLayer::Opened TlsRecordLayer::Open(std::string_view ciphertext, char* p
               EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kTagSize,
                                   const_cast<unsigned char*>(body + inner_length)) == 1 &&
               EVP_DecryptFinal_ex(ctx, out + n, &final_n) == 1;
-    ERR_clear_error();
     if (!ok || static_cast<size_t>(n + final_n) != inner_length) {
+      ERR_clear_error();
       return fail(kBadRecordMac,
                   absl::DataLossError(StrCat("TLS record ", read_.sequence,
                                              ": authentication failed (corrupt or forged)")));

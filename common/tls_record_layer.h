@@ -28,6 +28,7 @@
 #include <openssl/evp.h>
 #include <openssl/ssl.h>
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
@@ -38,6 +39,30 @@
 #include "absl/status/statusor.h"
 
 namespace rdv {
+
+// Sealed records on their way to a socket: a byte buffer that grows without zero-filling first
+// (resizing a std::string would write every byte of a record twice) and is reused between
+// flushes. Container-like, so that it reads like the std::string it replaces.
+class RecordBuffer {
+ public:
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  size_t capacity() const { return capacity_; }
+  const char* data() const { return data_.get(); }
+  operator std::string_view() const { return {data_.get(), size_}; }
+  void clear() { size_ = 0; }
+  // `n` more bytes at the end, uninitialized, for the caller to fill.
+  char* Extend(size_t n);
+  void Truncate(size_t n) { size_ = std::min(size_, n); }
+  void reserve(size_t n);
+  void append(const char* bytes, size_t n);
+  void swap(RecordBuffer& other) noexcept;
+
+ private:
+  std::unique_ptr<char[]> data_;
+  size_t size_ = 0;
+  size_t capacity_ = 0;
+};
 
 class TlsRecordLayer {
  public:
@@ -73,19 +98,19 @@ class TlsRecordLayer {
 
   // Seals the first `length` bytes of `first` followed by `second` as records of up to
   // kMaxPlaintext, appended to `out`. False (with `error()` set) only when the AEAD fails.
-  bool Seal(std::string_view first, std::string_view second, size_t length, std::string& out);
-  bool Seal(std::string_view plaintext, std::string& out) {
+  bool Seal(std::string_view first, std::string_view second, size_t length, RecordBuffer& out);
+  bool Seal(std::string_view plaintext, RecordBuffer& out) {
     return Seal(plaintext, {}, plaintext.size(), out);
   }
   // For a writer that coalesces small pieces into records until it flushes: once `pending` and
   // `more` hold a whole record, seals the whole records (and a tail of kSealTailAtOnce or more:
   // a short record costs less than copying it) and removes what it sealed from both. What is
   // left of `more` is for the caller to append to `pending`.
-  bool SealWholeRecords(std::string& pending, std::string_view& more, std::string& out);
+  bool SealWholeRecords(std::string& pending, std::string_view& more, RecordBuffer& out);
   // close_notify, sealed and appended to `out`.
-  bool SealCloseNotify(std::string& out);
+  bool SealCloseNotify(RecordBuffer& out);
   // A fatal alert (Opened::alert after a bad record), sealed and appended to `out`.
-  bool SealAlert(unsigned char description, std::string& out);
+  bool SealAlert(unsigned char description, RecordBuffer& out);
 
   struct Opened {
     size_t consumed = 0;       // ciphertext bytes taken from the front of the input
@@ -101,7 +126,7 @@ class TlsRecordLayer {
   // `plaintext` (at most `capacity` bytes; kMaxOpenedPerRecord or more ensures progress). A
   // record cut short, or one that does not fit, stays unconsumed. Records to send back (our
   // KeyUpdate when the peer asked for one) are appended to `reply`.
-  Opened Open(std::string_view ciphertext, char* plaintext, size_t capacity, std::string& reply);
+  Opened Open(std::string_view ciphertext, char* plaintext, size_t capacity, RecordBuffer& reply);
 
   // For tests: move the sealing key after `records` records instead of kRecordsPerKey.
   void set_records_per_key(uint64_t records) { records_per_key_ = records; }
@@ -123,9 +148,9 @@ class TlsRecordLayer {
   absl::Status NextKey(Direction& direction, bool encrypt);
   void Nonce(const Direction& direction, unsigned char* nonce) const;
   bool SealRecord(unsigned char content_type, std::string_view first, std::string_view second,
-                  std::string& out);
-  bool SealKeyUpdate(bool request_update, std::string& out);
-  absl::Status HandlePostHandshake(std::string_view messages, std::string& reply);
+                  RecordBuffer& out);
+  bool SealKeyUpdate(bool request_update, RecordBuffer& out);
+  absl::Status HandlePostHandshake(std::string_view messages, RecordBuffer& reply);
   bool Failed(std::string message);
 
   const EVP_CIPHER* cipher_;

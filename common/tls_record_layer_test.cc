@@ -7,6 +7,7 @@
 #include <openssl/ssl.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <string>
@@ -115,7 +116,7 @@ std::string Pattern(size_t size) {
 // Opens everything in `ciphertext`, in pieces of `step` bytes as a socket might deliver it.
 struct OpenedAll {
   std::string plaintext;
-  std::string reply;
+  RecordBuffer reply;
   bool peer_closed = false;
   absl::Status status;
 };
@@ -150,7 +151,7 @@ TEST(TlsRecordLayerTest, SealedRecordsAreReadByOpenSsl) {
   ASSERT_TRUE(client.ok()) << client.status();
   std::string head = "frame header";
   std::string body = Pattern(100'000);
-  std::string wire;
+  RecordBuffer wire;
   // The pieces join across record boundaries; only the first `length` bytes are sealed.
   ASSERT_TRUE((*client)->Seal(head, body, head.size() + body.size() - 5, wire));
   EXPECT_EQ(wire.size(), head.size() + body.size() - 5 + 7 * TlsRecordLayer::kOverhead);
@@ -182,7 +183,7 @@ TEST(TlsRecordLayerTest, EverySuiteALinkMayNegotiateWorksBothWays) {
     auto client = TlsRecordLayer::TakeOver(c.client_);
     ASSERT_TRUE(client.ok()) << client.status();
     std::string message = Pattern(20'000);
-    std::string wire;
+    RecordBuffer wire;
     ASSERT_TRUE((*client)->Seal(message, wire));
     Connection::Put(c.to_server_, wire);
     EXPECT_EQ(Connection::ReadAll(c.server_), message);
@@ -199,11 +200,12 @@ TEST(TlsRecordLayerTest, BothEndsTakeOverAndCloseNotifyEndsTheStream) {
   auto server = TlsRecordLayer::TakeOver(c.server_);
   ASSERT_TRUE(client.ok() && server.ok());
   std::string message = Pattern(40'000);
-  std::string wire;
+  RecordBuffer wire;
   ASSERT_TRUE((*server)->Seal(message, wire));
   ASSERT_TRUE((*server)->SealCloseNotify(wire));
-  wire += "bytes after close_notify are not read";
-  OpenedAll all = OpenInPieces(**client, wire, wire.size());
+  std::string bytes(std::string_view(wire).data(), wire.size());
+  bytes += "bytes after close_notify are not read";
+  OpenedAll all = OpenInPieces(**client, bytes, bytes.size());
   EXPECT_TRUE(all.status.ok()) << all.status;
   EXPECT_TRUE(all.peer_closed);
   EXPECT_EQ(all.plaintext, message);
@@ -213,7 +215,7 @@ TEST(TlsRecordLayerTest, CloseNotifyReachesOpenSsl) {
   Connection c(kWatched);
   auto client = TlsRecordLayer::TakeOver(c.client_);
   ASSERT_TRUE(client.ok());
-  std::string wire;
+  RecordBuffer wire;
   ASSERT_TRUE((*client)->SealCloseNotify(wire));
   Connection::Put(c.to_server_, wire);
   char byte;
@@ -235,7 +237,7 @@ TEST(TlsRecordLayerTest, FollowsTheKeyUpdateOpenSslRequests) {
   // Asked to: our KeyUpdate goes back, and what follows is sealed under our next key.
   EXPECT_EQ((*client)->key_updates_sent(), 1u);
   ASSERT_FALSE(all.reply.empty());
-  std::string wire = all.reply;
+  RecordBuffer& wire = all.reply;
   ASSERT_TRUE((*client)->Seal("and the client's too", wire));
   Connection::Put(c.to_server_, wire);
   EXPECT_EQ(Connection::ReadAll(c.server_), "and the client's too");
@@ -247,7 +249,7 @@ TEST(TlsRecordLayerTest, MovesToANewKeyAfterRecordsPerKey) {
   ASSERT_TRUE(client.ok());
   (*client)->set_records_per_key(2);
   std::string message = Pattern(5 * TlsRecordLayer::kMaxPlaintext);
-  std::string wire;
+  RecordBuffer wire;
   ASSERT_TRUE((*client)->Seal(message, wire));
   EXPECT_EQ((*client)->key_updates_sent(), 2u);
   Connection::Put(c.to_server_, wire);
@@ -259,12 +261,13 @@ TEST(TlsRecordLayerTest, RefusesAForgedRecordAndKeepsWhatCameBefore) {
   auto client = TlsRecordLayer::TakeOver(c.client_);
   auto server = TlsRecordLayer::TakeOver(c.server_);
   ASSERT_TRUE(client.ok() && server.ok());
-  std::string wire;
+  RecordBuffer wire;
   ASSERT_TRUE((*server)->Seal("genuine", wire));
   size_t second = wire.size();
   ASSERT_TRUE((*server)->Seal("tampered", wire));
-  wire[second + TlsRecordLayer::kHeaderSize + 2] ^= 0x40;
-  OpenedAll all = OpenInPieces(**client, wire, wire.size());
+  std::string bytes(std::string_view(wire).data(), wire.size());
+  bytes[second + TlsRecordLayer::kHeaderSize + 2] ^= 0x40;
+  OpenedAll all = OpenInPieces(**client, bytes, bytes.size());
   EXPECT_EQ(all.plaintext, "genuine");
   EXPECT_EQ(all.status.code(), absl::StatusCode::kDataLoss);
   EXPECT_NE(all.status.message().find("authentication failed"), std::string::npos) << all.status;
@@ -285,14 +288,34 @@ TEST(TlsRecordLayerTest, WaitsForOutputSpaceRatherThanOverrunning) {
   auto client = TlsRecordLayer::TakeOver(c.client_);
   auto server = TlsRecordLayer::TakeOver(c.server_);
   ASSERT_TRUE(client.ok() && server.ok());
-  std::string wire;
+  RecordBuffer wire;
   ASSERT_TRUE((*server)->Seal(Pattern(1000), wire));
   char small[100];
-  std::string reply;
+  RecordBuffer reply;
   TlsRecordLayer::Opened opened = (*client)->Open(wire, small, sizeof(small), reply);
   EXPECT_TRUE(opened.status.ok());
   EXPECT_EQ(opened.consumed, 0u);
   EXPECT_EQ(opened.produced, 0u);
+}
+
+TEST(RecordBufferTest, GrowsKeepingItsBytesAndSwaps) {
+  RecordBuffer buffer;
+  EXPECT_TRUE(buffer.empty());
+  buffer.append("abc", 3);
+  std::string big = Pattern(100'000);
+  std::memcpy(buffer.Extend(big.size()), big.data(), big.size());
+  EXPECT_EQ(std::string_view(buffer), "abc" + big);
+  EXPECT_GE(buffer.capacity(), buffer.size());
+  buffer.Truncate(2);
+  EXPECT_EQ(std::string_view(buffer), "ab");
+  RecordBuffer other;
+  other.swap(buffer);
+  EXPECT_TRUE(buffer.empty());
+  EXPECT_EQ(buffer.capacity(), 0u);
+  EXPECT_EQ(std::string_view(other), "ab");
+  other.clear();
+  EXPECT_TRUE(other.empty());
+  EXPECT_GE(other.capacity(), big.size());
 }
 
 }  // namespace
