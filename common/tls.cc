@@ -405,12 +405,13 @@ void TlsSession::OpenRecords(std::string_view data) {
   // at a time; only a record cut by the end of the read is copied (to `carry_`).
   size_t filled = 0;
   auto deliver = [&] { Deliver(filled); };
-  const size_t reply_before = cipher_out_.size();
   while (!closed_) {
     if (sizeof(tls_read_buffer) - filled < TlsRecordLayer::kMaxOpenedPerRecord) deliver();
     if (closed_) return;
+    const size_t sealed_before = cipher_out_.size();
     TlsRecordLayer::Opened opened = records_->Open(data, tls_read_buffer + filled,
                                                    sizeof(tls_read_buffer) - filled, cipher_out_);
+    if (cipher_out_.size() > sealed_before) ScheduleFlush();  // our KeyUpdate answer
     data.remove_prefix(opened.consumed);
     filled += opened.produced;
     if (!opened.status.ok() || opened.peer_closed) {
@@ -429,7 +430,6 @@ void TlsSession::OpenRecords(std::string_view data) {
     }
     if (opened.consumed == 0) break;  // the rest is a record cut short
   }
-  if (cipher_out_.size() > reply_before) ScheduleFlush();  // our KeyUpdate answer
   deliver();
   if (!closed_ && !data.empty()) carry_.assign(data);
 }

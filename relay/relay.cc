@@ -1,6 +1,8 @@
 #include "relay/relay.h"
 
 #include <algorithm>
+#include <atomic>
+#include <memory>
 #include <string_view>
 #include <thread>
 #include <utility>
@@ -310,7 +312,17 @@ void Relay::Drain(std::function<void()> on_stopped) {
   async->data = this;
   drained_ = async;
   uint64_t deadline_ms = uv_hrtime() / 1000000 + static_cast<uint64_t>(grace_ms);
-  for (auto& worker : workers_) worker->RequestDrain(deadline_ms);
+  // Two steps: every worker closes its listeners, and only then do agents hear GoAway, so that
+  // an agent dialing again at once (through a balancer, say) cannot land on a listener of this
+  // relay that another worker has not closed yet.
+  auto open_listeners = std::make_shared<std::atomic<size_t>>(workers_.size());
+  auto listeners_closed = [this, open_listeners, deadline_ms] {
+    if (open_listeners->fetch_sub(1) != 1) return;
+    for (auto& worker : workers_) worker->RequestDrain(deadline_ms);
+  };
+  for (auto& worker : workers_) {
+    if (!worker->RequestCloseListeners(listeners_closed)) listeners_closed();  // stopping already
+  }
   // Workers that stopped before the drain began (none normally) count too.
   if (workers_stopped_.load() == static_cast<int>(workers_.size())) uv_async_send(async);
 }

@@ -274,12 +274,13 @@ void RelayWorker::HandOff(Handoff handoff) {
   uv_async_send(wakeup_);
 }
 
-void RelayWorker::Post(std::function<void()> task) {
+bool RelayWorker::Post(std::function<void()> task) {
   absl::MutexLock lock(&mu_);
   // Once stopping, the wakeup handle may be closed already: the task is dropped.
-  if (stop_requested_) return;
+  if (stop_requested_) return false;
   posted_.push_back(std::move(task));
   uv_async_send(wakeup_);
+  return true;
 }
 
 void RelayWorker::DrainHandoffs() {
@@ -345,13 +346,24 @@ void RelayWorker::RequestDrain(uint64_t deadline_ms) {
   Post([this, deadline_ms] { BeginDrain(deadline_ms); });
 }
 
-void RelayWorker::BeginDrain(uint64_t deadline_ms) {
-  if (stopped_ || drain_timer_ != nullptr) return;
+bool RelayWorker::RequestCloseListeners(std::function<void()> closed) {
+  return Post([this, closed = std::move(closed)] {
+    CloseListeners();
+    closed();
+  });
+}
+
+void RelayWorker::CloseListeners() {
   for (auto& listener : listeners_) {
     bool admin = std::find(admin_listeners_.begin(), admin_listeners_.end(), listener.get()) !=
                  admin_listeners_.end();
     if (!admin) listener->Close();
   }
+}
+
+void RelayWorker::BeginDrain(uint64_t deadline_ms) {
+  if (stopped_ || drain_timer_ != nullptr) return;
+  CloseListeners();
   for (auto& [raw, link] : links_) link->GoAway("relay shutting down");
   drain_deadline_ms_ = deadline_ms;
   drain_holders_ = CountDrainHolders();

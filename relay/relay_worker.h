@@ -123,10 +123,15 @@ class RelayWorker {
 
   // Thread-safe: queue a client for this worker.
   void HandOff(Handoff handoff);
-  // Thread-safe: run `task` on this worker's loop (dropped if the worker stops first).
-  void Post(std::function<void()> task);
+  // Thread-safe: run `task` on this worker's loop; false (the task dropped) once the worker is
+  // stopping.
+  bool Post(std::function<void()> task);
   // Thread-safe: GoAway to agents, close everything; the loop then ends.
   void RequestStop();
+  // Thread-safe: close the listeners (all but admin), then run `closed` on this worker's loop;
+  // false (nothing runs) when the worker is stopping. The drain's first step, so that no agent
+  // told to go away (RequestDrain) can reach a listener of this relay that is still open.
+  bool RequestCloseListeners(std::function<void()> closed);
   // Thread-safe: close the listeners (all but admin), GoAway on every agent link, then stop once
   // no session holds the drain (RelaySession::HoldsDrain) or at `deadline_ms` (uv_hrtime() / 1e6
   // clock), whichever comes first. RequestStop() still stops at once.
@@ -158,6 +163,7 @@ class RelayWorker {
   void DrainHandoffs();
   void Stop();
   void BeginDrain(uint64_t deadline_ms);
+  void CloseListeners();  // all but admin
   void CheckDrain();
   size_t CountDrainHolders() const;
   void CloseIdleSessions();
