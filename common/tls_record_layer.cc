@@ -174,30 +174,43 @@ absl::StatusOr<std::unique_ptr<TlsRecordLayer>> TlsRecordLayer::TakeOver(SSL* ss
         "the server sends session tickets, records OpenSSL writes on its own");
   }
   const SSL_CIPHER* suite = SSL_get_current_cipher(ssl);
-  const EVP_MD* digest = suite ? SSL_CIPHER_get_handshake_digest(suite) : nullptr;
-  int nid = suite ? SSL_CIPHER_get_cipher_nid(suite) : NID_undef;
-  if (digest == nullptr ||
-      (nid != NID_aes_128_gcm && nid != NID_aes_256_gcm && nid != NID_chacha20_poly1305)) {
+  if (suite == nullptr) return absl::FailedPreconditionError("no cipher suite negotiated");
+  const bool server = SSL_is_server(ssl) == 1;
+  absl::StatusOr<std::unique_ptr<TlsRecordLayer>> layer =
+      FromSecrets(SSL_CIPHER_get_cipher_nid(suite), server ? secrets->server : secrets->client,
+                  server ? secrets->client : secrets->server);
+  if (!layer.ok() && layer.status().code() == absl::StatusCode::kInvalidArgument) {
     return absl::FailedPreconditionError(
-        StrCat("cipher suite ", suite ? SSL_CIPHER_get_name(suite) : "(none)", " not supported"));
+        StrCat("cipher suite ", SSL_CIPHER_get_name(suite), ": ", layer.status().message()));
   }
-  const EVP_CIPHER* cipher = EVP_get_cipherbynid(nid);
+  return layer;
+}
+
+absl::StatusOr<std::unique_ptr<TlsRecordLayer>> TlsRecordLayer::FromSecrets(
+    int cipher_nid, std::string_view write_secret, std::string_view read_secret) {
+  // RFC 8446 §B.4: the AEAD and the hash of each TLS 1.3 suite a link may use.
+  const EVP_MD* digest = nullptr;
+  if (cipher_nid == NID_aes_256_gcm) {
+    digest = EVP_sha384();
+  } else if (cipher_nid == NID_aes_128_gcm || cipher_nid == NID_chacha20_poly1305) {
+    digest = EVP_sha256();
+  } else {
+    return absl::InvalidArgumentError("AEAD not supported");
+  }
+  const EVP_CIPHER* cipher = EVP_get_cipherbynid(cipher_nid);
   if (cipher == nullptr) return absl::InternalError("AEAD not available: " + OpenSslErrors());
   std::unique_ptr<TlsRecordLayer> layer(new TlsRecordLayer(cipher, digest));
-  if (secrets->client.size() != layer->secret_size_ ||
-      secrets->server.size() != layer->secret_size_) {
-    return absl::InternalError("reported traffic secrets have the wrong size");
+  if (write_secret.size() != layer->secret_size_ || read_secret.size() != layer->secret_size_) {
+    return absl::InvalidArgumentError(
+        StrCat("traffic secrets must be ", layer->secret_size_, " bytes"));
   }
-  const bool server = SSL_is_server(ssl) == 1;
-  const std::string& mine = server ? secrets->server : secrets->client;
-  const std::string& theirs = server ? secrets->client : secrets->server;
-  if (absl::Status status =
-          layer->Install(layer->write_, reinterpret_cast<const unsigned char*>(mine.data()), true);
+  if (absl::Status status = layer->Install(
+          layer->write_, reinterpret_cast<const unsigned char*>(write_secret.data()), true);
       !status.ok()) {
     return status;
   }
   if (absl::Status status = layer->Install(
-          layer->read_, reinterpret_cast<const unsigned char*>(theirs.data()), false);
+          layer->read_, reinterpret_cast<const unsigned char*>(read_secret.data()), false);
       !status.ok()) {
     return status;
   }
@@ -269,9 +282,20 @@ bool TlsRecordLayer::Failed(std::string message) {
   return false;
 }
 
+bool TlsRecordLayer::SealInnerPlaintext(std::string_view inner, RecordBuffer& out) {
+  if (inner.size() > kMaxOpenedPerRecord - kTagSize) return Failed("inner plaintext too long");
+  return SealPieces(inner, {}, {}, out);
+}
+
 bool TlsRecordLayer::SealRecord(unsigned char content_type, std::string_view first,
                                 std::string_view second, RecordBuffer& out) {
-  const size_t length = first.size() + second.size() + 1 + kTagSize;
+  return SealPieces(first, second,
+                    std::string_view(reinterpret_cast<const char*>(&content_type), 1), out);
+}
+
+bool TlsRecordLayer::SealPieces(std::string_view first, std::string_view second,
+                                std::string_view third, RecordBuffer& out) {
+  const size_t length = first.size() + second.size() + third.size() + kTagSize;
   const size_t at = out.size();
   auto* header = reinterpret_cast<unsigned char*>(out.Extend(kHeaderSize + length));
   WriteHeader(header, length);
@@ -282,8 +306,7 @@ bool TlsRecordLayer::SealRecord(unsigned char content_type, std::string_view fir
   int n = 0;
   bool ok = EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
             EVP_EncryptUpdate(ctx, nullptr, &n, header, kHeaderSize) == 1;
-  for (std::string_view piece :
-       {first, second, std::string_view(reinterpret_cast<const char*>(&content_type), 1)}) {
+  for (std::string_view piece : {first, second, third}) {
     if (!ok || piece.empty()) continue;
     ok = EVP_EncryptUpdate(ctx, cursor, &n, reinterpret_cast<const unsigned char*>(piece.data()),
                            static_cast<int>(piece.size())) == 1;

@@ -88,6 +88,12 @@ class TlsRecordLayer {
   // changed then). The SSL stays with the caller for the exporter and the peer's certificate;
   // SSL_read/SSL_write must not be called on it afterwards.
   static absl::StatusOr<std::unique_ptr<TlsRecordLayer>> TakeOver(SSL* ssl);
+  // The layer for the traffic secrets of a suite's AEAD (NID_aes_128_gcm, NID_aes_256_gcm or
+  // NID_chacha20_poly1305; the secrets are the hash's size). TakeOver's second half; tests and
+  // the fuzzer build ends that talk to each other with it.
+  static absl::StatusOr<std::unique_ptr<TlsRecordLayer>> FromSecrets(int cipher_nid,
+                                                                     std::string_view write_secret,
+                                                                     std::string_view read_secret);
   // TakeOver, or nullptr when it declined, counted and logged for `connection` (such as
   // "link"): the connection then goes on with OpenSSL's records.
   static std::unique_ptr<TlsRecordLayer> TakeOverOrKeepOpenSsl(SSL* ssl,
@@ -107,6 +113,10 @@ class TlsRecordLayer {
   // a short record costs less than copying it) and removes what it sealed from both. What is
   // left of `more` is for the caller to append to `pending`.
   bool SealWholeRecords(std::string& pending, std::string_view& more, RecordBuffer& out);
+  // Seals `inner` exactly as TLSInnerPlaintext (content, content type byte, zero padding: the
+  // caller writes all three), appended to `out`. For tests and the fuzzer, which make records a
+  // well-behaved peer never sends.
+  bool SealInnerPlaintext(std::string_view inner, RecordBuffer& out);
   // close_notify, sealed and appended to `out`.
   bool SealCloseNotify(RecordBuffer& out);
   // A fatal alert (Opened::alert after a bad record), sealed and appended to `out`.
@@ -148,6 +158,9 @@ class TlsRecordLayer {
   absl::Status NextKey(Direction& direction, bool encrypt);
   void Nonce(const Direction& direction, unsigned char* nonce) const;
   bool SealRecord(unsigned char content_type, std::string_view first, std::string_view second,
+                  RecordBuffer& out);
+  // One record whose inner plaintext is the three pieces joined.
+  bool SealPieces(std::string_view first, std::string_view second, std::string_view third,
                   RecordBuffer& out);
   bool SealKeyUpdate(bool request_update, RecordBuffer& out);
   absl::Status HandlePostHandshake(std::string_view messages, RecordBuffer& reply);

@@ -298,6 +298,70 @@ TEST(TlsRecordLayerTest, WaitsForOutputSpaceRatherThanOverrunning) {
   EXPECT_EQ(opened.produced, 0u);
 }
 
+// Two ends made from fixed secrets: `a` writes what `b` reads.
+struct Ends {
+  std::unique_ptr<TlsRecordLayer> a;
+  std::unique_ptr<TlsRecordLayer> b;
+};
+Ends MakeEnds() {
+  std::string one(32, '\x11');
+  std::string two(32, '\x22');
+  auto a = TlsRecordLayer::FromSecrets(NID_aes_128_gcm, one, two);
+  auto b = TlsRecordLayer::FromSecrets(NID_aes_128_gcm, two, one);
+  EXPECT_TRUE(a.ok() && b.ok());
+  return {std::move(*a), std::move(*b)};
+}
+
+TEST(TlsRecordLayerTest, InnerPlaintextRulesOfRfc8446) {
+  struct Case {
+    std::string inner;
+    std::string plaintext;  // what the reader hands on
+    std::string error;      // "" when accepted
+  };
+  const Case cases[] = {
+      {std::string("data\x17\0\0\0", 8), "data", ""},  // padding after the type
+      {std::string("\x04\0\0\x02"
+                   "ab\x16",
+                   7),
+       "", ""},  // NewSessionTicket: ignored
+      {std::string("\0\0\0", 3), "", "no content type"},
+      {std::string("x\x15", 2), "", "malformed alert"},
+      {std::string("\x01\x28\x15", 3), "", "peer sent TLS alert 40"},
+      {std::string("hello\x14", 6), "", "unexpected content type 20"},
+      {std::string("\x18\0\0\x01\x02\x16", 6), "", "malformed KeyUpdate"},
+      {std::string("\x18\0\0\x05\x00\x16", 6), "", "split across records"},
+      {std::string("\x01\0\0\0\x16", 5), "", "post-handshake message type 1"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.error);
+    Ends ends = MakeEnds();
+    RecordBuffer wire;
+    ASSERT_TRUE(ends.a->SealInnerPlaintext(c.inner, wire));
+    OpenedAll all = OpenInPieces(*ends.b, wire, wire.size());
+    EXPECT_EQ(all.plaintext, c.plaintext);
+    if (c.error.empty()) {
+      EXPECT_TRUE(all.status.ok()) << all.status;
+    } else {
+      EXPECT_NE(all.status.message().find(c.error), std::string::npos) << all.status;
+    }
+  }
+}
+
+TEST(TlsRecordLayerTest, BuiltFromSecretsTheEndsFollowEachOthersKeyUpdates) {
+  Ends ends = MakeEnds();
+  ends.a->set_records_per_key(1);
+  RecordBuffer wire;
+  ASSERT_TRUE(ends.a->Seal(Pattern(3 * TlsRecordLayer::kMaxPlaintext), wire));
+  OpenedAll all = OpenInPieces(*ends.b, wire, 1000);
+  EXPECT_TRUE(all.status.ok()) << all.status;
+  EXPECT_EQ(all.plaintext, Pattern(3 * TlsRecordLayer::kMaxPlaintext));
+  EXPECT_EQ(ends.b->key_updates_received(), 2u);
+  EXPECT_FALSE(TlsRecordLayer::FromSecrets(NID_aes_128_gcm, "short", "short").ok());
+  EXPECT_FALSE(
+      TlsRecordLayer::FromSecrets(NID_des_ede3_cbc, std::string(32, 'x'), std::string(32, 'x'))
+          .ok());
+}
+
 TEST(RecordBufferTest, GrowsKeepingItsBytesAndSwaps) {
   RecordBuffer buffer;
   EXPECT_TRUE(buffer.empty());
