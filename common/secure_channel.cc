@@ -32,7 +32,6 @@
 #include <utility>
 
 #include "absl/strings/escaping.h"
-#include "common/metrics.h"
 #include "common/str_cat.h"
 #include "common/tcp_connection.h"
 #include "common/tls.h"

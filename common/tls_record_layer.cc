@@ -283,7 +283,7 @@ bool TlsRecordLayer::Failed(std::string message) {
 }
 
 bool TlsRecordLayer::SealInnerPlaintext(std::string_view inner, RecordBuffer& out) {
-  if (inner.size() > kMaxOpenedPerRecord - kTagSize) return Failed("inner plaintext too long");
+  if (inner.size() > kMaxCiphertext - kTagSize) return Failed("inner plaintext too long");
   return SealPieces(inner, {}, {}, out);
 }
 
