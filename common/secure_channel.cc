@@ -123,6 +123,12 @@ class SecureChannelImpl : public SecureChannel {
 
   void OnCiphertext(std::string_view bytes) override {
     if (closed_ || bytes.empty()) return;
+    if (started_ && !pumping_ && records_ != nullptr && cipher_in_offset_ < cipher_in_.size()) {
+      // The start of a record cut by the previous read waits in `cipher_in_`: only the rest of
+      // that record is copied to it; what follows is read where it is, below.
+      CompleteHeldRecord(bytes);
+      if (closed_ || bytes.empty()) return;
+    }
     if (started_ && !pumping_ && cipher_in_offset_ == cipher_in_.size()) {
       // Nothing held back: OpenSSL reads the caller's bytes where they are, and only what it
       // leaves (the start of a record cut by the pipe) is copied.
@@ -227,6 +233,9 @@ class SecureChannelImpl : public SecureChannel {
   // After a Pump over borrowed bytes: keeps what OpenSSL left of them, ahead of anything that
   // arrived meanwhile.
   void KeepBorrowedRest();
+  // Moves from the front of `bytes` to `cipher_in_` what the record held there lacks, and opens
+  // it.
+  void CompleteHeldRecord(std::string_view& bytes);
   void FlushCiphertext();
   void Fail(absl::Status status);
   absl::Status HandshakeError(int ssl_error);
@@ -675,6 +684,19 @@ bool SecureChannelImpl::EncryptPlaintext(std::string_view plaintext) {
     plaintext.remove_prefix(static_cast<size_t>(written));
   }
   return !closed_;
+}
+
+void SecureChannelImpl::CompleteHeldRecord(std::string_view& bytes) {
+  while (!bytes.empty()) {
+    size_t missing = TlsRecordLayer::BytesToCompleteRecord(
+        std::string_view(cipher_in_).substr(cipher_in_offset_));
+    if (missing == 0) break;
+    size_t n = std::min(missing, bytes.size());
+    cipher_in_.append(bytes.data(), n);
+    bytes.remove_prefix(n);
+  }
+  new_input_ = true;
+  Pump();
 }
 
 void SecureChannelImpl::KeepBorrowedRest() {

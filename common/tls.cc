@@ -335,6 +335,21 @@ void TlsSession::DriveHandshake() {
 
 void TlsSession::OnRead(std::string_view data) {
   if (closed_) return;
+  if (records_ != nullptr && !carry_.empty()) {
+    // The record cut by the previous read: only its rest is copied to it; what follows is opened
+    // where the socket read it.
+    while (!data.empty()) {
+      size_t missing = TlsRecordLayer::BytesToCompleteRecord(carry_);
+      if (missing == 0) break;
+      size_t n = std::min(missing, data.size());
+      carry_.append(data.data(), n);
+      data.remove_prefix(n);
+    }
+    std::string held = std::exchange(carry_, std::string());
+    OpenRecords(held);  // keeps it in `carry_` again while it is still cut short
+    if (!closed_ && !data.empty()) OpenRecords(data);
+    return;
+  }
   // OpenSSL pulls ciphertext from `input_` through BioRead. A record cut by the end of this read
   // stays in OpenSSL's own buffer; `carry_` only holds bytes left when reading stopped early.
   std::string held;

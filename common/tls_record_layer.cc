@@ -1,4 +1,4 @@
-// TlsRecordLayer: RFC 8446 records over EVP AEAD contexts.
+// TlsRecordLayer: RFC 8446 records over a RecordAead per direction.
 //
 // 1. Watch/CaptureSecrets: OpenSSL's keylog callback hands each watched connection its
 //    CLIENT_/SERVER_TRAFFIC_SECRET_0; they wait in the SSL's ex_data until TakeOver.
@@ -18,6 +18,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <tuple>
 #include <utility>
 
 #include "absl/strings/escaping.h"
@@ -197,22 +198,21 @@ absl::StatusOr<std::unique_ptr<TlsRecordLayer>> TlsRecordLayer::FromSecrets(
   } else {
     return absl::InvalidArgumentError("AEAD not supported");
   }
-  const EVP_CIPHER* cipher = EVP_get_cipherbynid(cipher_nid);
-  if (cipher == nullptr) return absl::InternalError("AEAD not available: " + OpenSslErrors());
-  std::unique_ptr<TlsRecordLayer> layer(new TlsRecordLayer(cipher, digest));
+  std::unique_ptr<TlsRecordLayer> layer(new TlsRecordLayer(digest));
   if (write_secret.size() != layer->secret_size_ || read_secret.size() != layer->secret_size_) {
     return absl::InvalidArgumentError(
         StrCat("traffic secrets must be ", layer->secret_size_, " bytes"));
   }
-  if (absl::Status status = layer->Install(
-          layer->write_, reinterpret_cast<const unsigned char*>(write_secret.data()), true);
-      !status.ok()) {
-    return status;
-  }
-  if (absl::Status status = layer->Install(
-          layer->read_, reinterpret_cast<const unsigned char*>(read_secret.data()), false);
-      !status.ok()) {
-    return status;
+  for (auto [direction, secret, seal] : {std::tuple(&layer->write_, write_secret, true),
+                                         std::tuple(&layer->read_, read_secret, false)}) {
+    absl::StatusOr<std::unique_ptr<RecordAead>> aead = RecordAead::Create(cipher_nid, seal);
+    if (!aead.ok()) return aead.status();
+    direction->aead = std::move(*aead);
+    if (absl::Status status =
+            layer->Install(*direction, reinterpret_cast<const unsigned char*>(secret.data()));
+        !status.ok()) {
+      return status;
+    }
   }
   return layer;
 }
@@ -228,43 +228,36 @@ std::unique_ptr<TlsRecordLayer> TlsRecordLayer::TakeOverOrKeepOpenSsl(SSL* ssl,
   return nullptr;
 }
 
-TlsRecordLayer::TlsRecordLayer(const EVP_CIPHER* cipher, const EVP_MD* digest)
-    : cipher_(cipher),
-      digest_(digest),
-      secret_size_(static_cast<size_t>(EVP_MD_get_size(digest))),
-      key_size_(static_cast<size_t>(EVP_CIPHER_get_key_length(cipher))) {}
+TlsRecordLayer::TlsRecordLayer(const EVP_MD* digest)
+    : digest_(digest), secret_size_(static_cast<size_t>(EVP_MD_get_size(digest))) {}
 
 TlsRecordLayer::~TlsRecordLayer() {
   for (Direction* direction : {&read_, &write_}) {
-    EVP_CIPHER_CTX_free(direction->ctx);
     OPENSSL_cleanse(direction->secret, sizeof(direction->secret));
     OPENSSL_cleanse(direction->iv, sizeof(direction->iv));
   }
 }
 
-absl::Status TlsRecordLayer::Install(Direction& direction, const unsigned char* secret,
-                                     bool encrypt) {
-  unsigned char key[EVP_MAX_KEY_LENGTH];
-  if (!ExpandLabel(digest_, secret, secret_size_, "key", key, key_size_) ||
+absl::Status TlsRecordLayer::Install(Direction& direction, const unsigned char* secret) {
+  unsigned char key[RecordAead::kMaxKeySize];
+  if (!ExpandLabel(digest_, secret, secret_size_, "key", key, direction.aead->key_size()) ||
       !ExpandLabel(digest_, secret, secret_size_, "iv", direction.iv, kIvSize)) {
     return absl::InternalError("TLS key derivation failed: " + OpenSslErrors());
   }
-  if (direction.ctx == nullptr) direction.ctx = EVP_CIPHER_CTX_new();
-  bool ok = direction.ctx != nullptr &&
-            EVP_CipherInit_ex(direction.ctx, cipher_, nullptr, key, nullptr, encrypt ? 1 : 0) == 1;
+  absl::Status status = direction.aead->SetKey(key);
   OPENSSL_cleanse(key, sizeof(key));
-  if (!ok) return absl::InternalError("AEAD setup failed: " + OpenSslErrors());
+  if (!status.ok()) return status;
   if (direction.secret != secret) std::memcpy(direction.secret, secret, secret_size_);
   direction.sequence = 0;
   return absl::OkStatus();
 }
 
-absl::Status TlsRecordLayer::NextKey(Direction& direction, bool encrypt) {
+absl::Status TlsRecordLayer::NextKey(Direction& direction) {
   unsigned char next[EVP_MAX_MD_SIZE];
   if (!ExpandLabel(digest_, direction.secret, secret_size_, "traffic upd", next, secret_size_)) {
     return absl::InternalError("TLS key update failed: " + OpenSslErrors());
   }
-  absl::Status status = Install(direction, next, encrypt);
+  absl::Status status = Install(direction, next);
   OPENSSL_cleanse(next, sizeof(next));
   return status;
 }
@@ -299,24 +292,11 @@ bool TlsRecordLayer::SealPieces(std::string_view first, std::string_view second,
   const size_t at = out.size();
   auto* header = reinterpret_cast<unsigned char*>(out.Extend(kHeaderSize + length));
   WriteHeader(header, length);
-  unsigned char* cursor = header + kHeaderSize;
+  unsigned char* body = header + kHeaderSize;
   unsigned char nonce[kIvSize];
   Nonce(write_, nonce);
-  EVP_CIPHER_CTX* ctx = write_.ctx;
-  int n = 0;
-  bool ok = EVP_EncryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
-            EVP_EncryptUpdate(ctx, nullptr, &n, header, kHeaderSize) == 1;
-  for (std::string_view piece : {first, second, third}) {
-    if (!ok || piece.empty()) continue;
-    ok = EVP_EncryptUpdate(ctx, cursor, &n, reinterpret_cast<const unsigned char*>(piece.data()),
-                           static_cast<int>(piece.size())) == 1;
-    cursor += n;
-  }
-  ok = ok && EVP_EncryptFinal_ex(ctx, cursor, &n) == 1;
-  cursor += ok ? n : 0;
-  ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, kTagSize, cursor) == 1 &&
-       cursor + kTagSize == header + kHeaderSize + length;
-  if (!ok) {
+  if (!write_.aead->Seal(nonce, header, kHeaderSize, {first, second, third}, body,
+                         body + length - kTagSize)) {
     out.Truncate(at);
     return Failed("TLS record sealing failed: " + OpenSslErrors());
   }
@@ -328,7 +308,7 @@ bool TlsRecordLayer::SealKeyUpdate(bool request_update, RecordBuffer& out) {
   const char message[5] = {static_cast<char>(kKeyUpdate), 0, 0, 1,
                            static_cast<char>(request_update ? 1 : 0)};
   if (!SealRecord(kHandshake, std::string_view(message, sizeof(message)), {}, out)) return false;
-  if (absl::Status status = NextKey(write_, true); !status.ok()) {
+  if (absl::Status status = NextKey(write_); !status.ok()) {
     return Failed(std::string(status.message()));
   }
   ++key_updates_sent_;
@@ -404,11 +384,18 @@ absl::Status TlsRecordLayer::HandlePostHandshake(std::string_view messages, Reco
     if (!messages.empty()) {
       return absl::DataLossError("TLS record: data after a KeyUpdate in the same record");
     }
-    if (absl::Status status = NextKey(read_, false); !status.ok()) return status;
+    if (absl::Status status = NextKey(read_); !status.ok()) return status;
     ++key_updates_received_;
     if (body[0] == 1 && !SealKeyUpdate(false, reply)) return absl::InternalError(error_);
   }
   return absl::OkStatus();
+}
+
+size_t TlsRecordLayer::BytesToCompleteRecord(std::string_view start) {
+  if (start.size() < kHeaderSize) return kHeaderSize - start.size();
+  const size_t length = (static_cast<size_t>(static_cast<unsigned char>(start[3])) << 8) |
+                        static_cast<unsigned char>(start[4]);
+  return kHeaderSize + length > start.size() ? kHeaderSize + length - start.size() : 0;
 }
 
 TlsRecordLayer::Opened TlsRecordLayer::Open(std::string_view ciphertext, char* plaintext,
@@ -440,17 +427,8 @@ TlsRecordLayer::Opened TlsRecordLayer::Open(std::string_view ciphertext, char* p
     const unsigned char* body = header + kHeaderSize;
     unsigned char nonce[kIvSize];
     Nonce(read_, nonce);
-    EVP_CIPHER_CTX* ctx = read_.ctx;
-    int n = 0;
-    int final_n = 0;
-    bool ok = EVP_DecryptInit_ex(ctx, nullptr, nullptr, nullptr, nonce) == 1 &&
-              EVP_DecryptUpdate(ctx, nullptr, &n, header, kHeaderSize) == 1 &&
-              EVP_DecryptUpdate(ctx, out, &n, body, static_cast<int>(inner_length)) == 1 &&
-              EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, kTagSize,
-                                  const_cast<unsigned char*>(body + inner_length)) == 1 &&
-              EVP_DecryptFinal_ex(ctx, out + n, &final_n) == 1;
-    if (!ok || static_cast<size_t>(n + final_n) != inner_length) {
-      ERR_clear_error();
+    if (!read_.aead->Open(nonce, header, kHeaderSize, body, inner_length, body + inner_length,
+                          out)) {
       return fail(kBadRecordMac,
                   absl::DataLossError(StrCat("TLS record ", read_.sequence,
                                              ": authentication failed (corrupt or forged)")));

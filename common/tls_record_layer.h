@@ -10,7 +10,8 @@
 //
 // Records are RFC 8446 §5.2 TLSCiphertext: outer type application_data, version 0x0303, the AEAD
 // of the negotiated suite (AES-128-GCM, AES-256-GCM or ChaCha20-Poly1305), nonce = IV XOR the
-// record's sequence number, the 5-byte header as additional data. Post-handshake messages are
+// record's sequence number, the 5-byte header as additional data (RecordAead: OpenSSL's, or
+// intel-ipsec-mb's AES-GCM where the CPU has VAES). Post-handshake messages are
 // handled: NewSessionTicket is ignored, KeyUpdate moves the read key (and answers with our own
 // when the peer asks), close_notify ends the stream, any other alert fails it. The sealing side
 // moves to a new key itself every kRecordsPerKey records (RFC 8446 §5.5 limits AES-GCM keys).
@@ -37,6 +38,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "common/record_aead.h"
 
 namespace rdv {
 
@@ -138,6 +140,10 @@ class TlsRecordLayer {
   // KeyUpdate when the peer asked for one) are appended to `reply`.
   Opened Open(std::string_view ciphertext, char* plaintext, size_t capacity, RecordBuffer& reply);
 
+  // How many more bytes the record that `start` begins needs before Open can take it: what its
+  // header lacks while the header is cut, then the rest of its body; 0 once it is whole.
+  static size_t BytesToCompleteRecord(std::string_view start);
+
   // For tests: move the sealing key after `records` records instead of kRecordsPerKey.
   void set_records_per_key(uint64_t records) { records_per_key_ = records; }
   uint64_t key_updates_sent() const { return key_updates_sent_; }
@@ -145,17 +151,17 @@ class TlsRecordLayer {
   const std::string& error() const { return error_; }
 
  private:
-  // One direction: its AEAD context, static IV, current traffic secret and sequence number.
+  // One direction: its AEAD, static IV, current traffic secret and sequence number.
   struct Direction {
-    EVP_CIPHER_CTX* ctx = nullptr;
+    std::unique_ptr<RecordAead> aead;
     unsigned char iv[12] = {};
     unsigned char secret[EVP_MAX_MD_SIZE] = {};
     uint64_t sequence = 0;
   };
 
-  TlsRecordLayer(const EVP_CIPHER* cipher, const EVP_MD* digest);
-  absl::Status Install(Direction& direction, const unsigned char* secret, bool encrypt);
-  absl::Status NextKey(Direction& direction, bool encrypt);
+  explicit TlsRecordLayer(const EVP_MD* digest);
+  absl::Status Install(Direction& direction, const unsigned char* secret);
+  absl::Status NextKey(Direction& direction);
   void Nonce(const Direction& direction, unsigned char* nonce) const;
   bool SealRecord(unsigned char content_type, std::string_view first, std::string_view second,
                   RecordBuffer& out);
@@ -166,10 +172,8 @@ class TlsRecordLayer {
   absl::Status HandlePostHandshake(std::string_view messages, RecordBuffer& reply);
   bool Failed(std::string message);
 
-  const EVP_CIPHER* cipher_;
   const EVP_MD* digest_;
   size_t secret_size_;
-  size_t key_size_;
   Direction read_;
   Direction write_;
   uint64_t records_per_key_ = kRecordsPerKey;

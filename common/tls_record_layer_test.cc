@@ -382,5 +382,17 @@ TEST(RecordBufferTest, GrowsKeepingItsBytesAndSwaps) {
   EXPECT_GE(other.capacity(), big.size());
 }
 
+// What a reader holding the start of a record still needs: the header first, then the body the
+// header announces.
+TEST(TlsRecordLayerTest, BytesToCompleteRecordCountsHeaderThenBody) {
+  const std::string record = std::string("\x17\x03\x03\x01\x02", 5) + std::string(0x102, 'x');
+  EXPECT_EQ(TlsRecordLayer::BytesToCompleteRecord(""), 5u);
+  EXPECT_EQ(TlsRecordLayer::BytesToCompleteRecord(record.substr(0, 3)), 2u);
+  EXPECT_EQ(TlsRecordLayer::BytesToCompleteRecord(record.substr(0, 5)), 0x102u);
+  EXPECT_EQ(TlsRecordLayer::BytesToCompleteRecord(record.substr(0, 100)), 0x102u - 95);
+  EXPECT_EQ(TlsRecordLayer::BytesToCompleteRecord(record), 0u);
+  EXPECT_EQ(TlsRecordLayer::BytesToCompleteRecord(record + "\x17"), 0u);
+}
+
 }  // namespace
 }  // namespace rdv

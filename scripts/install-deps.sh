@@ -16,6 +16,12 @@ bench=(iperf3 wrk)
 
 runtime=(libuv1 libssl3 libprotobuf32 libyaml-cpp0.7 libhttp-parser2.9 libspdlog1.10
          libabsl20220623 ca-certificates)
+# Intel's Multi-Buffer Crypto for IPsec (AES-GCM with VAES for TLS records) exists for amd64 only;
+# elsewhere the build uses OpenSSL for every record.
+if [[ $(dpkg --print-architecture) == amd64 ]]; then
+  build+=(libipsec-mb-dev)
+  runtime+=(libipsec-mb1)
+fi
 
 case "${1:-}" in
   "") want=("${build[@]}" "${test[@]}") ;;
