@@ -16,7 +16,6 @@
 #include <cstring>
 #include <string>
 
-#include "common/str_cat.h"
 #include "common/tls.h"
 #include "spdlog/spdlog.h"
 
@@ -202,16 +201,6 @@ absl::StatusOr<std::unique_ptr<RecordAead>> RecordAead::Create(int cipher_nid, b
   const EVP_CIPHER* cipher = EVP_get_cipherbynid(cipher_nid);
   if (cipher == nullptr) return absl::InternalError("AEAD not available: " + OpenSslErrors());
   return std::unique_ptr<RecordAead>(new OpenSslAead(cipher, seal));
-}
-
-std::string_view RecordAead::FastestName(int cipher_nid) {
-#ifdef RDV_HAVE_IPSEC_MB
-  if (IsAesGcm(cipher_nid) && IpsecMbManager() != nullptr) {
-    static const std::string name = StrCat("ipsec-mb ", imb_get_version_str());
-    return name;
-  }
-#endif
-  return "openssl";
 }
 
 }  // namespace rdv

@@ -35,8 +35,6 @@ class RecordAead {
   // or this CPU has no use for it; kFastest never is.
   static absl::StatusOr<std::unique_ptr<RecordAead>> Create(
       int cipher_nid, bool seal, Implementation implementation = Implementation::kFastest);
-  // What kFastest picks for `cipher_nid` here, for logs: "openssl" or "ipsec-mb <version>".
-  static std::string_view FastestName(int cipher_nid);
 
   virtual ~RecordAead() = default;
   RecordAead(const RecordAead&) = delete;

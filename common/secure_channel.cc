@@ -687,14 +687,7 @@ bool SecureChannelImpl::EncryptPlaintext(std::string_view plaintext) {
 }
 
 void SecureChannelImpl::CompleteHeldRecord(std::string_view& bytes) {
-  while (!bytes.empty()) {
-    size_t missing = TlsRecordLayer::BytesToCompleteRecord(
-        std::string_view(cipher_in_).substr(cipher_in_offset_));
-    if (missing == 0) break;
-    size_t n = std::min(missing, bytes.size());
-    cipher_in_.append(bytes.data(), n);
-    bytes.remove_prefix(n);
-  }
+  TlsRecordLayer::TakeRestOfRecord(cipher_in_, cipher_in_offset_, bytes);
   new_input_ = true;
   Pump();
 }

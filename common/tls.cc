@@ -338,13 +338,7 @@ void TlsSession::OnRead(std::string_view data) {
   if (records_ != nullptr && !carry_.empty()) {
     // The record cut by the previous read: only its rest is copied to it; what follows is opened
     // where the socket read it.
-    while (!data.empty()) {
-      size_t missing = TlsRecordLayer::BytesToCompleteRecord(carry_);
-      if (missing == 0) break;
-      size_t n = std::min(missing, data.size());
-      carry_.append(data.data(), n);
-      data.remove_prefix(n);
-    }
+    TlsRecordLayer::TakeRestOfRecord(carry_, 0, data);
     std::string held = std::exchange(carry_, std::string());
     OpenRecords(held);  // keeps it in `carry_` again while it is still cut short
     if (!closed_ && !data.empty()) OpenRecords(data);

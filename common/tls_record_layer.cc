@@ -110,6 +110,11 @@ bool ExpandLabel(const EVP_MD* digest, const unsigned char* secret, size_t secre
   return ok;
 }
 
+// The ciphertext length a record header announces.
+size_t RecordLength(const unsigned char* header) {
+  return (static_cast<size_t>(header[3]) << 8) | header[4];
+}
+
 void WriteHeader(unsigned char* header, size_t ciphertext_length) {
   header[0] = kApplicationData;  // the outer type of every protected record
   header[1] = 0x03;
@@ -393,9 +398,19 @@ absl::Status TlsRecordLayer::HandlePostHandshake(std::string_view messages, Reco
 
 size_t TlsRecordLayer::BytesToCompleteRecord(std::string_view start) {
   if (start.size() < kHeaderSize) return kHeaderSize - start.size();
-  const size_t length = (static_cast<size_t>(static_cast<unsigned char>(start[3])) << 8) |
-                        static_cast<unsigned char>(start[4]);
+  const size_t length = RecordLength(reinterpret_cast<const unsigned char*>(start.data()));
   return kHeaderSize + length > start.size() ? kHeaderSize + length - start.size() : 0;
+}
+
+void TlsRecordLayer::TakeRestOfRecord(std::string& held, size_t start, std::string_view& more) {
+  // Twice at most: the header's missing bytes, then the body it announces.
+  while (!more.empty()) {
+    const size_t missing = BytesToCompleteRecord(std::string_view(held).substr(start));
+    if (missing == 0) return;
+    const size_t n = std::min(missing, more.size());
+    held.append(more.data(), n);
+    more.remove_prefix(n);
+  }
 }
 
 TlsRecordLayer::Opened TlsRecordLayer::Open(std::string_view ciphertext, char* plaintext,
@@ -409,7 +424,7 @@ TlsRecordLayer::Opened TlsRecordLayer::Open(std::string_view ciphertext, char* p
   while (ciphertext.size() - opened.consumed >= kHeaderSize) {
     const auto* header =
         reinterpret_cast<const unsigned char*>(ciphertext.data() + opened.consumed);
-    const size_t length = (static_cast<size_t>(header[3]) << 8) | header[4];
+    const size_t length = RecordLength(header);
     if (header[0] != kApplicationData || header[1] != 0x03 || header[2] != 0x03) {
       return fail(kUnexpectedMessage,
                   absl::DataLossError(StrCat(

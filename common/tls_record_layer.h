@@ -143,6 +143,9 @@ class TlsRecordLayer {
   // How many more bytes the record that `start` begins needs before Open can take it: what its
   // header lacks while the header is cut, then the rest of its body; 0 once it is whole.
   static size_t BytesToCompleteRecord(std::string_view start);
+  // Moves from the front of `more` to the end of `held` what the record starting at `start` in
+  // `held` lacks (all of `more` when that is not enough).
+  static void TakeRestOfRecord(std::string& held, size_t start, std::string_view& more);
 
   // For tests: move the sealing key after `records` records instead of kRecordsPerKey.
   void set_records_per_key(uint64_t records) { records_per_key_ = records; }
