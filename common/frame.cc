@@ -35,12 +35,11 @@ void AppendFrame(std::string& out, FrameType type, uint8_t flags, uint32_t strea
 void FrameDecoder::Append(std::string_view bytes) {
   if (!input_.empty()) {
     // The previous input was not drained by Next(): keep it, it is about to go out of scope.
-    partial_.append(input_);
-    input_ = {};
-  }
-  if (partial_done_) {
-    partial_.clear();
-    partial_done_ = false;
+    std::string joined(input_);
+    joined.append(bytes);
+    undrained_ = std::move(joined);
+    input_ = undrained_;
+    return;
   }
   input_ = bytes;
 }
@@ -97,12 +96,22 @@ absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
     partial_.clear();
     partial_done_ = false;
   }
+  frame.offset = 0;
+  if (piece_left_ > 0) return NextPiece(frame);
+  const bool pieces = pieces_ == DataPayloads::kPieces;
   if (!partial_.empty()) {
     // Finish the frame that straddled the previous input.
     if (partial_.size() < kFrameHeaderSize) FillPartial(kFrameHeaderSize);
     if (partial_.size() < kFrameHeaderSize) return false;
     absl::StatusOr<FrameHeader> header = ParseHeader(partial_.data());
     if (!header.ok()) return header.status();
+    if (pieces && header->type == FrameType::kData && header->length > 0 &&
+        partial_.size() == kFrameHeaderSize) {
+      partial_.clear();
+      piece_header_ = *header;
+      piece_left_ = header->length;
+      return NextPiece(frame);
+    }
     FillPartial(kFrameHeaderSize + header->length);
     if (partial_.size() < kFrameHeaderSize + header->length) return false;
     frame.header = *header;
@@ -119,6 +128,12 @@ absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
   absl::StatusOr<FrameHeader> header = ParseHeader(input_.data());
   if (!header.ok()) return header.status();
   if (input_.size() < kFrameHeaderSize + header->length) {
+    if (pieces && header->type == FrameType::kData) {
+      input_.remove_prefix(kFrameHeaderSize);
+      piece_header_ = *header;
+      piece_left_ = header->length;
+      return NextPiece(frame);
+    }
     partial_.assign(input_);
     input_ = {};
     return false;
@@ -126,6 +141,18 @@ absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
   frame.header = *header;
   frame.payload = input_.substr(kFrameHeaderSize, header->length);
   input_.remove_prefix(kFrameHeaderSize + header->length);
+  return true;
+}
+
+bool FrameDecoder::NextPiece(Frame& frame) {
+  const size_t take = std::min<size_t>(piece_left_, input_.size());
+  if (take == 0) return false;
+  frame.header = piece_header_;
+  frame.offset = piece_offset_;
+  frame.payload = input_.substr(0, take);
+  input_.remove_prefix(take);
+  piece_left_ -= static_cast<uint32_t>(take);
+  piece_offset_ = piece_left_ > 0 ? piece_offset_ + static_cast<uint32_t>(take) : 0;
   return true;
 }
 

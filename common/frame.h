@@ -55,17 +55,31 @@ void AppendFrame(std::string& out, FrameType type, uint8_t flags, uint32_t strea
 
 class FrameDecoder {
  public:
+  // How DATA payloads are yielded. kWhole: each frame once, complete. kPieces: a DATA frame cut
+  // by the end of the input is yielded piece by piece as its bytes arrive, each piece where the
+  // transport delivered it, so a receiver that passes stream bytes on never copies them to
+  // reassemble a frame. Other frame types are always whole.
+  enum class DataPayloads { kWhole, kPieces };
+
   struct Frame {
-    FrameHeader header;
+    FrameHeader header;        // header.length is the whole payload's length
     std::string_view payload;  // valid until the next call to Next() or Append()
+    // Where `payload` starts in the frame's payload: 0 but for later pieces of a DATA frame.
+    uint32_t offset = 0;
+    bool first_piece() const { return offset == 0; }
+    bool last_piece() const { return offset + payload.size() == header.length; }
   };
+
+  explicit FrameDecoder(DataPayloads data = DataPayloads::kWhole) : pieces_(data) {}
 
   // Adds bytes received from the transport. The decoder reads them in place: `bytes` must stay
   // valid until Next() has returned false (or an error); only an incomplete frame at the end is
-  // copied, so a stream of whole frames is decoded without copying.
+  // copied (for kPieces, only an incomplete header or non-DATA frame), so a stream of whole
+  // frames is decoded without copying.
   void Append(std::string_view bytes);
-  // Yields the next complete frame (true), no complete frame yet (false), or an error describing
-  // the violation (unknown type, oversized length, bad flags). Call until it yields no frame.
+  // Yields the next complete frame or DATA piece (true), nothing yet (false), or an error
+  // describing the violation (unknown type, oversized length, bad flags). Call until it yields
+  // nothing.
   absl::StatusOr<bool> Next(Frame& frame);
   // Bytes held for an incomplete frame plus unread appended input.
   size_t buffered() const { return partial_.size() + input_.size(); }
@@ -75,10 +89,17 @@ class FrameDecoder {
   static absl::StatusOr<FrameHeader> ParseHeader(const char* p);
   // Moves input into `partial_` until it holds `target` bytes (or input runs out).
   void FillPartial(size_t target);
+  // kPieces: the next piece of the DATA frame in progress, from `input_`.
+  bool NextPiece(Frame& frame);
 
+  const DataPayloads pieces_;
   std::string partial_;        // an incomplete frame carried over between Append() calls
   bool partial_done_ = false;  // partial_ held the frame returned last; clear on next call
   std::string_view input_;     // appended bytes not yet decoded
+  std::string undrained_;      // input kept when Append came before Next drained it
+  FrameHeader piece_header_;   // kPieces: the DATA frame in progress
+  uint32_t piece_offset_ = 0;  // its payload bytes yielded so far
+  uint32_t piece_left_ = 0;    // and still to come
 };
 
 uint32_t ReadBigEndian32(const char* p);

@@ -2,6 +2,7 @@
 // every rejection the decoder makes, and robustness against arbitrary bytes.
 #include "common/frame.h"
 
+#include <algorithm>
 #include <cstdint>
 #include <random>
 #include <string>
@@ -234,6 +235,129 @@ TEST(FrameDecoderTest, StreamsManyFramesThroughOneDecoder) {
   }
   EXPECT_EQ(next, payloads.size());
   EXPECT_EQ(decoder.buffered(), 0u);
+}
+
+// ---- DATA payloads in pieces ----
+
+TEST(FrameDecoderPiecesTest, ADataFrameCutByTheInputIsYieldedAsItsBytesArrive) {
+  std::string wire;
+  std::string payload(300, 'p');
+  for (size_t i = 0; i < payload.size(); ++i) payload[i] = static_cast<char>('a' + i % 26);
+  AppendFrame(wire, FrameType::kData, kFlagFin, 5, payload);
+  AppendFrame(wire, FrameType::kControl, 0, 0, "control, whole");
+  FrameDecoder decoder(FrameDecoder::DataPayloads::kPieces);
+  FrameDecoder::Frame frame;
+  const std::string_view view(wire);
+
+  decoder.Append(view.substr(0, 100));
+  ASSERT_TRUE(decoder.Next(frame).value());
+  EXPECT_EQ(frame.header.type, FrameType::kData);
+  EXPECT_EQ(frame.header.length, 300u);
+  EXPECT_EQ(frame.offset, 0u);
+  EXPECT_EQ(frame.payload, payload.substr(0, 90));
+  EXPECT_EQ(frame.payload.data(), view.data() + kFrameHeaderSize) << "read in place";
+  EXPECT_TRUE(frame.first_piece());
+  EXPECT_FALSE(frame.last_piece());
+  EXPECT_FALSE(decoder.Next(frame).value());
+  EXPECT_EQ(decoder.buffered(), 0u) << "nothing of a DATA frame is copied";
+
+  decoder.Append(view.substr(100, 150));
+  ASSERT_TRUE(decoder.Next(frame).value());
+  EXPECT_EQ(frame.offset, 90u);
+  EXPECT_EQ(frame.payload, payload.substr(90, 150));
+  EXPECT_FALSE(frame.first_piece());
+  EXPECT_FALSE(frame.last_piece());
+  EXPECT_FALSE(decoder.Next(frame).value());
+
+  decoder.Append(view.substr(250, 65));  // the end of the DATA frame and part of the next
+  ASSERT_TRUE(decoder.Next(frame).value());
+  EXPECT_EQ(frame.offset, 240u);
+  EXPECT_EQ(frame.payload, payload.substr(240));
+  EXPECT_TRUE(frame.last_piece());
+  EXPECT_EQ(frame.header.flags, kFlagFin);
+  EXPECT_FALSE(decoder.Next(frame).value()) << "a control frame waits until it is whole";
+  decoder.Append(view.substr(315));
+  ASSERT_TRUE(decoder.Next(frame).value());
+  EXPECT_EQ(frame.header.type, FrameType::kControl);
+  EXPECT_EQ(frame.payload, "control, whole");
+  EXPECT_TRUE(frame.first_piece() && frame.last_piece());
+  EXPECT_FALSE(decoder.Next(frame).value());
+  EXPECT_EQ(decoder.buffered(), 0u);
+}
+
+TEST(FrameDecoderPiecesTest, ReassemblesFromReadsOfAnySize) {
+  std::mt19937 rng(11);
+  struct Expected {
+    FrameType type;
+    uint32_t stream_id;
+    uint8_t flags;
+    std::string payload;
+  };
+  std::vector<Expected> expected;
+  std::string wire;
+  for (int i = 0; i < 500; ++i) {
+    Expected e{i % 3 == 0 ? FrameType::kReset : FrameType::kData, static_cast<uint32_t>(i + 1),
+               static_cast<uint8_t>(i % 5 == 1 ? kFlagFin : 0),
+               std::string(rng() % 5000, static_cast<char>('a' + i % 26))};
+    if (e.type != FrameType::kData) e.flags = 0;
+    AppendFrame(wire, e.type, e.flags, e.stream_id, e.payload);
+    expected.push_back(std::move(e));
+  }
+  for (size_t max_read : {1, 7, 4096, 20000}) {
+    SCOPED_TRACE(max_read);
+    FrameDecoder decoder(FrameDecoder::DataPayloads::kPieces);
+    std::vector<Expected> got;
+    size_t offset = 0;
+    while (offset < wire.size()) {
+      const size_t n = std::min<size_t>(wire.size() - offset, 1 + rng() % max_read);
+      const std::string_view input = std::string_view(wire).substr(offset, n);
+      decoder.Append(input);
+      offset += n;
+      FrameDecoder::Frame frame;
+      while (true) {
+        absl::StatusOr<bool> next = decoder.Next(frame);
+        ASSERT_TRUE(next.ok()) << next.status();
+        if (!*next) break;
+        if (frame.first_piece()) {
+          got.push_back({frame.header.type, frame.header.stream_id, frame.header.flags, ""});
+        }
+        ASSERT_FALSE(got.empty());
+        EXPECT_EQ(frame.offset, got.back().payload.size());
+        got.back().payload.append(frame.payload);
+        if (frame.header.type == FrameType::kData && !frame.payload.empty()) {
+          EXPECT_TRUE(frame.payload.data() >= input.data() &&
+                      frame.payload.data() + frame.payload.size() <= input.data() + input.size())
+              << "DATA is read where the input put it";
+        }
+      }
+    }
+    ASSERT_EQ(got.size(), expected.size());
+    for (size_t i = 0; i < got.size(); ++i) {
+      EXPECT_EQ(got[i].type, expected[i].type) << i;
+      EXPECT_EQ(got[i].stream_id, expected[i].stream_id) << i;
+      EXPECT_EQ(got[i].flags, expected[i].flags) << i;
+      EXPECT_EQ(got[i].payload, expected[i].payload) << i;
+    }
+    EXPECT_EQ(decoder.buffered(), 0u);
+  }
+}
+
+TEST(FrameDecoderTest, InputLeftUndecodedIsKeptInOrder) {
+  std::string wire;
+  AppendFrame(wire, FrameType::kReset, 0, 1, "first");
+  AppendFrame(wire, FrameType::kReset, 0, 2, "second");
+  FrameDecoder decoder;
+  FrameDecoder::Frame frame;
+  std::string first_input = wire.substr(0, wire.size() - 2);
+  decoder.Append(first_input);
+  ASSERT_TRUE(decoder.Next(frame).value());
+  EXPECT_EQ(frame.payload, "first");
+  // The caller appends before draining: the rest of its first input must survive.
+  decoder.Append(std::string_view(wire).substr(wire.size() - 2));
+  first_input.assign(first_input.size(), '!');  // reused, as a read buffer would be
+  ASSERT_TRUE(decoder.Next(frame).value());
+  EXPECT_EQ(frame.payload, "second");
+  EXPECT_FALSE(decoder.Next(frame).value());
 }
 
 // ---- Rejections ----

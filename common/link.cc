@@ -195,7 +195,7 @@ void Link::HandleFrame(const FrameDecoder::Frame& frame) {
       HandleControl(frame.payload);
       return;
     case FrameType::kData:
-      HandleData(Find(h.stream_id), h.stream_id, h.flags, frame.payload);
+      HandleData(Find(h.stream_id), frame);
       return;
     case FrameType::kWindow:
       HandleWindow(h.stream_id, ReadBigEndian32(frame.payload.data()));
@@ -284,28 +284,33 @@ void Link::HandleControl(std::string_view payload) {
   }
 }
 
-void Link::HandleData(Stream* stream, uint32_t stream_id, uint8_t flags, std::string_view payload) {
+void Link::HandleData(Stream* stream, const FrameDecoder::Frame& frame) {
+  const uint32_t stream_id = frame.header.stream_id;
+  const std::string_view payload = frame.payload;
   // Link credit returns on receipt (see the header): the stream window bounds buffering.
   ReturnLinkCredit(payload.size());
   if (stream == nullptr) {
-    LateFrames().Inc();
+    if (frame.first_piece()) LateFrames().Inc();  // the rest of a frame follows its stream
     return;
   }
-  if (stream->fin_received_ ||
-      (stream->state_ == Stream::State::kAwaitingAccept && stream->early_fin_)) {
-    FrameErrors("data_after_fin").Inc();
-    Fail(absl::InvalidArgumentError(absl::StrFormat("DATA after FIN on stream %u", stream_id)));
-    return;
+  if (frame.first_piece()) {
+    if (stream->fin_received_ ||
+        (stream->state_ == Stream::State::kAwaitingAccept && stream->early_fin_)) {
+      FrameErrors("data_after_fin").Inc();
+      Fail(absl::InvalidArgumentError(absl::StrFormat("DATA after FIN on stream %u", stream_id)));
+      return;
+    }
+    const size_t length = frame.header.length;
+    if (static_cast<int64_t>(length) > stream->recv_window_) {
+      FrameErrors("flow_control").Inc();
+      Fail(absl::InvalidArgumentError(
+          absl::StrFormat("stream %u sent %zu bytes with only %lld of window", stream_id, length,
+                          static_cast<long long>(stream->recv_window_))));
+      return;
+    }
+    stream->recv_window_ -= static_cast<int64_t>(length);
   }
-  if (static_cast<int64_t>(payload.size()) > stream->recv_window_) {
-    FrameErrors("flow_control").Inc();
-    Fail(absl::InvalidArgumentError(
-        absl::StrFormat("stream %u sent %zu bytes with only %lld of window", stream_id,
-                        payload.size(), static_cast<long long>(stream->recv_window_))));
-    return;
-  }
-  stream->recv_window_ -= static_cast<int64_t>(payload.size());
-  bool fin = flags & kFlagFin;
+  const bool fin = frame.last_piece() && (frame.header.flags & kFlagFin);
   if (stream->state_ == Stream::State::kAwaitingAccept) {
     stream->early_data_.append(payload);
     stream->early_fin_ = fin;

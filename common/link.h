@@ -213,7 +213,9 @@ class Link {
   friend class Stream;
   void HandleFrame(const FrameDecoder::Frame& frame);
   void HandleControl(std::string_view payload);
-  void HandleData(Stream* stream, uint32_t stream_id, uint8_t flags, std::string_view payload);
+  // A DATA frame, or a piece of one (the decoder yields a frame cut by the end of a read as its
+  // bytes arrive): the frame is checked at its first piece and its FIN applied at its last.
+  void HandleData(Stream* stream, const FrameDecoder::Frame& frame);
   void HandleWindow(uint32_t stream_id, uint32_t increment);
   void HandleReset(uint32_t stream_id, std::string_view reason);
   void HandleDatagram(uint32_t stream_id, std::string_view payload);
@@ -249,7 +251,7 @@ class Link {
   LinkTransport& transport_;
   LinkHandler& handler_;
   const LinkOptions options_;
-  FrameDecoder decoder_;
+  FrameDecoder decoder_{FrameDecoder::DataPayloads::kPieces};
   absl::flat_hash_map<uint32_t, std::unique_ptr<Stream>> streams_;
   std::vector<std::unique_ptr<Stream>> graveyard_;  // freed outside callbacks
   std::deque<uint32_t> ready_;                      // streams with data blocked by link/transport

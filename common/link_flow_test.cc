@@ -259,6 +259,19 @@ class RawPeer {
     AppendFrame(wire, type, flags, stream_id, payload);
     link_.OnBytes(wire);
   }
+  // The same frame, delivered in reads cut at `cuts` (offsets into the frame's bytes).
+  void FrameInReads(FrameType type, uint8_t flags, uint32_t stream_id, std::string_view payload,
+                    std::vector<size_t> cuts) {
+    std::string wire;
+    AppendFrame(wire, type, flags, stream_id, payload);
+    cuts.push_back(wire.size());
+    size_t from = 0;
+    for (size_t cut : cuts) {
+      std::string read = wire.substr(from, cut - from);  // gone once OnBytes returns
+      link_.OnBytes(read);
+      from = cut;
+    }
+  }
   void Control(const link::Control& control) {
     std::string payload;
     control.SerializeToString(&payload);
@@ -328,6 +341,47 @@ TEST(LinkViolationTest, DataBeyondTheStreamWindow) {
   ASSERT_TRUE(stream.closed.has_value());
   EXPECT_EQ(stream.closed->code(), absl::StatusCode::kUnavailable);
   EXPECT_THAT(Message(*stream.closed), HasSubstr("link lost: stream 2 sent"));
+}
+
+TEST(LinkViolationTest, DataCutByReadsIsCheckedAgainstTheWindowAtItsFirstPiece) {
+  LinkOptions options;
+  options.stream_window = 64 * kKiB;
+  RawPeer peer(/*is_relay_side=*/false, options);
+  peer.handler.consume = false;
+  peer.Open(2);
+  TestStream& stream = *peer.handler.accepted.at(2);
+  std::string too_much(64 * kKiB + 1, 'w');
+  peer.FrameInReads(FrameType::kData, 0, 2, too_much, {kFrameHeaderSize + 100});
+  peer.ExpectFailed("stream 2 sent 65537 bytes with only 65536 of window");
+  EXPECT_EQ(stream.received, "") << "nothing of a frame over the window is delivered";
+}
+
+TEST(LinkFlowTest, DataCutByReadsArrivesInPiecesAndFinAfterTheLast) {
+  RawPeer peer(/*is_relay_side=*/false);
+  peer.Open(2);
+  TestStream& stream = *peer.handler.accepted.at(2);
+  const std::string payload = PatternBytes(40 * kKiB, 3);
+  peer.FrameInReads(FrameType::kData, kFlagFin, 2, payload, {4, 4000, 30000});
+  EXPECT_TRUE(SameBytes(stream.received, payload));
+  EXPECT_TRUE(stream.ended);
+  EXPECT_EQ(peer.handler.failures, 0);
+  // A second frame after FIN, cut the same way, is refused at its first piece.
+  peer.FrameInReads(FrameType::kData, 0, 2, "late", {kFrameHeaderSize + 2});
+  peer.ExpectFailed("DATA after FIN on stream 2");
+}
+
+TEST(LinkFlowTest, DataCutByReadsBeforeAcceptIsHeldWhole) {
+  RawPeer peer(/*is_relay_side=*/false);
+  peer.handler.on_open = TestLinkHandler::OnOpen::kHold;
+  peer.Open(2);
+  const std::string payload = PatternBytes(10 * kKiB, 4);
+  peer.FrameInReads(FrameType::kData, kFlagFin, 2, payload, {kFrameHeaderSize + 1, 5000});
+  ASSERT_EQ(peer.handler.held.size(), 1u);
+  TestStream* stream = peer.handler.AcceptHeld(peer.link(), 2);
+  ASSERT_NE(stream, nullptr);
+  EXPECT_TRUE(SameBytes(stream->received, payload));
+  EXPECT_TRUE(stream->ended);
+  EXPECT_EQ(peer.handler.failures, 0);
 }
 
 TEST(LinkViolationTest, OneFrameLargerThanTheWindowBeforeAccept) {
