@@ -252,9 +252,9 @@ class SecureChannelImpl : public SecureChannel {
   RecordBuffer cipher_out_;       // sealed records, waiting for FlushCiphertext
   RecordBuffer cipher_flushing_;  // the records being handed to SendCiphertext
   bool flushing_ = false;
-  std::unique_ptr<char[]> plain_in_;  // kPlaintextChunk bytes, once secured
-  std::string plain_out_;             // plaintext waiting for the handshake or for Pump
-  std::string verify_failure_;        // why our certificate check refused the peer
+  LendableBuffer plain_in_{kPlaintextChunk};  // allocated once secured
+  std::string plain_out_;                     // plaintext waiting for the handshake or for Pump
+  std::string verify_failure_;                // why our certificate check refused the peer
   bool started_ = false;
   bool pumping_ = false;
   bool new_input_ = false;  // ciphertext arrived since the running Pump last read
@@ -569,18 +569,20 @@ absl::Status SecureChannelImpl::HandshakeError(int ssl_error) {
 void SecureChannelImpl::OpenRecords() {
   // Records are opened where they are (the caller's borrowed bytes, then `cipher_in_`) into
   // `plain_in_`, several at a time.
-  char* buffer = plain_in_.get();
+  char* buffer = nullptr;
   size_t filled = 0;
   auto deliver = [&] {
     FlushCiphertext();  // our KeyUpdate answer, if any
     if (filled > 0 && !closed_) {
+      // A socket that cannot take the plaintext at once keeps referencing it (lent).
       std::string_view plaintext(buffer, filled);
-      WriteBatch batch(plaintext);
+      WriteBatch batch(plaintext, plain_in_.Owner());
       handler_.OnPlaintext(plaintext);
     }
     filled = 0;
   };
   while (!closed_) {
+    if (filled == 0) buffer = plain_in_.Data();  // memory no socket still references
     if (kPlaintextChunk - filled < TlsRecordLayer::kMaxOpenedPerRecord) {
       deliver();
       continue;
@@ -618,25 +620,26 @@ void SecureChannelImpl::OpenRecords() {
 }
 
 void SecureChannelImpl::ReadRecords() {
-  if (plain_in_ == nullptr) plain_in_ = std::make_unique<char[]>(kPlaintextChunk);
   if (records_ != nullptr) {
     OpenRecords();
     return;
   }
-  char* buffer = plain_in_.get();
+  char* buffer = nullptr;
   size_t filled = 0;
-  // Several records go to the handler at once; the buffer is reused only after it returned.
+  // Several records go to the handler at once; the buffer is refilled only after it returned.
   auto deliver = [&] {
     // Post-handshake messages may have produced output (a KeyUpdate answer).
     FlushCiphertext();
     if (filled > 0 && !closed_) {
       std::string_view plaintext(buffer, filled);
-      WriteBatch batch(plaintext);  // one write per socket for the handler's frames
+      // One write per socket for the handler's frames; what a socket cannot take stays lent.
+      WriteBatch batch(plaintext, plain_in_.Owner());
       handler_.OnPlaintext(plaintext);
     }
     filled = 0;
   };
   while (!closed_) {
+    if (filled == 0) buffer = plain_in_.Data();
     int n = SSL_read(ssl_, buffer + filled, static_cast<int>(kPlaintextChunk - filled));
     if (n > 0) {
       filled += static_cast<size_t>(n);

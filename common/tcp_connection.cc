@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cassert>
 #include <cerrno>
 #include <cstring>
@@ -23,14 +24,22 @@ constexpr size_t kReadBufferSize = 1024 * 1024;
 thread_local char read_buffer[kReadBufferSize];
 thread_local WriteBatch* current_write_batch = nullptr;
 
-struct WriteRequest {
-  uv_write_t req;
-  std::string data;
-};
+// Segments handed to one uv_write (libuv copies the uv_buf_t array, not the bytes).
+constexpr size_t kMaxSegmentsPerWrite = 256;
+
+// Buffers of LendableBuffers alive (filled now or held by connections) and those filled now.
+std::atomic<size_t> lendable_live_bytes{0};
+std::atomic<size_t> lendable_current_bytes{0};
 
 void FreeHandle(uv_handle_t* handle) { delete reinterpret_cast<uv_tcp_t*>(handle); }
 
 }  // namespace
+
+struct TcpConnection::WriteRequest {
+  uv_write_t req;
+  std::vector<Segment> segments;
+  size_t bytes = 0;
+};
 
 std::string UvError(int code) { return StrCat(uv_err_name(code), ": ", uv_strerror(code)); }
 
@@ -247,15 +256,48 @@ void TcpConnection::Write(std::string_view data) {
     if (written > 0) data.remove_prefix(static_cast<size_t>(written));
     if (data.empty()) {
       // Light traffic that the kernel takes at once needs no kept bulk buffer.
-      if (static_cast<size_t>(written) < kLightWrite && out_.capacity() > kLightWrite) {
-        std::string().swap(out_);
+      if (static_cast<size_t>(written) < kLightWrite && spare_.capacity() > kLightWrite) {
+        std::string().swap(spare_);
+        std::vector<Segment>().swap(out_);
       }
       return;
     }
   }
-  out_.append(data);
+  Enqueue(data, batch != nullptr && batch->Holds(data) ? &batch->owner_ : nullptr);
   queued_bytes_ += data.size();
   if (!write_in_flight_) StartWrite();
+}
+
+void TcpConnection::Enqueue(std::string_view data, const std::shared_ptr<const void>* owner) {
+  if (owner != nullptr && *owner != nullptr && data.size() >= kMinLentWrite) {
+    out_.push_back(Segment{{}, *owner, data});
+    return;
+  }
+  if (out_.empty() || out_.back().owner != nullptr) {
+    out_.emplace_back();
+    out_.back().copy.swap(spare_);
+  }
+  out_.back().copy.append(data);
+}
+
+void TcpConnection::Consume(std::vector<Segment>& segments, size_t taken) {
+  size_t done = 0;
+  while (done < segments.size() && taken > 0) {
+    Segment& segment = segments[done];
+    size_t left = segment.rest().size();
+    if (taken < left) {
+      segment.written += taken;
+      break;
+    }
+    taken -= left;
+    if (segment.owner == nullptr && segment.copy.capacity() <= kMaxRecycledBuffer &&
+        segment.copy.capacity() > spare_.capacity()) {
+      segment.copy.clear();
+      spare_.swap(segment.copy);
+    }
+    ++done;
+  }
+  segments.erase(segments.begin(), segments.begin() + static_cast<ptrdiff_t>(done));
 }
 
 void TcpConnection::FlushBatched(bool notify) {
@@ -274,19 +316,22 @@ void TcpConnection::FlushBatched(bool notify) {
                              : uv_try_write(reinterpret_cast<uv_stream_t*>(handle_), bufs.data(),
                                             static_cast<unsigned>(bufs.size()));
   size_t taken = written > 0 ? static_cast<size_t>(written) : 0;
-  // What the kernel did not take is queued, in order; out_ is empty while a batch holds bytes.
+  // What the kernel did not take is queued, in order (nothing else is queued while a batch holds
+  // bytes): the batch's stable bytes lent when it has an owner, the rest copied.
   if (written >= 0 || written == UV_EAGAIN) {
     size_t skip = taken;
-    for (const uv_buf_t& buf : bufs) {
+    for (size_t i = 0; i < bufs.size(); ++i) {
+      const uv_buf_t& buf = bufs[i];
       if (skip >= buf.len) {
         skip -= buf.len;
         continue;
       }
-      out_.append(buf.base + skip, buf.len - skip);
+      Enqueue(std::string_view(buf.base + skip, buf.len - skip),
+              batched_[i].data != nullptr ? &batch->owner_ : nullptr);
       skip = 0;
     }
   }
-  queued_bytes_ -= total - out_.size();
+  queued_bytes_ -= std::min(taken, total);
   batched_.clear();
   if (batch_copy_.capacity() > kMaxRecycledBuffer) {
     std::string().swap(batch_copy_);
@@ -304,6 +349,22 @@ void TcpConnection::FlushBatched(bool notify) {
   }
 }
 
+namespace {
+// The unwritten bytes of up to kMaxSegmentsPerWrite segments; returns how many buffers.
+template <typename Segments>
+unsigned FillBuffers(const Segments& segments, uv_buf_t* bufs, size_t* bytes) {
+  unsigned count = 0;
+  *bytes = 0;
+  for (const auto& segment : segments) {
+    if (count == kMaxSegmentsPerWrite) break;
+    std::string_view rest = segment.rest();
+    bufs[count++] = uv_buf_init(const_cast<char*>(rest.data()), static_cast<unsigned>(rest.size()));
+    *bytes += rest.size();
+  }
+  return count;
+}
+}  // namespace
+
 void TcpConnection::StartWrite() {
   if (out_.empty()) {
     if (shutdown_requested_ && !shutdown_sent_) {
@@ -316,11 +377,13 @@ void TcpConnection::StartWrite() {
     return;
   }
   // Try the kernel first: most writes complete at once and need no request.
-  uv_buf_t buf = uv_buf_init(out_.data(), static_cast<unsigned>(out_.size()));
-  int written = uv_try_write(reinterpret_cast<uv_stream_t*>(handle_), &buf, 1);
+  uv_buf_t bufs[kMaxSegmentsPerWrite];
+  size_t bytes = 0;
+  unsigned count = FillBuffers(out_, bufs, &bytes);
+  int written = uv_try_write(reinterpret_cast<uv_stream_t*>(handle_), bufs, count);
   if (written > 0) {
     queued_bytes_ -= static_cast<size_t>(written);
-    out_.erase(0, static_cast<size_t>(written));
+    Consume(out_, static_cast<size_t>(written));
     if (out_.empty()) {
       StartWrite();  // shutdown, if pending
       return;
@@ -330,11 +393,13 @@ void TcpConnection::StartWrite() {
     return;
   }
   auto* request = new WriteRequest;
-  request->data = std::move(out_);
-  out_.clear();
-  buf = uv_buf_init(request->data.data(), static_cast<unsigned>(request->data.size()));
+  const size_t moved = std::min(out_.size(), kMaxSegmentsPerWrite);
+  request->segments.assign(std::make_move_iterator(out_.begin()),
+                           std::make_move_iterator(out_.begin() + static_cast<ptrdiff_t>(moved)));
+  out_.erase(out_.begin(), out_.begin() + static_cast<ptrdiff_t>(moved));
+  count = FillBuffers(request->segments, bufs, &request->bytes);
   write_in_flight_ = true;
-  int rc = uv_write(&request->req, reinterpret_cast<uv_stream_t*>(handle_), &buf, 1, OnWriteCb);
+  int rc = uv_write(&request->req, reinterpret_cast<uv_stream_t*>(handle_), bufs, count, OnWriteCb);
   if (rc != 0) {
     write_in_flight_ = false;
     delete request;
@@ -347,13 +412,10 @@ void TcpConnection::OnWriteCb(uv_write_t* req, int status) {
   auto* self = static_cast<TcpConnection*>(req->handle->data);
   if (self == nullptr) return;
   self->write_in_flight_ = false;
-  self->queued_bytes_ -= request->data.size();
-  // Reuse the written buffer for the next queue: a connection under backpressure would otherwise
-  // grow a fresh buffer (and fault in its pages) for every write.
-  if (self->out_.empty() && request->data.capacity() <= kMaxRecycledBuffer) {
-    request->data.clear();
-    self->out_.swap(request->data);
-  }
+  self->queued_bytes_ -= request->bytes;
+  // Keep a written copy's buffer for the next queue: a connection under backpressure would
+  // otherwise grow a fresh buffer (and fault in its pages) for every write.
+  self->Consume(request->segments, request->bytes);
   if (status != 0) {
     if (status != UV_ECANCELED && self->handler_) {
       self->handler_->OnError(absl::UnavailableError(UvError(status)));
@@ -408,8 +470,37 @@ absl::Status TcpConnection::SetKeepAlive(absl::Duration idle, absl::Duration int
 
 WriteBatch* WriteBatch::Current() { return current_write_batch; }
 
-WriteBatch::WriteBatch(std::string_view stable) : stable_(stable), outer_(current_write_batch) {
+WriteBatch::WriteBatch(std::string_view stable, std::shared_ptr<const void> owner)
+    : stable_(stable), owner_(std::move(owner)), outer_(current_write_batch) {
   current_write_batch = this;
+}
+
+LendableBuffer::~LendableBuffer() {
+  if (buffer_ != nullptr) lendable_current_bytes -= size_;
+}
+
+char* LendableBuffer::Data() {
+  if (buffer_ != nullptr && buffer_.use_count() == 1) return buffer_.get();
+  if (buffer_ != nullptr) lendable_current_bytes -= size_;  // held by connections from now on
+  const size_t size = size_;
+  lendable_live_bytes += size;
+  lendable_current_bytes += size;
+  buffer_ = std::shared_ptr<char[]>(new char[size], [size](char* bytes) {
+    delete[] bytes;
+    lendable_live_bytes -= size;
+  });
+  return buffer_.get();
+}
+
+std::shared_ptr<const void> LendableBuffer::Owner() const {
+  if (HeldBytes() > kMaxHeldBytes) return nullptr;
+  return buffer_;
+}
+
+size_t LendableBuffer::HeldBytes() {
+  const size_t live = lendable_live_bytes.load();
+  const size_t current = lendable_current_bytes.load();
+  return live > current ? live - current : 0;
 }
 
 WriteBatch::~WriteBatch() {

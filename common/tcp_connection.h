@@ -1,6 +1,10 @@
 // A TCP connection on a libuv loop: reads delivered to a handler, writes coalesced, one writer
 // in flight at a time, read pause/resume for backpressure.
 //
+// Writes: what the kernel does not take at once waits in a queue of segments, each either a copy
+// of the caller's bytes or bytes lent by a WriteBatch's LendableBuffer (referenced until written,
+// not copied: the decrypted bulk that a slow target has not read yet).
+//
 // Ownership: the TcpConnection owns its uv_tcp_t. Close() starts uv_close; the handle's memory is
 // freed in the close callback, independently of this object, so the object may be destroyed
 // right after Close() (never from inside its own callback: defer that). The destructor asserts
@@ -41,6 +45,9 @@ class TcpConnection {
   static constexpr size_t kMaxRecycledBuffer = 2 * 1024 * 1024;
   // A write below this size that the kernel takes at once releases the kept buffer.
   static constexpr size_t kLightWrite = 16 * 1024;
+  // Bytes lent by a WriteBatch are referenced rather than copied from this size up (a smaller
+  // piece would keep a whole buffer alive for little).
+  static constexpr size_t kMinLentWrite = 8 * 1024;
 
   class Handler {
    public:
@@ -84,8 +91,9 @@ class TcpConnection {
   absl::Status OverridePeer(std::string_view address);
   void PauseReading();
   void ResumeReading();
-  // Writes bytes, or queues (copies) what the kernel does not take at once. Inside a WriteBatch
-  // the bytes wait for the batch's end instead (see WriteBatch).
+  // Writes bytes, or queues what the kernel does not take at once: a copy, or a reference when a
+  // WriteBatch with a LendableBuffer lends them. Inside a WriteBatch the bytes wait for the
+  // batch's end instead (see WriteBatch).
   void Write(std::string_view data);
   // Half-closes the write side once everything queued is written.
   void Shutdown();
@@ -121,6 +129,9 @@ class TcpConnection {
   // Hands what the batch holds to the kernel in one writev and queues the rest; with `notify`,
   // a handler whose bytes all went out hears OnDrained (as it would from a completed write).
   void FlushBatched(bool notify);
+  // Queues bytes the kernel did not take: referenced, with `*owner` keeping them alive, when an
+  // owner is given and the piece is large enough; else copied.
+  void Enqueue(std::string_view data, const std::shared_ptr<const void>* owner);
   void StartWrite();
   static void OnAlloc(uv_handle_t* handle, size_t suggested, uv_buf_t* buf);
   static void OnReadCb(uv_stream_t* stream, ssize_t nread, const uv_buf_t* buf);
@@ -130,7 +141,21 @@ class TcpConnection {
   uv_loop_t* loop_;
   uv_tcp_t* handle_ = nullptr;
   Handler* handler_ = nullptr;
-  std::string out_;  // bytes waiting for the in-flight write to finish
+  // Bytes waiting for the kernel, in order (queued_bytes_ counts them and those in flight).
+  struct Segment {
+    std::string copy;                   // the bytes, when `owner` is null
+    std::shared_ptr<const void> owner;  // keeps `lent` alive
+    std::string_view lent;
+    size_t written = 0;  // bytes at the front that the kernel already took
+    std::string_view rest() const {
+      return (owner != nullptr ? lent : std::string_view(copy)).substr(written);
+    }
+  };
+  struct WriteRequest;
+  // Drops `taken` bytes from the front of `segments`, keeping a written copy's buffer for reuse.
+  void Consume(std::vector<Segment>& segments, size_t taken);
+  std::vector<Segment> out_;  // not yet handed to a write request
+  std::string spare_;         // a written copy's buffer, for the next copy
   bool write_in_flight_ = false;
   bool shutdown_requested_ = false;
   bool shutdown_sent_ = false;
@@ -144,17 +169,47 @@ class TcpConnection {
   std::string batch_copy_;  // batched bytes from outside the batch's stable buffer
 };
 
+// A buffer that a reader fills (decrypted records) and hands to a WriteBatch, letting the
+// connections written to keep referencing the bytes the kernel did not take at once after the
+// batch ends, instead of copying them. Data() returns memory no connection still references:
+// the same buffer while none does, else a fresh one (the held one lives until its bytes are
+// written). Lending stops while held buffers of the process exceed kMaxHeldBytes, bounding what
+// slow receivers can pin: Owner() is then null and connections copy as usual.
+class LendableBuffer {
+ public:
+  static constexpr size_t kMaxHeldBytes = 32 << 20;
+
+  explicit LendableBuffer(size_t size) : size_(size) {}
+  ~LendableBuffer();
+  LendableBuffer(const LendableBuffer&) = delete;
+  LendableBuffer& operator=(const LendableBuffer&) = delete;
+
+  // Where to fill up to size() bytes; valid until the next call.
+  char* Data();
+  size_t size() const { return size_; }
+  // What keeps the memory Data() returned alive, for WriteBatch; null while lending is stopped.
+  std::shared_ptr<const void> Owner() const;
+  // Bytes of buffers that connections hold and no LendableBuffer fills any more (all threads).
+  static size_t HeldBytes();
+
+ private:
+  size_t size_;
+  std::shared_ptr<char[]> buffer_;
+};
+
 // Coalesces writes. While a WriteBatch is in scope on a thread, TcpConnection::Write on that
 // thread's connections queues the bytes, and when the batch ends each connection written to
 // hands them to the kernel in one writev: a TLS read that decrypts many frames for one socket
 // then costs that socket one system call, not one per frame. Bytes that lie inside `stable`
 // (a buffer that must not change until the batch ends) are referenced; any others are copied.
+// With an `owner` that keeps `stable` alive (LendableBuffer::Owner) the connections may keep
+// referencing the bytes the kernel did not take after the batch ends.
 // Close, Shutdown and DetachFd write a connection's batched bytes first, so the order of
 // everything a connection sends is kept. Batches nest: a connection written to in an inner
 // batch first writes what an outer one holds.
 class WriteBatch {
  public:
-  explicit WriteBatch(std::string_view stable);
+  explicit WriteBatch(std::string_view stable, std::shared_ptr<const void> owner = nullptr);
   ~WriteBatch();
   WriteBatch(const WriteBatch&) = delete;
   WriteBatch& operator=(const WriteBatch&) = delete;
@@ -172,6 +227,7 @@ class WriteBatch {
   void Forget(TcpConnection* connection);
 
   std::string_view stable_;
+  std::shared_ptr<const void> owner_;
   WriteBatch* outer_;
   std::vector<TcpConnection*> connections_;
 };

@@ -3,10 +3,13 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -115,6 +118,25 @@ class WriteBatchTest : public ::testing::Test, public TcpConnection::Handler {
     got.resize(filled);
     return got;
   }
+  // Exactly `size` bytes, running the loop meanwhile (for writes the kernel could not take at
+  // once); fewer when nothing arrives for 5 s.
+  std::string ReceiveWhileRunning(size_t size) {
+    std::string got;
+    std::vector<char> buffer(1 << 20);
+    while (got.size() < size) {
+      uv_run(&loop_, UV_RUN_NOWAIT);
+      ssize_t n =
+          recv(client_, buffer.data(), std::min(buffer.size(), size - got.size()), MSG_DONTWAIT);
+      if (n > 0) {
+        got.append(buffer.data(), static_cast<size_t>(n));
+        continue;
+      }
+      if (n == 0 || errno != EAGAIN) break;
+      pollfd fds[2] = {{client_, POLLIN, 0}, {uv_backend_fd(&loop_), POLLIN, 0}};
+      if (poll(fds, 2, 5000) == 0) break;
+    }
+    return got;
+  }
   bool AtEof() {
     char byte;
     return recv(client_, &byte, 1, 0) == 0;
@@ -202,6 +224,56 @@ TEST_F(WriteBatchTest, AnInnerBatchWritesTheOuterBatchsBytesFirst) {
     EXPECT_EQ(Available(), "");
   }
   EXPECT_EQ(Receive(11), "outer again");
+}
+
+TEST_F(WriteBatchTest, LentBytesLeaveIntactAfterTheBufferIsRefilled) {
+  constexpr size_t kSize = 4 << 20;
+  LendableBuffer buffer(kSize);
+  char* first = buffer.Data();
+  for (size_t i = 0; i < kSize; ++i) first[i] = static_cast<char>('a' + i % 26);
+  const std::string lent(first, kSize);
+  {
+    std::string_view view(first, kSize);
+    WriteBatch batch(view, buffer.Owner());
+    writer_->Write(view.substr(0, kSize / 2));
+    writer_->Write(std::string("[copied]"));
+    writer_->Write(view.substr(kSize / 2));
+  }
+  ASSERT_GT(writer_->queued_bytes(), 0u) << "a client that reads nothing cannot take 4 MiB";
+  char* second = buffer.Data();
+  EXPECT_NE(second, first) << "memory a connection references is not refilled";
+  EXPECT_EQ(LendableBuffer::HeldBytes(), kSize) << "the connection holds the first buffer";
+  std::memset(second, 'x', kSize);
+  {
+    std::string_view view(second, kSize);
+    WriteBatch batch(view, buffer.Owner());
+    writer_->Write(view.substr(0, 100));  // queued behind the rest: small, so copied
+    writer_->Write(view.substr(100, 64 << 10));
+  }
+  const std::string expected = lent.substr(0, kSize / 2) + "[copied]" + lent.substr(kSize / 2) +
+                               std::string(100 + (64 << 10), 'x');
+  const std::string got = ReceiveWhileRunning(expected.size());
+  ASSERT_EQ(got.size(), expected.size());
+  EXPECT_TRUE(got == expected) << "bytes differ from offset "
+                               << std::mismatch(got.begin(), got.end(), expected.begin()).first -
+                                      got.begin();
+  EXPECT_EQ(writer_->queued_bytes(), 0u);
+  EXPECT_EQ(LendableBuffer::HeldBytes(), 0u) << "written bytes release their buffer";
+}
+
+TEST(LendableBufferTest, LendingStopsWhileTooMuchIsHeld) {
+  LendableBuffer buffer(LendableBuffer::kMaxHeldBytes + 1);  // never touched: no pages
+  const char* first = buffer.Data();
+  std::shared_ptr<const void> held = buffer.Owner();
+  ASSERT_NE(held, nullptr);
+  const char* second = buffer.Data();
+  EXPECT_NE(second, first);
+  EXPECT_EQ(LendableBuffer::HeldBytes(), LendableBuffer::kMaxHeldBytes + 1);
+  EXPECT_EQ(buffer.Owner(), nullptr) << "connections copy while too much is held";
+  held.reset();
+  EXPECT_EQ(LendableBuffer::HeldBytes(), 0u);
+  EXPECT_NE(buffer.Owner(), nullptr);
+  EXPECT_EQ(buffer.Data(), second) << "memory nobody references is refilled in place";
 }
 
 }  // namespace

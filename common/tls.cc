@@ -26,7 +26,10 @@ constexpr int kSmallFlushesBeforeRelease = 16;
 // AES-NI machines; both ends prefer it, ChaCha20 remains for CPUs without AES instructions.
 constexpr const char* kLinkCipherSuites =
     "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_256_GCM_SHA384";
-thread_local char tls_read_buffer[1024 * 1024];
+// Decrypted records of this thread's sessions, handed on a chunk at a time; a socket that cannot
+// take its frames at once keeps referencing them (LendableBuffer).
+constexpr size_t kReadChunk = 1024 * 1024;
+thread_local LendableBuffer tls_read_buffer(kReadChunk);
 
 int SelectAlpn(SSL*, const unsigned char** out, unsigned char* outlen, const unsigned char* in,
                unsigned int inlen, void*) {
@@ -369,14 +372,15 @@ void TlsSession::OnRead(std::string_view data) {
   }
   // Decrypt several records before handing them on, so the handler sees (and writes onward)
   // large chunks rather than one 16 KiB record at a time.
+  char* buffer = nullptr;
   size_t filled = 0;
-  auto deliver = [&] { Deliver(filled); };
+  auto deliver = [&] { Deliver(buffer, filled); };
   while (!closed_) {
-    int n = SSL_read(ssl_, tls_read_buffer + filled,
-                     static_cast<int>(sizeof(tls_read_buffer) - filled));
+    if (filled == 0) buffer = tls_read_buffer.Data();
+    int n = SSL_read(ssl_, buffer + filled, static_cast<int>(kReadChunk - filled));
     if (n > 0) {
       filled += static_cast<size_t>(n);
-      if (sizeof(tls_read_buffer) - filled < kMaxRecordPlaintext) deliver();
+      if (kReadChunk - filled < kMaxRecordPlaintext) deliver();
       continue;
     }
     // Read the error before delivering: the handler may write, which resets OpenSSL's state.
@@ -399,11 +403,11 @@ void TlsSession::OnRead(std::string_view data) {
   if (!closed_ && data.size() < 4096) SSL_free_buffers(ssl_);
 }
 
-void TlsSession::Deliver(size_t& filled) {
+void TlsSession::Deliver(const char* buffer, size_t& filled) {
   if (filled > 0 && handler_ && !closed_) {
     // The frames' payloads for one socket leave in one write when the handler is done.
-    std::string_view plaintext(tls_read_buffer, filled);
-    WriteBatch batch(plaintext);
+    std::string_view plaintext(buffer, filled);
+    WriteBatch batch(plaintext, tls_read_buffer.Owner());
     handler_->OnTlsData(plaintext);
   }
   filled = 0;
@@ -412,14 +416,16 @@ void TlsSession::Deliver(size_t& filled) {
 void TlsSession::OpenRecords(std::string_view data) {
   // Records are opened where the socket read them, into the thread's plaintext buffer, several
   // at a time; only a record cut by the end of the read is copied (to `carry_`).
+  char* buffer = nullptr;
   size_t filled = 0;
-  auto deliver = [&] { Deliver(filled); };
+  auto deliver = [&] { Deliver(buffer, filled); };
   while (!closed_) {
-    if (sizeof(tls_read_buffer) - filled < TlsRecordLayer::kMaxOpenedPerRecord) deliver();
+    if (kReadChunk - filled < TlsRecordLayer::kMaxOpenedPerRecord) deliver();
     if (closed_) return;
+    if (filled == 0) buffer = tls_read_buffer.Data();
     const size_t sealed_before = cipher_out_.size();
-    TlsRecordLayer::Opened opened = records_->Open(data, tls_read_buffer + filled,
-                                                   sizeof(tls_read_buffer) - filled, cipher_out_);
+    TlsRecordLayer::Opened opened =
+        records_->Open(data, buffer + filled, kReadChunk - filled, cipher_out_);
     if (cipher_out_.size() > sealed_before) ScheduleFlush();  // our KeyUpdate answer
     data.remove_prefix(opened.consumed);
     filled += opened.produced;

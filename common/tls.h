@@ -118,7 +118,7 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
   void DriveHandshake();
   void OpenRecords(std::string_view data);  // OnRead once TlsRecordLayer has the records
   // Hands the first `filled` bytes of the thread's plaintext buffer to the handler; zeroes it.
-  void Deliver(size_t& filled);
+  void Deliver(const char* buffer, size_t& filled);
   bool WriteRecords(std::string_view plaintext);  // false: the session failed
   void ScheduleFlush();
   static BIO_METHOD* SocketBioMethod();
