@@ -108,9 +108,7 @@ absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
     if (pieces && header->type == FrameType::kData && header->length > 0 &&
         partial_.size() == kFrameHeaderSize) {
       partial_.clear();
-      piece_header_ = *header;
-      piece_left_ = header->length;
-      return NextPiece(frame);
+      return StartPieces(*header, frame);
     }
     FillPartial(kFrameHeaderSize + header->length);
     if (partial_.size() < kFrameHeaderSize + header->length) return false;
@@ -130,9 +128,7 @@ absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
   if (input_.size() < kFrameHeaderSize + header->length) {
     if (pieces && header->type == FrameType::kData) {
       input_.remove_prefix(kFrameHeaderSize);
-      piece_header_ = *header;
-      piece_left_ = header->length;
-      return NextPiece(frame);
+      return StartPieces(*header, frame);
     }
     partial_.assign(input_);
     input_ = {};
@@ -142,6 +138,12 @@ absl::StatusOr<bool> FrameDecoder::Next(Frame& frame) {
   frame.payload = input_.substr(kFrameHeaderSize, header->length);
   input_.remove_prefix(kFrameHeaderSize + header->length);
   return true;
+}
+
+bool FrameDecoder::StartPieces(const FrameHeader& header, Frame& frame) {
+  piece_header_ = header;
+  piece_left_ = header.length;
+  return NextPiece(frame);
 }
 
 bool FrameDecoder::NextPiece(Frame& frame) {

@@ -89,6 +89,8 @@ class FrameDecoder {
   static absl::StatusOr<FrameHeader> ParseHeader(const char* p);
   // Moves input into `partial_` until it holds `target` bytes (or input runs out).
   void FillPartial(size_t target);
+  // kPieces: a DATA frame whose header was read, yielded from its first piece on.
+  bool StartPieces(const FrameHeader& header, Frame& frame);
   // kPieces: the next piece of the DATA frame in progress, from `input_`.
   bool NextPiece(Frame& frame);
 

@@ -306,11 +306,9 @@ void TcpConnection::FlushBatched(bool notify) {
   batch->Forget(this);
   std::vector<uv_buf_t> bufs;
   bufs.reserve(batched_.size());
-  size_t total = 0;
   for (const BatchedPiece& piece : batched_) {
     const char* data = piece.data != nullptr ? piece.data : batch_copy_.data() + piece.offset;
     bufs.push_back(uv_buf_init(const_cast<char*>(data), static_cast<unsigned>(piece.size)));
-    total += piece.size;
   }
   int written = bufs.empty() ? 0
                              : uv_try_write(reinterpret_cast<uv_stream_t*>(handle_), bufs.data(),
@@ -331,7 +329,7 @@ void TcpConnection::FlushBatched(bool notify) {
       skip = 0;
     }
   }
-  queued_bytes_ -= std::min(taken, total);
+  queued_bytes_ -= taken;
   batched_.clear();
   if (batch_copy_.capacity() > kMaxRecycledBuffer) {
     std::string().swap(batch_copy_);

@@ -117,7 +117,8 @@ class TlsSession : public TcpConnection::Handler, public LoopTasks::Client {
              std::string expected_fingerprint);
   void DriveHandshake();
   void OpenRecords(std::string_view data);  // OnRead once TlsRecordLayer has the records
-  // Hands the first `filled` bytes of the thread's plaintext buffer to the handler; zeroes it.
+  // Hands the first `filled` bytes of `buffer` (the thread's plaintext buffer) to the handler;
+  // zeroes `filled`.
   void Deliver(const char* buffer, size_t& filled);
   bool WriteRecords(std::string_view plaintext);  // false: the session failed
   void ScheduleFlush();
